@@ -1,0 +1,3 @@
+fn main() {
+    println!("docker-credential-regauth {}", env!("CARGO_PKG_VERSION"));
+}

@@ -1,0 +1,573 @@
+//! The YAML config file: its shape, and its translation into [`Settings`].
+//!
+//! Every problem found is reported, each with its key path and line, rather
+//! than stopping at the first. Unknown keys are errors, because a misspelled
+//! security option that is silently ignored is worse than no option.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::identity::Kind;
+use crate::identity::account::{self, Account, Accounts};
+use crate::identity::password_cache::PasswordCache;
+use crate::keys::{KeySet, SigningKey};
+use crate::policy::{Actions, Glob, Policy, Rule};
+use crate::refresh::RefreshTokens;
+use crate::secret::Secret;
+
+type S<T> = Spanned<T>;
+
+/// The config file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Address to listen on.
+    #[serde(default)]
+    pub listen: Option<S<String>>,
+    /// External base URL of this server; the token realm is `<public_url>/token`.
+    #[serde(default)]
+    pub public_url: Option<S<String>>,
+    /// `iss` of every token.
+    pub issuer: S<String>,
+    /// Accepted registry `service` names.
+    pub services: S<Vec<String>>,
+    /// Access token lifetime.
+    #[serde(default)]
+    pub access_token_ttl: Option<S<String>>,
+    /// Refresh token lifetime.
+    #[serde(default)]
+    pub refresh_token_ttl: Option<S<String>>,
+    /// How long a verified password is remembered.
+    #[serde(default)]
+    pub password_cache_ttl: Option<S<String>>,
+    /// Signing keys; the first signs.
+    pub signing_keys: S<Vec<KeyEntry>>,
+    /// Put the certificate in each token's `x5c` header.
+    #[serde(default)]
+    pub embed_x5c: bool,
+    /// File with the refresh-token MAC secret.
+    pub refresh_secret_file: S<String>,
+    /// Inline accounts.
+    #[serde(default)]
+    pub accounts: Vec<AccountEntry>,
+    /// htpasswd files (bcrypt entries only).
+    #[serde(default)]
+    pub htpasswd_files: Vec<S<String>>,
+    /// Ordered access rules.
+    #[serde(default)]
+    pub policy: Vec<RuleEntry>,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: LimitsEntry,
+}
+
+/// One `signing_keys` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// PKCS#8 private key PEM.
+    pub key: S<String>,
+    /// Self-signed certificate PEM for that key.
+    pub cert: S<String>,
+}
+
+/// One `accounts` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountEntry {
+    /// Login name.
+    pub name: S<String>,
+    /// bcrypt or argon2 hash.
+    pub password_hash: S<String>,
+    /// Attributes for policy.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One `policy` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleEntry {
+    /// Why the rule exists.
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// Principal kind.
+    #[serde(default)]
+    pub kind: Option<S<String>>,
+    /// Principal name glob.
+    #[serde(default)]
+    pub name: Option<S<String>>,
+    /// Attribute globs.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, S<String>>,
+    /// Resource type glob.
+    #[serde(default, rename = "type")]
+    pub resource_type: Option<S<String>>,
+    /// Resource name glob.
+    pub resource: S<String>,
+    /// Granted actions.
+    pub actions: S<Vec<String>>,
+}
+
+/// The `limits` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsEntry {
+    /// Largest accepted request body.
+    #[serde(default)]
+    pub max_body_bytes: Option<S<usize>>,
+    /// Most distinct scopes in one request.
+    #[serde(default)]
+    pub max_scopes: Option<S<usize>>,
+    /// Deadline for a whole request.
+    #[serde(default)]
+    pub request_timeout: Option<S<String>>,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted request body; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Most distinct scopes in one request.
+    pub max_scopes: usize,
+    /// Deadline for a whole request.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 16 * 1024,
+            max_scopes: 32,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything the server runs with, validated and loaded.
+#[derive(Debug)]
+pub struct Settings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// External base URL, without a trailing slash.
+    pub public_url: String,
+    /// Token issuer.
+    pub issuer: String,
+    /// Accepted registry services.
+    pub services: Vec<String>,
+    /// Access token lifetime.
+    pub access_token_ttl: Duration,
+    /// Refresh token lifetime.
+    pub refresh_token_ttl: Duration,
+    /// Signing keys.
+    pub keys: KeySet,
+    /// Refresh token issuer/verifier.
+    pub refresh: RefreshTokens,
+    /// Static accounts.
+    pub accounts: Accounts,
+    /// Access policy.
+    pub policy: Policy,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5001";
+/// Default access token lifetime.
+pub const DEFAULT_ACCESS_TTL: Duration = Duration::from_secs(300);
+/// Default refresh token lifetime.
+pub const DEFAULT_REFRESH_TTL: Duration = Duration::from_secs(3600);
+/// Default password cache lifetime.
+pub const DEFAULT_PASSWORD_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Smallest accepted refresh secret.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Key path, like `policy[2].resource`.
+    pub key: String,
+    /// 1-based line, 0 when unknown.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Why a config could not be loaded: every problem found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid YAML, or not the expected shape (unknown key, wrong type).
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with its location.
+        message: String,
+    },
+    /// The file parsed but values are wrong.
+    #[error("{}", Issues(.path, .issues))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+struct Issues<'a>(&'a Path, &'a [ConfigIssue]);
+
+impl fmt::Display for Issues<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.1.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.0.display(),
+                issue.line,
+                issue.key,
+                issue.message
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects problems while a config is translated.
+struct Check {
+    base: PathBuf,
+    issues: Vec<ConfigIssue>,
+}
+
+impl Check {
+    fn fail<T>(&mut self, key: impl Into<String>, at: &Spanned<T>, message: impl fmt::Display) {
+        self.issues.push(ConfigIssue {
+            key: key.into(),
+            line: at.referenced.line() as usize,
+            message: message.to_string(),
+        });
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.base.join(p)
+    }
+
+    fn duration(
+        &mut self,
+        key: &str,
+        v: &Option<S<String>>,
+        default: Duration,
+        allow_zero: bool,
+    ) -> Duration {
+        let Some(v) = v else { return default };
+        match humantime::parse_duration(&v.value) {
+            Ok(d) if d.is_zero() && !allow_zero => {
+                self.fail(key, v, "must be greater than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.fail(
+                    key,
+                    v,
+                    format!(
+                        "invalid duration {:?} ({e}); write e.g. 5m, 1h, 30s",
+                        v.value
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn glob(&mut self, key: String, v: &S<String>) -> Glob {
+        Glob::new(&v.value).unwrap_or_else(|e| {
+            self.fail(key, v, e);
+            Glob::new("").unwrap_or_else(|_| unreachable!("the empty pattern always compiles"))
+        })
+    }
+}
+
+/// Reads and validates the config file at `path`. Relative paths inside it
+/// are relative to the file's directory.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let base = path.parent().map(Path::to_owned).unwrap_or_default();
+    load_str(&text, &base, path)
+}
+
+/// Parses `text` as a config whose relative paths resolve against `base`;
+/// `name` labels error messages.
+pub fn load_str(text: &str, base: &Path, name: &Path) -> Result<Settings, ConfigError> {
+    let file: ConfigFile = serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax {
+        path: name.to_owned(),
+        message: e.to_string(),
+    })?;
+    let mut check = Check {
+        base: base.to_owned(),
+        issues: Vec::new(),
+    };
+    let settings = translate(&file, &mut check);
+    match settings {
+        Some(s) if check.issues.is_empty() => Ok(s),
+        _ => Err(ConfigError::Invalid {
+            path: name.to_owned(),
+            issues: check.issues,
+        }),
+    }
+}
+
+fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
+    let listen = match &file.listen {
+        None => DEFAULT_LISTEN.parse().ok(),
+        Some(v) => v
+            .value
+            .parse::<SocketAddr>()
+            .map_err(|_| c.fail("listen", v, "expected HOST:PORT, e.g. 127.0.0.1:5001"))
+            .ok(),
+    };
+    let public_url = match &file.public_url {
+        Some(v) if !(v.value.starts_with("http://") || v.value.starts_with("https://")) => {
+            c.fail("public_url", v, "must start with http:// or https://");
+            None
+        }
+        Some(v) => Some(v.value.trim_end_matches('/').to_owned()),
+        None => listen.map(|l| format!("http://{l}")),
+    };
+
+    let issuer = file.issuer.value.clone();
+    if issuer.is_empty() {
+        c.fail("issuer", &file.issuer, "must not be empty");
+    }
+    let services = file.services.value.clone();
+    if services.is_empty() {
+        c.fail(
+            "services",
+            &file.services,
+            "list at least one registry service name",
+        );
+    }
+    if services.iter().any(|s| s.is_empty()) {
+        c.fail(
+            "services",
+            &file.services,
+            "service names must not be empty",
+        );
+    }
+    if services.contains(&issuer) {
+        // Refresh tokens use the issuer as audience; a registry with that
+        // service name could then be handed one as an access token.
+        c.fail(
+            "services",
+            &file.services,
+            "must not contain the issuer name",
+        );
+    }
+
+    let access_token_ttl = c.duration(
+        "access_token_ttl",
+        &file.access_token_ttl,
+        DEFAULT_ACCESS_TTL,
+        false,
+    );
+    let refresh_token_ttl = c.duration(
+        "refresh_token_ttl",
+        &file.refresh_token_ttl,
+        DEFAULT_REFRESH_TTL,
+        false,
+    );
+    let cache_ttl = c.duration(
+        "password_cache_ttl",
+        &file.password_cache_ttl,
+        DEFAULT_PASSWORD_CACHE_TTL,
+        true,
+    );
+
+    let mut keys = Vec::new();
+    if file.signing_keys.value.is_empty() {
+        c.fail(
+            "signing_keys",
+            &file.signing_keys,
+            "list at least one key (regauth-token-server keys generate)",
+        );
+    }
+    for (i, k) in file.signing_keys.value.iter().enumerate() {
+        match SigningKey::load(
+            &c.path(&k.key.value),
+            &c.path(&k.cert.value),
+            file.embed_x5c,
+        ) {
+            Ok(key) => keys.push(key),
+            Err(e) => c.fail(format!("signing_keys[{i}]"), &k.key, e),
+        }
+    }
+
+    let secret = match std::fs::read(c.path(&file.refresh_secret_file.value)) {
+        Ok(bytes) if bytes.len() >= MIN_SECRET_BYTES => Some(Secret::new(bytes)),
+        Ok(_) => {
+            c.fail("refresh_secret_file", &file.refresh_secret_file, format!("holds fewer than {MIN_SECRET_BYTES} bytes; create one with `regauth-token-server keys secret --out FILE`"));
+            None
+        }
+        Err(e) => {
+            c.fail("refresh_secret_file", &file.refresh_secret_file, e);
+            None
+        }
+    };
+
+    let mut account_list = Vec::new();
+    for (i, a) in file.accounts.iter().enumerate() {
+        match Account::new(&a.name.value, &a.password_hash.value, a.labels.clone()) {
+            Ok(acc) => account_list.push(acc),
+            Err(e) => c.fail(format!("accounts[{i}]"), &a.name, e),
+        }
+    }
+    for (i, f) in file.htpasswd_files.iter().enumerate() {
+        match account::read_htpasswd(&c.path(&f.value)) {
+            Ok(list) => account_list.extend(list),
+            Err(e) => c.fail(format!("htpasswd_files[{i}]"), f, e),
+        }
+    }
+
+    let policy = Policy::new(
+        file.policy
+            .iter()
+            .enumerate()
+            .map(|(i, r)| rule(i, r, c))
+            .collect(),
+    );
+
+    let mut limits = Limits::default();
+    if let Some(v) = &file.limits.max_body_bytes {
+        if v.value < 1024 {
+            c.fail("limits.max_body_bytes", v, "must be at least 1024");
+        }
+        limits.max_body_bytes = v.value;
+    }
+    if let Some(v) = &file.limits.max_scopes {
+        if v.value == 0 {
+            c.fail("limits.max_scopes", v, "must be at least 1");
+        }
+        limits.max_scopes = v.value;
+    }
+    limits.request_timeout = c.duration(
+        "limits.request_timeout",
+        &file.limits.request_timeout,
+        limits.request_timeout,
+        false,
+    );
+
+    let secret = secret?;
+    let accounts = match Accounts::new(account_list, secret.expose(), PasswordCache::new(cache_ttl))
+    {
+        Ok(a) => a,
+        Err(e) => {
+            c.fail("accounts", &file.issuer, e);
+            return None;
+        }
+    };
+    Some(Settings {
+        listen: listen?,
+        public_url: public_url?,
+        refresh: RefreshTokens::new(&issuer, &secret),
+        issuer,
+        services,
+        access_token_ttl,
+        refresh_token_ttl,
+        keys: KeySet::new(keys)?,
+        accounts,
+        policy,
+        limits,
+    })
+}
+
+fn rule(i: usize, r: &RuleEntry, c: &mut Check) -> Rule {
+    let key = |field: &str| format!("policy[{i}].{field}");
+    let kind = r.kind.as_ref().and_then(|k| match k.value.as_str() {
+        "*" => None,
+        "account" => Some(Kind::Account),
+        "kubernetes" => Some(Kind::Kubernetes),
+        "oidc" => Some(Kind::Oidc),
+        "node" => Some(Kind::Node),
+        "anonymous" => Some(Kind::Anonymous),
+        other => {
+            c.fail(
+                key("kind"),
+                k,
+                format!(
+                    "unknown kind {other:?}; use account, kubernetes, oidc, node, anonymous or *"
+                ),
+            );
+            None
+        }
+    });
+    let name = match &r.name {
+        Some(n) => {
+            let g = c.glob(key("name"), n);
+            if g.variables().next().is_some() {
+                c.fail(key("name"), n, "variables are only allowed in `resource`");
+            }
+            g
+        }
+        None => Glob::new("*").unwrap_or_else(|_| unreachable!("`*` always compiles")),
+    };
+    let any_name = r.name.is_none();
+    let attributes = r
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.clone(), c.glob(format!("policy[{i}].attributes.{k}"), v)))
+        .collect();
+    let resource_type = match &r.resource_type {
+        Some(t) => c.glob(key("type"), t),
+        None => {
+            Glob::new("repository").unwrap_or_else(|_| unreachable!("a literal always compiles"))
+        }
+    };
+    let resource = c.glob(key("resource"), &r.resource);
+    let actions = if r.actions.value.is_empty() {
+        c.fail(
+            key("actions"),
+            &r.actions,
+            "list at least one action, or \"*\" for all",
+        );
+        Actions::Only(Vec::new())
+    } else if r.actions.value.iter().any(|a| a == "*") {
+        Actions::All
+    } else {
+        Actions::Only(r.actions.value.clone())
+    };
+    Rule {
+        comment: r.comment.clone().unwrap_or_default(),
+        kind,
+        // A rule with no `name` must also match the nameless anonymous caller.
+        name: if any_name {
+            Glob::new("**").unwrap_or(name)
+        } else {
+            name
+        },
+        attributes,
+        resource_type,
+        resource,
+        actions,
+    }
+}

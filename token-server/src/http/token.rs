@@ -1,0 +1,312 @@
+//! `GET /token` (distribution token spec) and `POST /token` (OAuth2 form).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::auth::{self, Authenticated};
+use super::error::{GetError, PostError, TokenError};
+use super::form::Form;
+use crate::identity::Principal;
+use crate::issue;
+use crate::policy;
+use crate::proto::TokenReply;
+use crate::scope::{self, Scope};
+use crate::secret::Secret;
+
+/// Longest query string accepted on `GET /token`.
+const MAX_QUERY: usize = 8 * 1024;
+
+/// What a token request asks for, whichever method carried it.
+struct Ask {
+    service: String,
+    scopes: Vec<Scope>,
+    offline: bool,
+    client_id: Option<String>,
+}
+
+fn ask(
+    state: &AppState,
+    form: &Form,
+    scope_values: Vec<&str>,
+    offline: bool,
+) -> Result<Ask, TokenError> {
+    let settings = &state.settings;
+    let service = match form.get("service") {
+        Some(s) if settings.services.iter().any(|known| known == s) => s.to_owned(),
+        Some(s) => return Err(TokenError::BadRequest(format!("unknown service {s:?}"))),
+        // Only unambiguous when one registry is served.
+        None if settings.services.len() == 1 => settings.services[0].clone(),
+        None => return Err(TokenError::BadRequest("missing service parameter".into())),
+    };
+    let scopes = scope::parse_all(scope_values, settings.limits.max_scopes)
+        .map_err(|e| TokenError::InvalidScope(e.to_string()))?;
+    let client_id = form.get("client_id").map(|c| c.chars().take(64).collect());
+    Ok(Ask {
+        service,
+        scopes,
+        offline,
+        client_id,
+    })
+}
+
+fn client_addr(req: &Request) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}
+
+/// `GET /token`: Basic or no authentication, parameters in the query.
+pub async fn get(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, GetError> {
+    let now = state.now();
+    let client = client_addr(&req);
+    let query = req.uri().query().unwrap_or_default();
+    if query.len() > MAX_QUERY {
+        return Err(TokenError::BadRequest(format!(
+            "query string is longer than {MAX_QUERY} bytes"
+        ))
+        .into());
+    }
+    let form = Form::parse(query.as_bytes()).map_err(|e| TokenError::BadRequest(e.to_string()))?;
+    let offline = form
+        .get("offline_token")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let ask = ask(&state, &form, form.all("scope").collect(), offline)?;
+    let creds = auth::basic_credentials(req.headers())?;
+    let username = creds.as_ref().map(|c| c.username.clone());
+    let authenticated = match creds {
+        None => Authenticated::Anonymous,
+        Some(c) => auth::basic(&state, c, now)
+            .await
+            .inspect_err(|e| rejected(e, username.as_deref(), client))?,
+    };
+    let reply = respond(&state, authenticated, &ask, client, now, false)?;
+    Ok(reply_response(reply))
+}
+
+/// `POST /token`: the OAuth2 `password` and `refresh_token` grants.
+pub async fn post(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, PostError> {
+    let now = state.now();
+    let client = client_addr(&req);
+    check_form_content_type(req.headers())?;
+    let limit = state.settings.limits.max_body_bytes;
+    let body = Bytes::from_request(req, &state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                TokenError::TooLarge(limit)
+            } else {
+                TokenError::BadRequest("could not read the request body".into())
+            }
+        })?;
+    let form = Form::parse(&body).map_err(|e| TokenError::BadRequest(e.to_string()))?;
+    let grant = form
+        .get("grant_type")
+        .ok_or_else(|| TokenError::BadRequest("missing grant_type".into()))?;
+    let offline = match grant {
+        "password" => form.get("access_type") == Some("offline"),
+        // The refresh grant hands the same token back (it is not rotated).
+        "refresh_token" => true,
+        other => return Err(TokenError::UnsupportedGrant(other.chars().take(64).collect()).into()),
+    };
+    // Validate the whole request before paying for a password hash check.
+    let ask = ask(&state, &form, form.all("scope").collect(), offline)?;
+    let authenticated = if grant == "password" {
+        let user = form
+            .get("username")
+            .ok_or_else(|| TokenError::BadRequest("missing username".into()))?;
+        let password = form
+            .get("password")
+            .ok_or_else(|| TokenError::BadRequest("missing password".into()))?;
+        let result = auth::password(&state, user, Secret::new(password.as_bytes().to_vec())).await;
+        result.inspect_err(|e| rejected(e, Some(user), client))?
+    } else {
+        let token = form
+            .get("refresh_token")
+            .ok_or_else(|| TokenError::BadRequest("missing refresh_token".into()))?;
+        let result = auth::refresh(&state, Secret::new(token.as_bytes().to_vec()), now);
+        result.inspect_err(|e| rejected(e, None, client))?
+    };
+    let reply = respond(&state, authenticated, &ask, client, now, true)?;
+    Ok(reply_response(reply))
+}
+
+fn check_form_content_type(headers: &HeaderMap) -> Result<(), TokenError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let ok = ct
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(TokenError::BadRequest(
+            "Content-Type must be application/x-www-form-urlencoded".into(),
+        ))
+    }
+}
+
+fn reply_response(reply: TokenReply) -> Response {
+    let mut resp = Json(reply).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn rejected(e: &TokenError, username: Option<&str>, client: Option<SocketAddr>) {
+    // Usernames are logged only when they look like account names, so a
+    // password typed into the user field never reaches the log.
+    let user = username.filter(|u| {
+        u.len() <= 64
+            && u.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+    });
+    tracing::info!(
+        target: "regauth::audit",
+        outcome = "rejected",
+        reason = e.reason(),
+        user = user.unwrap_or("-"),
+        client = %client.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+        "token request rejected: {e}"
+    );
+}
+
+/// Decides the scopes, signs the access token, and adds a refresh token
+/// when one was asked for.
+fn respond(
+    state: &AppState,
+    authenticated: Authenticated,
+    ask: &Ask,
+    client: Option<SocketAddr>,
+    now: SystemTime,
+    oauth: bool,
+) -> Result<TokenReply, TokenError> {
+    let settings = &state.settings;
+    let principal = authenticated.principal();
+    let decisions = settings.policy.decide(&principal, &ask.scopes);
+    let grants = policy::granted(&decisions);
+    let key = settings.keys.current();
+    let access = issue::access_token(
+        key,
+        &settings.issuer,
+        &principal.subject(),
+        &ask.service,
+        &grants,
+        settings.access_token_ttl,
+        now,
+    )
+    .map_err(|e| {
+        tracing::error!(error = %e, "signing an access token failed");
+        TokenError::Internal
+    })?;
+
+    let refresh_token = match (&authenticated, ask.offline) {
+        (Authenticated::Refresh { token, .. }, true) => {
+            // Not rotated: clients such as skopeo keep the token they were given.
+            Some(String::from_utf8_lossy(token.expose()).into_owned())
+        }
+        (Authenticated::Password { principal, pwv }, true) => {
+            let (token, _) = settings
+                .refresh
+                .issue(
+                    principal,
+                    Some(pwv.clone()),
+                    settings.refresh_token_ttl,
+                    now,
+                )
+                .map_err(|e| {
+                    tracing::error!(error = %e, "signing a refresh token failed");
+                    TokenError::Internal
+                })?;
+            Some(token)
+        }
+        _ => None,
+    };
+
+    audit(
+        &principal,
+        ask,
+        &decisions,
+        &access,
+        key.kid(),
+        client,
+        refresh_token.is_some(),
+    );
+    let scope = oauth.then(|| {
+        grants
+            .iter()
+            .map(|g| format!("{}:{}:{}", g.resource_type, g.name, g.actions.join(",")))
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    Ok(TokenReply {
+        token: access.token.clone(),
+        access_token: access.token,
+        token_type: "Bearer".into(),
+        expires_in: access.expires_in,
+        issued_at: humantime::format_rfc3339_seconds(now).to_string(),
+        refresh_token,
+        scope,
+    })
+}
+
+fn audit(
+    principal: &Principal,
+    ask: &Ask,
+    decisions: &[policy::Decision],
+    access: &issue::AccessToken,
+    kid: &str,
+    client: Option<SocketAddr>,
+    refresh: bool,
+) {
+    let requested: Vec<String> = ask.scopes.iter().map(Scope::to_string).collect();
+    let granted: Vec<String> = decisions
+        .iter()
+        .filter(|d| !d.grant.actions.is_empty())
+        .map(|d| {
+            format!(
+                "{}:{}:{}",
+                d.grant.resource_type,
+                d.grant.name,
+                d.grant.actions.join(",")
+            )
+        })
+        .collect();
+    let rules: Vec<String> = decisions
+        .iter()
+        .map(|d| d.rule.map_or_else(|| "none".to_owned(), |r| r.to_string()))
+        .collect();
+    let fully = decisions
+        .iter()
+        .zip(&ask.scopes)
+        .all(|(d, s)| d.grant.actions.len() == s.actions.len());
+    tracing::info!(
+        target: "regauth::audit",
+        outcome = if fully { "granted" } else { "partially_denied" },
+        kind = %principal.kind,
+        sub = %principal.subject(),
+        service = %ask.service,
+        client = %client.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+        client_id = ask.client_id.as_deref().unwrap_or("-"),
+        requested = %requested.join(" "),
+        granted = %granted.join(" "),
+        rules = %rules.join(","),
+        jti = %access.jti,
+        kid,
+        refresh,
+        "token issued"
+    );
+}

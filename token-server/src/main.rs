@@ -1,0 +1,408 @@
+//! `regauth-token-server`: the command line.
+
+#![forbid(unsafe_code)]
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::{Args, Parser, Subcommand};
+use regauth_token_server::config::{self, Settings};
+use regauth_token_server::defaults::{self, write_private};
+use regauth_token_server::http::{AppState, router};
+use regauth_token_server::keys::{self, Algorithm};
+use regauth_token_server::registry_config::{self, RegistryVersion};
+
+/// OAuth2 bearer token server for container registries.
+///
+/// Registries (distribution 2.x and 3.x) delegate authentication to it: clients
+/// follow the registry's `WWW-Authenticate: Bearer` challenge to `/token`, and
+/// get a short-lived JWT carrying exactly the access the policy allows.
+/// With no subcommand, `serve` runs.
+#[derive(Parser, Debug)]
+#[command(
+    name = "regauth-token-server",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the token server (the default).
+    ///
+    /// Without --config it runs an embedded default: it listens on
+    /// 127.0.0.1:5001, keeps its key and secrets in the data directory
+    /// (created on first start), and has one account, `admin`, whose password
+    /// is printed once at first start or taken from REGAUTH_ADMIN_PASSWORD.
+    Serve(ServeArgs),
+    /// Validate a config file and report every problem with its line.
+    CheckConfig {
+        /// The config file to check.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Write what a registry needs to trust this server, and print the
+    /// `auth.token` block for its config.yml.
+    ///
+    /// For --registry 2 it writes bundle.pem (the signing certificates); for
+    /// --registry 3 also jwks.json.
+    RegistryConfig {
+        /// The server's config file; the embedded default if omitted.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory of the embedded default.
+        #[arg(long, env = "REGAUTH_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Registry major version.
+        #[arg(long, value_enum)]
+        registry: RegistryVersion,
+        /// Directory to write the files into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Read a password on stdin and print a hash for the config's `accounts`.
+    HashPassword {
+        /// Print an argon2id PHC string instead of a bcrypt hash.
+        #[arg(long)]
+        argon2: bool,
+        /// bcrypt cost (4 to 31); each step doubles the work.
+        #[arg(long, default_value_t = defaults::BCRYPT_COST)]
+        cost: u32,
+    },
+    /// Create signing keys and secrets.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Write a new private key (signing.key, PKCS#8, mode 0600) and its
+    /// self-signed certificate (signing.crt) into a directory.
+    Generate {
+        /// Signature algorithm.
+        #[arg(long, value_enum, default_value = "ES256")]
+        alg: Algorithm,
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write 32 random bytes (mode 0600) for `refresh_secret_file`.
+    Secret {
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing file (this invalidates every refresh token).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args, Debug, Default)]
+struct ServeArgs {
+    /// Config file; without it the embedded default runs.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory of the embedded default
+    /// (default: $XDG_DATA_HOME/regauth or ~/.local/share/regauth).
+    #[arg(long, env = "REGAUTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Override the listen address.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, clap::ValueEnum)]
+enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Errors of the command line; printed once, with their cause chain.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Defaults(#[from] defaults::DefaultsError),
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    #[error(transparent)]
+    Registry(#[from] registry_config::WriteError),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::CheckConfig { config }) => check_config(&config),
+        Some(Command::RegistryConfig {
+            config,
+            data_dir,
+            registry,
+            out,
+        }) => load(config.as_deref(), data_dir, None).and_then(|(s, _)| {
+            let block = registry_config::write(&s, registry, &out)?;
+            print!("{block}");
+            Ok(())
+        }),
+        Some(Command::HashPassword { argon2, cost }) => hash_password(argon2, cost),
+        Some(Command::Keys(KeysCommand::Generate { alg, out, force })) => {
+            generate_keys(alg, &out, force)
+        }
+        Some(Command::Keys(KeysCommand::Secret { out, force })) => write_secret(&out, force),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads the given config, or prepares the data directory and loads the
+/// embedded default.
+fn load(
+    config: Option<&Path>,
+    data_dir: Option<PathBuf>,
+    first_start: Option<&mut defaults::Prepared>,
+) -> Result<(Settings, Option<PathBuf>), CliError> {
+    if let Some(path) = config {
+        return Ok((config::load(path)?, None));
+    }
+    let dir = defaults::data_dir(data_dir)?;
+    let admin = std::env::var("REGAUTH_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let prepared = defaults::prepare(&dir, admin.as_deref(), SystemTime::now())?;
+    if let Some(out) = first_start {
+        *out = prepared;
+    }
+    let settings = config::load_str(
+        defaults::DEFAULT_CONFIG,
+        &dir,
+        Path::new("<embedded default config>"),
+    )?;
+    Ok((settings, Some(dir)))
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REGAUTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), CliError> {
+    init_tracing(args.log_format);
+    // Several crates link rustls; pin the provider so none has to guess.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut prepared = defaults::Prepared::default();
+    let (mut settings, data_dir) =
+        load(args.config.as_deref(), args.data_dir, Some(&mut prepared))?;
+    if let Some(listen) = args.listen {
+        settings.listen = listen;
+        if data_dir.is_some() {
+            settings.public_url = format!("http://{listen}");
+        }
+    }
+    if let Some(dir) = &data_dir {
+        announce_default(&settings, dir, &prepared)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(run(settings))
+}
+
+fn announce_default(
+    settings: &Settings,
+    dir: &Path,
+    prepared: &defaults::Prepared,
+) -> Result<(), CliError> {
+    let out = dir.join("registry");
+    let block = registry_config::write(settings, RegistryVersion::V2, &out)?;
+    println!(
+        "regauth token server: embedded default config, data in {}",
+        dir.display()
+    );
+    if let Some(p) = &prepared.generated_admin_password {
+        println!(
+            "\nAccount `{}` was created with the password below. It is shown only this once;",
+            defaults::ADMIN
+        );
+        println!("set REGAUTH_ADMIN_PASSWORD to choose your own.\n\n    {p}\n");
+    }
+    println!(
+        "Add this to the registry's config.yml (distribution 2.x; for 3.x run `registry-config --registry 3`):\n"
+    );
+    println!("{block}");
+    Ok(())
+}
+
+async fn run(settings: Settings) -> Result<(), CliError> {
+    let listen = settings.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| CliError::Other(format!("cannot listen on {listen}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    tracing::info!(
+        addr = %local,
+        kid = settings.keys.current().kid(),
+        alg = settings.keys.current().alg().as_str(),
+        accounts = settings.accounts.len(),
+        rules = settings.policy.rules().len(),
+        "listening on http://{local}"
+    );
+    let app = router(AppState::new(settings, SystemTime::now));
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(|e| CliError::Other(format!("server error: {e}")))?;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received; draining in-flight requests");
+}
+
+fn check_config(path: &Path) -> Result<(), CliError> {
+    let settings = config::load(path)?;
+    println!(
+        "{}: ok ({} signing key(s), {} account(s), {} policy rule(s), services: {})",
+        path.display(),
+        settings.keys.all().len(),
+        settings.accounts.len(),
+        settings.policy.rules().len(),
+        settings.services.join(", ")
+    );
+    Ok(())
+}
+
+fn hash_password(argon2: bool, cost: u32) -> Result<(), CliError> {
+    let mut input = String::new();
+    std::io::stdin()
+        .take(4096)
+        .read_to_string(&mut input)
+        .map_err(|e| CliError::Other(format!("reading the password from stdin: {e}")))?;
+    let password = input
+        .strip_suffix('\n')
+        .map(|p| p.strip_suffix('\r').unwrap_or(p))
+        .unwrap_or(&input);
+    if password.is_empty() {
+        return Err(CliError::Other("no password on stdin".into()));
+    }
+    let hash = if argon2 {
+        use argon2::PasswordHasher;
+        let mut salt = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut salt)
+            .map_err(|_| CliError::Other("system RNG failed".into()))?;
+        let salt = argon2::password_hash::SaltString::encode_b64(&salt)
+            .map_err(|e| CliError::Other(e.to_string()))?;
+        argon2::Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map_err(|e| CliError::Other(e.to_string()))?
+            .to_string()
+    } else {
+        if !(4..=31).contains(&cost) {
+            return Err(CliError::Other(
+                "bcrypt cost must be between 4 and 31".into(),
+            ));
+        }
+        bcrypt::hash(password, cost).map_err(|e| CliError::Other(e.to_string()))?
+    };
+    println!("{hash}");
+    Ok(())
+}
+
+fn refuse_overwrite(path: &Path, force: bool) -> Result<(), CliError> {
+    if path.exists() && !force {
+        return Err(CliError::Other(format!(
+            "{} exists; pass --force to replace it",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn generate_keys(alg: Algorithm, out: &Path, force: bool) -> Result<(), CliError> {
+    let (key, cert) = (out.join("signing.key"), out.join("signing.crt"));
+    refuse_overwrite(&key, force)?;
+    refuse_overwrite(&cert, force)?;
+    std::fs::create_dir_all(out).map_err(|e| CliError::Other(format!("{}: {e}", out.display())))?;
+    let g = keys::generate(alg, "regauth token signing", SystemTime::now())?;
+    let io = |p: &Path| {
+        let p = p.to_owned();
+        move |e: std::io::Error| CliError::Other(format!("{}: {e}", p.display()))
+    };
+    write_private(&cert, g.cert_pem.as_bytes()).map_err(io(&cert))?;
+    write_private(&key, g.key_pem.as_bytes()).map_err(io(&key))?;
+    let loaded = keys::SigningKey::load(&key, &cert, false)?;
+    println!(
+        "wrote {} and {} ({}, kid {})",
+        key.display(),
+        cert.display(),
+        alg.as_str(),
+        loaded.kid()
+    );
+    Ok(())
+}
+
+fn write_secret(out: &Path, force: bool) -> Result<(), CliError> {
+    refuse_overwrite(out, force)?;
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| CliError::Other("system RNG failed".into()))?;
+    write_private(out, &bytes).map_err(|e| CliError::Other(format!("{}: {e}", out.display())))?;
+    println!("wrote {} (32 random bytes, mode 0600)", out.display());
+    Ok(())
+}
