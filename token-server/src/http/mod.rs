@@ -116,3 +116,6 @@ async fn request_span(req: Request, next: Next) -> Response {
     .instrument(span)
     .await
 }
+
+#[cfg(test)]
+mod tests;

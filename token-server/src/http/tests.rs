@@ -1,0 +1,482 @@
+//! Router tests: real requests through `router(state).oneshot(..)`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::{Body, Bytes};
+use axum::http::{Request, StatusCode, header};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde_json::Value;
+use tower::ServiceExt;
+
+use super::{AppState, Clock, router};
+use crate::config;
+use crate::keys::{Algorithm, generate};
+
+struct World {
+    _dir: tempfile::TempDir,
+    state: Arc<AppState>,
+}
+
+fn write_world(dir: &Path, alice_hash: &str) {
+    let g = generate(Algorithm::Es256, "t", SystemTime::now()).unwrap();
+    std::fs::write(dir.join("k.pem"), g.key_pem).unwrap();
+    std::fs::write(dir.join("c.pem"), g.cert_pem).unwrap();
+    std::fs::write(dir.join("secret"), [9u8; 32]).unwrap();
+    write_config(dir, alice_hash);
+}
+
+fn write_config(dir: &Path, alice_hash: &str) {
+    let bob = bcrypt::hash("bob-pw", 4).unwrap();
+    std::fs::write(
+        dir.join("config.yaml"),
+        format!(
+            r#"
+issuer: test-issuer
+services: [registry.test, other.test]
+signing_keys: [{{key: k.pem, cert: c.pem}}]
+refresh_secret_file: secret
+accounts:
+  - {{name: alice, password_hash: "{alice_hash}"}}
+  - {{name: bob, password_hash: "{bob}"}}
+policy:
+  - comment: read-only shared area
+    resource: "library/**"
+    actions: [pull]
+  - kind: account
+    resource: "${{name}}/**"
+    actions: ["*"]
+limits:
+  max_body_bytes: 2048
+  max_scopes: 4
+"#
+        ),
+    )
+    .unwrap();
+}
+
+fn state_for(dir: &Path, clock: Clock) -> Arc<AppState> {
+    AppState::new(config::load(&dir.join("config.yaml")).unwrap(), clock)
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    write_world(dir.path(), &bcrypt::hash("alice-pw", 4).unwrap());
+    let state = state_for(dir.path(), SystemTime::now);
+    World { _dir: dir, state }
+}
+
+fn basic(user: &str, pw: &str) -> String {
+    format!("Basic {}", STANDARD.encode(format!("{user}:{pw}")))
+}
+
+async fn send(state: &Arc<AppState>, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = router(Arc::clone(state)).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn get(uri: &str, auth: Option<&str>) -> Request<Body> {
+    let mut b = Request::get(uri);
+    if let Some(a) = auth {
+        b = b.header(header::AUTHORIZATION, a);
+    }
+    b.body(Body::empty()).unwrap()
+}
+
+fn post(body: &str) -> Request<Body> {
+    Request::post("/token")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+fn claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn password_grants_only_what_policy_allows() {
+    let w = world();
+    let (status, body) = send(
+        &w.state,
+        get(
+            "/token?service=registry.test&scope=repository:alice/demo:pull,push&scope=repository:bob/demo:pull,push&scope=repository:library/base:pull,push",
+            Some(&basic("alice", "alice-pw")),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["token"], body["access_token"]);
+    assert!(body.get("refresh_token").is_none());
+    let c = claims(body["token"].as_str().unwrap());
+    assert_eq!(c["sub"], "alice");
+    assert_eq!(c["aud"], "registry.test");
+    assert_eq!(c["iss"], "test-issuer");
+    assert_eq!(
+        c["access"],
+        serde_json::json!([
+            {"type":"repository","name":"alice/demo","actions":["pull","push"]},
+            {"type":"repository","name":"library/base","actions":["pull"]},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn anonymous_gets_an_empty_or_public_grant() {
+    let w = world();
+    let (status, body) = send(
+        &w.state,
+        get(
+            "/token?service=registry.test&scope=repository:alice/demo:pull",
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "denial is not an error");
+    assert_eq!(
+        claims(body["token"].as_str().unwrap())["access"],
+        serde_json::json!([])
+    );
+    let (_, body) = send(
+        &w.state,
+        get(
+            "/token?service=registry.test&scope=repository:library/x:pull",
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(
+        claims(body["token"].as_str().unwrap())["access"][0]["actions"],
+        serde_json::json!(["pull"])
+    );
+}
+
+#[tokio::test]
+async fn access_token_verifies_against_published_jwks() {
+    let w = world();
+    let (_, body) = send(
+        &w.state,
+        get(
+            "/token?service=other.test&scope=repository:bob/x:pull",
+            Some(&basic("bob", "bob-pw")),
+        ),
+    )
+    .await;
+    let token = body["token"].as_str().unwrap();
+    let (status, jwks) = send(&w.state, get("/.well-known/jwks.json", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks).unwrap();
+    let kid = jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+    let jwk = set
+        .find(&kid)
+        .expect("signing key is published under its kid");
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_audience(&["other.test"]);
+    v.set_issuer(&["test-issuer"]);
+    v.validate_nbf = true;
+    let data = jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+        &v,
+    )
+    .unwrap();
+    assert_eq!(data.claims["access"][0]["name"], "bob/x");
+}
+
+#[tokio::test]
+async fn offline_get_then_refresh_token_as_basic_password() {
+    let w = world();
+    let (status, body) = send(
+        &w.state,
+        get(
+            "/token?service=registry.test&offline_token=true&client_id=t",
+            Some(&basic("alice", "alice-pw")),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        claims(&refresh)["aud"],
+        "test-issuer",
+        "refresh audience is the server, not a registry"
+    );
+
+    let (status, body) = send(
+        &w.state,
+        get(
+            "/token?service=registry.test&offline_token=true&scope=repository:alice/a:push",
+            Some(&basic("whoever", &refresh)),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body["refresh_token"],
+        refresh.as_str(),
+        "refresh tokens are not rotated"
+    );
+    assert_eq!(
+        claims(body["token"].as_str().unwrap())["access"][0]["actions"],
+        serde_json::json!(["push"])
+    );
+}
+
+#[tokio::test]
+async fn post_password_and_refresh_grants() {
+    let w = world();
+    let (status, body) = send(
+        &w.state,
+        post("grant_type=password&username=alice&password=alice-pw&access_type=offline&service=registry.test&client_id=t&scope=repository%3Aalice%2Fa%3Apull+repository%3Abob%2Fb%3Apull"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["scope"], "repository:alice/a:pull");
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+
+    let (status, body) = send(
+        &w.state,
+        post(&format!("grant_type=refresh_token&refresh_token={refresh}&service=registry.test&client_id=t&scope=repository:alice/a:push")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["refresh_token"], refresh.as_str());
+    assert_eq!(
+        claims(body["access_token"].as_str().unwrap())["access"][0]["actions"],
+        serde_json::json!(["push"])
+    );
+
+    // Without access_type=offline there is no refresh token.
+    let (_, body) = send(
+        &w.state,
+        post("grant_type=password&username=alice&password=alice-pw&service=registry.test"),
+    )
+    .await;
+    assert!(body.get("refresh_token").is_none());
+}
+
+#[tokio::test]
+async fn chunked_post_body_without_content_length() {
+    let w = world();
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(Bytes::from_static(b"grant_type=pass")),
+        Ok(Bytes::from_static(b"word&username=alice&pass")),
+        Ok(Bytes::from_static(b"word=alice-pw&service=registry.test")),
+    ];
+    let req = Request::post("/token")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::TRANSFER_ENCODING, "chunked")
+        .body(Body::from_stream(futures_util::stream::iter(chunks)))
+        .unwrap();
+    let (status, body) = send(&w.state, req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_with_or_without_length() {
+    let w = world();
+    let big = format!(
+        "grant_type=password&username=alice&password={}",
+        "x".repeat(4096)
+    );
+    let (status, body) = send(&w.state, post(&big)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["error"], "invalid_request");
+
+    let chunks: Vec<Result<Bytes, std::io::Error>> =
+        (0..10).map(|_| Ok(Bytes::from(vec![b'a'; 1000]))).collect();
+    let req = Request::post("/token")
+        .body(Body::from_stream(futures_util::stream::iter(chunks)))
+        .unwrap();
+    let (status, _) = send(&w.state, req).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn bad_credentials_are_401_on_get_and_invalid_grant_on_post() {
+    let w = world();
+    for auth in [basic("alice", "wrong"), basic("nobody", "alice-pw")] {
+        let resp = router(Arc::clone(&w.state))
+            .oneshot(get("/token?service=registry.test", Some(&auth)))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert!(resp.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+    let (status, body) = send(
+        &w.state,
+        post("grant_type=password&username=alice&password=nope&service=registry.test"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn hostile_get_requests_get_clear_400s() {
+    let w = world();
+    let long_scope = format!("repository:{}:pull", "a".repeat(600));
+    let many: String = (0..5)
+        .map(|i| format!("&scope=repository:r{i}:pull"))
+        .collect();
+    let cases: Vec<(String, Option<String>, &str)> = vec![
+        (
+            "/token?service=registry.test&scope=repository".into(),
+            None,
+            "INVALID_SCOPE",
+        ),
+        (
+            "/token?service=registry.test&scope=repository:a:".into(),
+            None,
+            "INVALID_SCOPE",
+        ),
+        (
+            format!("/token?service=registry.test&scope={long_scope}"),
+            None,
+            "INVALID_SCOPE",
+        ),
+        (
+            format!("/token?service=registry.test{many}"),
+            None,
+            "INVALID_SCOPE",
+        ),
+        (
+            "/token?service=registry.test&scope=%ff%fe".into(),
+            None,
+            "INVALID_REQUEST",
+        ),
+        ("/token?service=nope.test".into(), None, "INVALID_REQUEST"),
+        ("/token".into(), None, "INVALID_REQUEST"),
+        (
+            "/token?service=registry.test".into(),
+            Some("Basic %%%".into()),
+            "INVALID_REQUEST",
+        ),
+        (
+            "/token?service=registry.test".into(),
+            Some("Basic bm9jb2xvbg==".into()),
+            "INVALID_REQUEST",
+        ),
+        (
+            "/token?service=registry.test".into(),
+            Some("Digest abc".into()),
+            "INVALID_REQUEST",
+        ),
+        (
+            format!("/token?service=registry.test&x={}", "y".repeat(9000)),
+            None,
+            "INVALID_REQUEST",
+        ),
+    ];
+    for (uri, auth, code) in cases {
+        let (status, body) = send(&w.state, get(&uri, auth.as_deref())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert_eq!(body["errors"][0]["code"], code, "{uri}");
+        assert!(!body["errors"][0]["message"].as_str().unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn hostile_posts_get_oauth_errors() {
+    let w = world();
+    let cases = [
+        (
+            "grant_type=magic&service=registry.test",
+            "unsupported_grant_type",
+        ),
+        ("service=registry.test", "invalid_request"),
+        (
+            "grant_type=password&service=registry.test&password=x",
+            "invalid_request",
+        ),
+        (
+            "grant_type=refresh_token&service=registry.test",
+            "invalid_request",
+        ),
+        (
+            "grant_type=refresh_token&service=registry.test&refresh_token=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.AAAAAAAAAAAAAAAAAAAAAAAA",
+            "invalid_grant",
+        ),
+        (
+            "grant_type=password&service=registry.test&username=alice&password=alice-pw&scope=bad",
+            "invalid_scope",
+        ),
+        (
+            "grant_type=password&username=%ff&password=x",
+            "invalid_request",
+        ),
+    ];
+    for (body, error) in cases {
+        let (status, reply) = send(&w.state, post(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {reply}");
+        assert_eq!(reply["error"], error, "{body}: {reply}");
+    }
+    let req = Request::post("/token")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    assert_eq!(send(&w.state, req).await.1["error"], "invalid_request");
+}
+
+fn two_hours_later() -> SystemTime {
+    SystemTime::now() + Duration::from_secs(7200)
+}
+
+#[tokio::test]
+async fn refresh_tokens_expire_and_are_revoked_by_password_change() {
+    let dir = tempfile::tempdir().unwrap();
+    write_world(dir.path(), &bcrypt::hash("alice-pw", 4).unwrap());
+    let state = state_for(dir.path(), SystemTime::now);
+    let (_, body) = send(
+        &state,
+        post("grant_type=password&username=alice&password=alice-pw&access_type=offline&service=registry.test"),
+    )
+    .await;
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+    let refresh_req = || {
+        post(&format!(
+            "grant_type=refresh_token&refresh_token={refresh}&service=registry.test"
+        ))
+    };
+
+    let later = state_for(dir.path(), two_hours_later);
+    let (status, body) = send(&later, refresh_req()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error_description"], "refresh token expired");
+
+    // Same secret, same account name, new password: the old token is revoked.
+    write_config(dir.path(), &bcrypt::hash("new-pw", 4).unwrap());
+    let changed = state_for(dir.path(), SystemTime::now);
+    let (_, body) = send(&changed, refresh_req()).await;
+    assert_eq!(body["error_description"], "refresh token was revoked");
+    let (status, _) = send(&state, refresh_req()).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the unchanged server still accepts it"
+    );
+}
+
+#[tokio::test]
+async fn health_and_unknown_paths() {
+    let w = world();
+    let resp = router(Arc::clone(&w.state))
+        .oneshot(get("/healthz", None))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (status, body) = send(&w.state, get("/nope", None)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["errors"][0]["code"], "NOT_FOUND");
+}
