@@ -331,10 +331,14 @@ pub fn load_str(text: &str, base: &Path, name: &Path) -> Result<Settings, Config
     let settings = translate(&file, &mut check);
     match settings {
         Some(s) if check.issues.is_empty() => Ok(s),
-        _ => Err(ConfigError::Invalid {
-            path: name.to_owned(),
-            issues: check.issues,
-        }),
+        _ => {
+            let mut issues = check.issues;
+            issues.sort_by_key(|i| i.line);
+            Err(ConfigError::Invalid {
+                path: name.to_owned(),
+                issues,
+            })
+        }
     }
 }
 
@@ -569,5 +573,113 @@ fn rule(i: usize, r: &RuleEntry, c: &mut Check) -> Rule {
         resource_type,
         resource,
         actions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Principal;
+    use crate::scope::Scope;
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+    }
+
+    #[test]
+    fn reference_config_loads_and_means_what_its_comments_say() {
+        let s = load(&fixtures().join("reference.yaml")).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:5001");
+        assert_eq!(
+            s.services,
+            ["registry.example.com", "registry-mirror.example.com"]
+        );
+        assert_eq!(s.access_token_ttl, Duration::from_secs(300));
+        assert_eq!(s.keys.all().len(), 2);
+        assert_eq!(s.keys.current().alg(), crate::keys::Algorithm::Es256);
+        assert_eq!(s.accounts.len(), 3);
+        let now = std::time::Instant::now();
+        use crate::identity::account::Verified;
+        for (user, pw) in [
+            ("alice", "alice-pw"),
+            ("bob", "bob-pw"),
+            ("carol", "carol-pw"),
+        ] {
+            assert!(
+                matches!(
+                    s.accounts.verify_slow(user, pw.as_bytes(), now),
+                    Verified::Yes { .. }
+                ),
+                "{user}"
+            );
+        }
+        let alice = s.accounts.principal("alice").unwrap();
+        let decide = |p: &Principal, scope: &str| {
+            let scope: Scope = scope.parse().unwrap();
+            s.policy.decide(p, &[scope]).remove(0).grant.actions
+        };
+        assert_eq!(
+            decide(&Principal::anonymous(), "repository:public/x:pull,push"),
+            ["pull"]
+        );
+        assert!(decide(&Principal::anonymous(), "repository:alice/x:pull").is_empty());
+        assert_eq!(decide(&alice, "registry:catalog:*"), ["*"]);
+        assert_eq!(
+            decide(&alice, "repository:teams/platform/x:pull,push,delete"),
+            ["pull", "push"]
+        );
+        assert!(decide(&alice, "repository:teams/other/x:pull").is_empty());
+        assert_eq!(decide(&alice, "repository:alice/x/y:delete"), ["delete"]);
+        let bob = s.accounts.principal("bob").unwrap();
+        assert!(decide(&bob, "registry:catalog:*").is_empty());
+        assert!(
+            decide(&bob, "repository:teams/platform/x:pull").is_empty(),
+            "bob has no team label"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_key_and_line() {
+        let text = "issuer: x\nservices: [x]\nsigning_keys: []\nrefresh_secret_file: nope\n\
+                    access_token_ttl: 5 parsecs\npolicy:\n  - kind: robot\n    resource: \"${Name}\"\n    actions: []\n";
+        let err = load_str(text, Path::new("/nonexistent"), Path::new("bad.yaml")).unwrap_err();
+        let ConfigError::Invalid { issues, .. } = &err else {
+            panic!("{err}")
+        };
+        let found: Vec<(&str, usize)> = issues.iter().map(|i| (i.key.as_str(), i.line)).collect();
+        assert_eq!(
+            found,
+            [
+                ("services", 2),
+                ("signing_keys", 3),
+                ("refresh_secret_file", 4),
+                ("access_token_ttl", 5),
+                ("policy[0].kind", 7),
+                ("policy[0].resource", 8),
+                ("policy[0].actions", 9),
+            ]
+        );
+        assert!(err.to_string().starts_with("bad.yaml:2: services: "));
+    }
+
+    #[test]
+    fn unknown_keys_are_syntax_errors_with_a_line() {
+        let err = load_str(
+            "issuer: x\nservices: [y]\nbogus: 1\n",
+            Path::new("."),
+            Path::new("c.yaml"),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ConfigError::Syntax { .. }));
+        assert!(msg.contains("bogus") && msg.contains("line 3"), "{msg}");
+        let err = load_str(
+            "issuer: x\nservices: [y]\npolicy:\n  - resource: a\n    action: [pull]\n",
+            Path::new("."),
+            Path::new("c.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("action") && err.contains("line 5"), "{err}");
     }
 }
