@@ -1,0 +1,33 @@
+//! Support library for regauth's end-to-end tests.
+//!
+//! The tests drive the real programs: `regauth-token-server` (built from this
+//! workspace), the distribution registry 2.8 (`docker-registry`), `skopeo`,
+//! and `containerd` with `ctr`. Every fixture lives in its own temporary
+//! directory, listens on 127.0.0.1 only, and kills its processes on drop, so
+//! tests can run in parallel and leave nothing behind.
+//!
+//! Tools the tests need (a missing one fails the test, naming the Debian
+//! package): `docker-registry`, `skopeo`, `containerd` (also `ctr`) and
+//! `apache2-utils` (`htpasswd`). The workspace binaries are built on first
+//! use with `$CARGO build --workspace --bins`.
+//!
+//! Set `REGAUTH_E2E_KEEP=1` to keep each test's directory (configs, logs,
+//! images) for inspection; its path is printed to stderr.
+
+#![warn(missing_docs)]
+
+pub mod bins;
+pub mod containerd;
+pub mod jwt;
+pub mod net;
+pub mod oci;
+pub mod process;
+pub mod registry;
+pub mod secrets;
+pub mod skopeo;
+pub mod token_client;
+pub mod token_server;
+pub mod tools;
+pub mod world;
+
+pub use world::World;

@@ -1,0 +1,367 @@
+//! The `regauth-token-server` fixture: keys, config, process, readiness.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::bins::token_server_bin;
+use crate::net::free_port;
+use crate::process::{
+    ChildGuard, CmdOutput, PORT_ATTEMPTS, Readiness, address_in_use, run, run_with_stdin,
+    wait_ready,
+};
+use crate::secrets::{random_bytes, write_secret_file};
+use crate::token_client::TokenClient;
+use crate::tools::htpasswd;
+
+/// The registry `service` (JWT `aud`) every test world uses.
+pub const SERVICE: &str = "registry.test";
+/// The token issuer every test world uses.
+pub const ISSUER: &str = "regauth-test";
+/// How long the server gets to answer `/healthz`.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound for the server's one-shot subcommands.
+const SUBCOMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default policy: each account owns its namespace; everything else is denied.
+pub const DEFAULT_POLICY: &str = r#"policy:
+  - comment: each account owns its namespace
+    kind: account
+    name: "*"
+    type: repository
+    resource: "${name}/**"
+    actions: ["*"]
+"#;
+
+/// A configured account and its clear-text password (known only to the test).
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// Account name.
+    pub name: String,
+    /// Clear-text password.
+    pub password: String,
+    /// Labels written into the config.
+    pub labels: Vec<(String, String)>,
+}
+
+/// Builds and starts a [`TokenServer`].
+#[derive(Debug, Clone)]
+pub struct TokenServerBuilder {
+    accounts: Vec<Account>,
+    htpasswd_users: Vec<(String, String)>,
+    policy: String,
+    env: Vec<(String, String)>,
+}
+
+impl Default for TokenServerBuilder {
+    fn default() -> Self {
+        Self {
+            accounts: Vec::new(),
+            htpasswd_users: Vec::new(),
+            policy: DEFAULT_POLICY.to_owned(),
+            env: Vec::new(),
+        }
+    }
+}
+
+impl TokenServerBuilder {
+    /// A builder with no accounts and [`DEFAULT_POLICY`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a config account whose bcrypt hash comes from `hash-password`.
+    pub fn account(mut self, name: &str, password: &str, labels: &[(&str, &str)]) -> Self {
+        self.accounts.push(Account {
+            name: name.to_owned(),
+            password: password.to_owned(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        });
+        self
+    }
+
+    /// Adds a user to an htpasswd file made with `htpasswd -B`.
+    pub fn htpasswd_user(mut self, name: &str, password: &str) -> Self {
+        self.htpasswd_users
+            .push((name.to_owned(), password.to_owned()));
+        self
+    }
+
+    /// Replaces the policy; `policy_yaml` is a complete top-level `policy:` block.
+    pub fn policy(mut self, policy_yaml: &str) -> Self {
+        self.policy = policy_yaml.to_owned();
+        self
+    }
+
+    /// Sets an environment variable for the `serve` process (e.g. `REGAUTH_LOG`).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Writes keys and config under `parent/token-server` and starts the server.
+    pub fn start(self, parent: &Path) -> TokenServer {
+        let dir = parent.join("token-server");
+        let keys = dir.join("keys");
+        std::fs::create_dir_all(&dir).expect("create token-server dir");
+
+        let bin = token_server_bin();
+        generate_keys(&bin, &keys);
+        write_secret_file(&keys.join("refresh.secret"), &random_bytes(48));
+
+        let mut body = format!(
+            "issuer: {ISSUER}\n\
+             services: [{SERVICE}]\n\
+             access_token_ttl: 5m\n\
+             refresh_token_ttl: 1h\n\
+             signing_keys:\n  - key: keys/signing.key\n    cert: keys/signing.crt\n\
+             embed_x5c: false\n\
+             refresh_secret_file: keys/refresh.secret\n"
+        );
+        body.push_str("accounts:");
+        if self.accounts.is_empty() {
+            body.push_str(" []");
+        }
+        body.push('\n');
+        for account in &self.accounts {
+            let hash = hash_password(&account.password);
+            body.push_str(&format!(
+                "  - name: {}\n    password_hash: {}\n",
+                yaml_str(&account.name),
+                yaml_str(&hash)
+            ));
+            if !account.labels.is_empty() {
+                let labels: Vec<String> = account
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{}: {}", yaml_str(k), yaml_str(v)))
+                    .collect();
+                body.push_str(&format!("    labels: {{{}}}\n", labels.join(", ")));
+            }
+        }
+        if !self.htpasswd_users.is_empty() {
+            let file = dir.join("htpasswd");
+            for (i, (name, password)) in self.htpasswd_users.iter().enumerate() {
+                add_htpasswd_user(&file, name, password, i == 0);
+            }
+            body.push_str("htpasswd_files: [htpasswd]\n");
+        }
+        body.push_str(&self.policy);
+        let config_path = dir.join("config.yml");
+
+        let mut attempt = 0;
+        let (process, port, client) = loop {
+            attempt += 1;
+            let port = free_port();
+            let url = format!("http://127.0.0.1:{port}");
+            let config = format!("listen: 127.0.0.1:{port}\npublic_url: {url}\n{body}");
+            std::fs::write(&config_path, &config).expect("write token server config");
+
+            // Run from the parent so relative paths only resolve if the server
+            // honours "relative to the config file's directory".
+            let mut cmd = Command::new(&bin);
+            cmd.arg("serve")
+                .arg("--config")
+                .arg(&config_path)
+                .current_dir(parent)
+                .env_remove("REGAUTH_LOG")
+                .env_remove("RUST_LOG");
+            for (key, value) in &self.env {
+                cmd.env(key, value);
+            }
+            let mut process = ChildGuard::spawn(cmd, &dir, "token-server");
+            let client = TokenClient::new(&url);
+            match wait_ready(&mut process, READY_TIMEOUT, || {
+                (client.healthz() == Some(200)).then_some(())
+            }) {
+                Readiness::Ready(()) => break (process, port, client),
+                Readiness::Exited(_)
+                    if attempt < PORT_ATTEMPTS && address_in_use(&process.logs()) =>
+                {
+                    continue;
+                }
+                Readiness::Exited(status) => panic!(
+                    "token server exited early ({status})\nconfig:\n{config}\n{}",
+                    process.logs()
+                ),
+                Readiness::TimedOut => panic!(
+                    "token server did not answer GET /healthz with 200 within {READY_TIMEOUT:?}\n{}",
+                    process.logs()
+                ),
+            }
+        };
+
+        let mut accounts = self.accounts;
+        accounts.extend(
+            self.htpasswd_users
+                .into_iter()
+                .map(|(name, password)| Account {
+                    name,
+                    password,
+                    labels: Vec::new(),
+                }),
+        );
+        TokenServer {
+            process,
+            port,
+            dir,
+            config_path,
+            accounts,
+            client,
+        }
+    }
+}
+
+/// A running `regauth-token-server serve`, killed on drop.
+#[derive(Debug)]
+pub struct TokenServer {
+    process: ChildGuard,
+    port: u16,
+    dir: PathBuf,
+    config_path: PathBuf,
+    accounts: Vec<Account>,
+    client: TokenClient,
+}
+
+impl TokenServer {
+    /// Base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The token endpoint (the registry's realm).
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.url())
+    }
+
+    /// The listening port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A client for `/token`.
+    pub fn client(&self) -> &TokenClient {
+        &self.client
+    }
+
+    /// The config file path.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The directory holding config, keys and logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The signing certificate (PEM) that verifies access tokens.
+    pub fn signing_cert_pem(&self) -> Vec<u8> {
+        let path = self.dir.join("keys").join("signing.crt");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    }
+
+    /// The clear-text password of a configured account or htpasswd user.
+    pub fn password(&self, name: &str) -> &str {
+        self.accounts
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.password.as_str())
+            .unwrap_or_else(|| panic!("no account named {name}"))
+    }
+
+    /// All accounts and htpasswd users with their passwords.
+    pub fn accounts(&self) -> &[Account] {
+        &self.accounts
+    }
+
+    /// Everything the server wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.process.stdout()
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.process.stderr()
+    }
+
+    /// Both output streams, labelled.
+    pub fn logs(&self) -> String {
+        self.process.logs()
+    }
+
+    /// Runs `registry-config --registry 2 --out out_dir` and returns its stdout
+    /// (the registry's `auth:` block).
+    pub fn registry_config(&self, out_dir: &Path) -> String {
+        let mut cmd = Command::new(token_server_bin());
+        cmd.arg("registry-config")
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(["--registry", "2", "--out"])
+            .arg(out_dir);
+        let out = run(cmd, SUBCOMMAND_TIMEOUT);
+        out.assert_success("regauth-token-server registry-config");
+        out.stdout
+    }
+}
+
+/// Hashes `password` with `regauth-token-server hash-password` (bcrypt).
+pub fn hash_password(password: &str) -> String {
+    let mut cmd = Command::new(token_server_bin());
+    cmd.arg("hash-password");
+    let out = run_with_stdin(cmd, password.as_bytes(), SUBCOMMAND_TIMEOUT);
+    out.assert_success("regauth-token-server hash-password");
+    let hash = out.stdout.trim().to_owned();
+    assert!(
+        hash.starts_with("$2"),
+        "hash-password did not print a bcrypt hash: {hash:?}"
+    );
+    hash
+}
+
+/// Runs `keys generate --alg ES256 --out dir` and checks what it wrote.
+fn generate_keys(bin: &Path, dir: &Path) {
+    let mut cmd = Command::new(bin);
+    cmd.args(["keys", "generate", "--alg", "ES256", "--out"])
+        .arg(dir);
+    let out: CmdOutput = run(cmd, SUBCOMMAND_TIMEOUT);
+    out.assert_success("regauth-token-server keys generate");
+    let key = dir.join("signing.key");
+    let cert = dir.join("signing.crt");
+    let key_pem = std::fs::read_to_string(&key).expect("read signing.key");
+    assert!(
+        key_pem.contains("-----BEGIN PRIVATE KEY-----"),
+        "signing.key is not PKCS#8 PEM"
+    );
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(&key)
+            .expect("stat signing.key")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode, 0o600, "signing.key must be mode 0600");
+    let cert_pem = std::fs::read_to_string(&cert).expect("read signing.crt");
+    assert!(
+        cert_pem.contains("-----BEGIN CERTIFICATE-----"),
+        "signing.crt is not a certificate PEM"
+    );
+}
+
+fn add_htpasswd_user(file: &Path, name: &str, password: &str, create: bool) {
+    let mut cmd = Command::new(htpasswd());
+    cmd.arg("-B").arg("-b");
+    if create {
+        cmd.arg("-c");
+    }
+    cmd.arg(file).arg(name).arg(password);
+    run(cmd, SUBCOMMAND_TIMEOUT).assert_success("htpasswd -B");
+}
+
+/// Quotes a string as a YAML double-quoted scalar (JSON string syntax).
+fn yaml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("serialize string")
+}

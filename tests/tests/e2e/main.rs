@@ -1,0 +1,14 @@
+//! End-to-end tests for regauth: the real token server binary behind a real
+//! distribution registry 2.8, driven by skopeo, ctr/containerd and an OAuth2
+//! client. Every test builds its own world on 127.0.0.1 in a temp directory.
+
+mod access_control;
+mod containerd_pull;
+mod htpasswd_accounts;
+mod oauth2_client;
+mod push_pull;
+mod refresh_tokens;
+mod registry_tokens;
+mod secret_logging;
+mod support;
+mod token_api;
