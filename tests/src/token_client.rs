@@ -92,6 +92,11 @@ impl TokenClient {
         format!("{}/token", self.base_url)
     }
 
+    /// The server's base URL, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
     /// `GET /token` with the given query pairs (repeat `scope` freely) and
     /// optional HTTP Basic credentials.
     pub fn get_token(&self, query: &[(&str, &str)], basic: Option<(&str, &str)>) -> HttpReply {

@@ -51,6 +51,8 @@ pub struct TokenServerBuilder {
     htpasswd_users: Vec<(String, String)>,
     policy: String,
     env: Vec<(String, String)>,
+    alg: &'static str,
+    embed_x5c: bool,
 }
 
 impl Default for TokenServerBuilder {
@@ -60,6 +62,8 @@ impl Default for TokenServerBuilder {
             htpasswd_users: Vec::new(),
             policy: DEFAULT_POLICY.to_owned(),
             env: Vec::new(),
+            alg: "ES256",
+            embed_x5c: false,
         }
     }
 }
@@ -96,6 +100,18 @@ impl TokenServerBuilder {
         self
     }
 
+    /// Signs with a key of this algorithm (`ES256`, the default, or `RS256`).
+    pub fn alg(mut self, alg: &'static str) -> Self {
+        self.alg = alg;
+        self
+    }
+
+    /// Turns on `embed_x5c`, so every token carries its certificate.
+    pub fn embed_x5c(mut self) -> Self {
+        self.embed_x5c = true;
+        self
+    }
+
     /// Sets an environment variable for the `serve` process (e.g. `REGAUTH_LOG`).
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
@@ -109,7 +125,7 @@ impl TokenServerBuilder {
         std::fs::create_dir_all(&dir).expect("create token-server dir");
 
         let bin = token_server_bin();
-        generate_keys(&bin, &keys);
+        generate_keys(&bin, &keys, self.alg);
         write_secret_file(&keys.join("refresh.secret"), &random_bytes(48));
 
         let mut body = format!(
@@ -118,8 +134,9 @@ impl TokenServerBuilder {
              access_token_ttl: 5m\n\
              refresh_token_ttl: 1h\n\
              signing_keys:\n  - key: keys/signing.key\n    cert: keys/signing.crt\n\
-             embed_x5c: false\n\
-             refresh_secret_file: keys/refresh.secret\n"
+             embed_x5c: {}\n\
+             refresh_secret_file: keys/refresh.secret\n",
+            self.embed_x5c
         );
         body.push_str("accounts:");
         if self.accounts.is_empty() {
@@ -322,9 +339,9 @@ pub fn hash_password(password: &str) -> String {
 }
 
 /// Runs `keys generate --alg ES256 --out dir` and checks what it wrote.
-fn generate_keys(bin: &Path, dir: &Path) {
+fn generate_keys(bin: &Path, dir: &Path, alg: &str) {
     let mut cmd = Command::new(bin);
-    cmd.args(["keys", "generate", "--alg", "ES256", "--out"])
+    cmd.args(["keys", "generate", "--alg", alg, "--out"])
         .arg(dir);
     let out: CmdOutput = run(cmd, SUBCOMMAND_TIMEOUT);
     out.assert_success("regauth-token-server keys generate");

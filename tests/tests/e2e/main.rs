@@ -4,11 +4,14 @@
 
 mod access_control;
 mod containerd_pull;
+mod embedded_default;
+mod helper_cli;
 mod htpasswd_accounts;
 mod oauth2_client;
 mod push_pull;
 mod refresh_tokens;
 mod registry_tokens;
 mod secret_logging;
+mod signing_options;
 mod support;
 mod token_api;
