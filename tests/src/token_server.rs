@@ -53,6 +53,7 @@ pub struct TokenServerBuilder {
     env: Vec<(String, String)>,
     alg: &'static str,
     embed_x5c: bool,
+    extra_config: String,
 }
 
 impl Default for TokenServerBuilder {
@@ -64,6 +65,7 @@ impl Default for TokenServerBuilder {
             env: Vec::new(),
             alg: "ES256",
             embed_x5c: false,
+            extra_config: String::new(),
         }
     }
 }
@@ -103,6 +105,16 @@ impl TokenServerBuilder {
     /// Signs with a key of this algorithm (`ES256`, the default, or `RS256`).
     pub fn alg(mut self, alg: &'static str) -> Self {
         self.alg = alg;
+        self
+    }
+
+    /// Appends top-level YAML (for example an `issuers:` or `tls:` section)
+    /// to the config. Relative paths in it resolve against the server's dir.
+    pub fn extra_config(mut self, yaml: &str) -> Self {
+        self.extra_config.push_str(yaml);
+        if !yaml.ends_with('\n') {
+            self.extra_config.push('\n');
+        }
         self
     }
 
@@ -167,6 +179,10 @@ impl TokenServerBuilder {
             body.push_str("htpasswd_files: [htpasswd]\n");
         }
         body.push_str(&self.policy);
+        if !self.policy.ends_with('\n') {
+            body.push('\n');
+        }
+        body.push_str(&self.extra_config);
         let config_path = dir.join("config.yml");
 
         let mut attempt = 0;
