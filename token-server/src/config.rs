@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -15,6 +16,8 @@ use serde_saphyr::Spanned;
 
 use crate::identity::Kind;
 use crate::identity::account::{self, Account, Accounts};
+use crate::identity::jwks::{KeyCache, KeySource};
+use crate::identity::oidc::{Issuer, IssuerKind, Issuers};
 use crate::identity::password_cache::PasswordCache;
 use crate::keys::{KeySet, SigningKey};
 use crate::policy::{Actions, Glob, Policy, Rule};
@@ -65,6 +68,63 @@ pub struct ConfigFile {
     /// Request limits.
     #[serde(default)]
     pub limits: LimitsEntry,
+    /// Trusted token issuers for workload identity.
+    #[serde(default)]
+    pub issuers: Vec<IssuerEntry>,
+    /// Serve HTTPS (and optionally verify client certificates).
+    #[serde(default)]
+    pub tls: Option<TlsEntry>,
+}
+
+/// One `issuers` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerEntry {
+    /// Label for logs and the principal's `issuer` attribute.
+    pub name: S<String>,
+    /// `kubernetes` or `oidc`.
+    pub kind: S<String>,
+    /// The exact `iss` of its tokens.
+    pub issuer: S<String>,
+    /// Accepted `aud` values.
+    pub audiences: S<Vec<String>>,
+    /// Local JWKS file instead of discovery.
+    #[serde(default)]
+    pub jwks_file: Option<S<String>>,
+    /// JWKS URL instead of discovery.
+    #[serde(default)]
+    pub jwks_uri: Option<S<String>>,
+    /// Extra CA bundle for fetching keys over HTTPS.
+    #[serde(default)]
+    pub ca_file: Option<S<String>>,
+    /// Permit plain-HTTP discovery and JWKS URLs.
+    #[serde(default)]
+    pub danger_allow_http: bool,
+    /// Lifetime of credentials issued in exchange.
+    #[serde(default)]
+    pub credential_ttl: Option<S<String>>,
+    /// Oldest token accepted, by `iat`.
+    #[serde(default)]
+    pub max_token_age: Option<S<String>>,
+    /// OIDC: claim naming the principal.
+    #[serde(default)]
+    pub name_claim: Option<S<String>>,
+    /// Minimum time between key refetches for unknown kids.
+    #[serde(default)]
+    pub jwks_min_refresh_interval: Option<S<String>>,
+}
+
+/// The `tls` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsEntry {
+    /// Server certificate chain (PEM).
+    pub cert: S<String>,
+    /// Server private key (PKCS#8 PEM).
+    pub key: S<String>,
+    /// CA bundle that client certificates must chain to (enables node identity).
+    #[serde(default)]
+    pub client_ca: Option<S<String>>,
 }
 
 /// One `signing_keys` entry.
@@ -176,6 +236,10 @@ pub struct Settings {
     pub policy: Policy,
     /// Request limits.
     pub limits: Limits,
+    /// Trusted token issuers.
+    pub issuers: Issuers,
+    /// TLS server settings; `None` serves plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Default listen address.
@@ -186,6 +250,12 @@ pub const DEFAULT_ACCESS_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_REFRESH_TTL: Duration = Duration::from_secs(3600);
 /// Default password cache lifetime.
 pub const DEFAULT_PASSWORD_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Default lifetime of credentials issued for workload identity.
+pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(3600);
+/// Default maximum age of subject tokens.
+pub const DEFAULT_MAX_TOKEN_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Default minimum interval between issuer key refetches.
+pub const DEFAULT_JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
 /// Smallest accepted refresh secret.
 pub const MIN_SECRET_BYTES: usize = 32;
 
@@ -351,13 +421,19 @@ fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
             .map_err(|_| c.fail("listen", v, "expected HOST:PORT, e.g. 127.0.0.1:5001"))
             .ok(),
     };
+    let tls = file.tls.as_ref().and_then(|t| tls(t, c));
     let public_url = match &file.public_url {
         Some(v) if !(v.value.starts_with("http://") || v.value.starts_with("https://")) => {
             c.fail("public_url", v, "must start with http:// or https://");
             None
         }
         Some(v) => Some(v.value.trim_end_matches('/').to_owned()),
-        None => listen.map(|l| format!("http://{l}")),
+        None => listen.map(|l| {
+            format!(
+                "{}://{l}",
+                if file.tls.is_some() { "https" } else { "http" }
+            )
+        }),
     };
 
     let issuer = file.issuer.value.clone();
@@ -481,6 +557,8 @@ fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
         false,
     );
 
+    let issuers = issuers(&file.issuers, c);
+
     let secret = secret?;
     let accounts = match Accounts::new(account_list, secret.expose(), PasswordCache::new(cache_ttl))
     {
@@ -502,7 +580,157 @@ fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
         accounts,
         policy,
         limits,
+        issuers,
+        tls,
     })
+}
+
+fn issuers(entries: &[IssuerEntry], c: &mut Check) -> Issuers {
+    let mut list = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let key = |field: &str| format!("issuers[{i}].{field}");
+        let kind = match e.kind.value.as_str() {
+            "kubernetes" => IssuerKind::Kubernetes,
+            "oidc" => IssuerKind::Oidc,
+            other => {
+                c.fail(
+                    key("kind"),
+                    &e.kind,
+                    format!("unknown issuer kind {other:?}; use kubernetes or oidc"),
+                );
+                continue;
+            }
+        };
+        let issuer = e.issuer.value.trim_end_matches('/').to_owned();
+        let secure = issuer.starts_with("https://");
+        if !(secure || e.danger_allow_http && issuer.starts_with("http://")) {
+            c.fail(
+                key("issuer"),
+                &e.issuer,
+                "must be an https:// URL (danger_allow_http permits http:// for tests)",
+            );
+        }
+        if entries[..i]
+            .iter()
+            .any(|o| o.issuer.value.trim_end_matches('/') == issuer)
+        {
+            c.fail(
+                key("issuer"),
+                &e.issuer,
+                "another issuer entry has the same URL",
+            );
+        }
+        if e.audiences.value.is_empty() || e.audiences.value.iter().any(String::is_empty) {
+            c.fail(
+                key("audiences"),
+                &e.audiences,
+                "list at least one non-empty audience",
+            );
+        }
+        if let (Some(n), IssuerKind::Kubernetes) = (&e.name_claim, kind) {
+            c.fail(key("name_claim"), n, "only oidc issuers take name_claim");
+        }
+        let source = match (&e.jwks_file, &e.jwks_uri) {
+            (Some(f), None) => {
+                let path = c.path(&f.value);
+                if let Err(err) = std::fs::read(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| crate::identity::jwks::parse_jwks(&b).map(|_| ()))
+                {
+                    c.fail(key("jwks_file"), f, err);
+                }
+                KeySource::File(path)
+            }
+            (None, Some(u)) => KeySource::Uri(u.value.clone()),
+            (None, None) => KeySource::Discovery {
+                issuer: issuer.clone(),
+            },
+            (Some(f), Some(_)) => {
+                c.fail(key("jwks_file"), f, "give jwks_file or jwks_uri, not both");
+                continue;
+            }
+        };
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .user_agent(concat!("regauth-token-server/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &e.ca_file {
+            match std::fs::read(c.path(&ca.value))
+                .map_err(|e| e.to_string())
+                .and_then(|pem| {
+                    reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string())
+                }) {
+                Ok(certs) => {
+                    for cert in certs {
+                        http = http.add_root_certificate(cert);
+                    }
+                }
+                Err(err) => c.fail(key("ca_file"), ca, err),
+            }
+        }
+        let http = match http.build() {
+            Ok(h) => h,
+            Err(err) => {
+                c.fail(
+                    key("name"),
+                    &e.name,
+                    format!("cannot build an HTTP client: {err}"),
+                );
+                continue;
+            }
+        };
+        let min_refresh = c.duration(
+            &key("jwks_min_refresh_interval"),
+            &e.jwks_min_refresh_interval,
+            DEFAULT_JWKS_MIN_REFRESH,
+            true,
+        );
+        list.push(Issuer {
+            name: e.name.value.clone(),
+            kind,
+            issuer,
+            audiences: e.audiences.value.clone(),
+            credential_ttl: c.duration(
+                &key("credential_ttl"),
+                &e.credential_ttl,
+                DEFAULT_CREDENTIAL_TTL,
+                false,
+            ),
+            max_token_age: c.duration(
+                &key("max_token_age"),
+                &e.max_token_age,
+                DEFAULT_MAX_TOKEN_AGE,
+                false,
+            ),
+            name_claim: e
+                .name_claim
+                .as_ref()
+                .map_or_else(|| "sub".to_owned(), |n| n.value.clone()),
+            keys: KeyCache::new(source, http, e.danger_allow_http, min_refresh),
+        });
+    }
+    Issuers::new(list)
+}
+
+fn tls(t: &TlsEntry, c: &mut Check) -> Option<Arc<rustls::ServerConfig>> {
+    let client_ca = t.client_ca.as_ref().map(|ca| (c.path(&ca.value), ca));
+    match crate::tls::server_config(
+        &c.path(&t.cert.value),
+        &c.path(&t.key.value),
+        client_ca.as_ref().map(|(p, _)| p.as_path()),
+    ) {
+        Ok(cfg) => Some(cfg),
+        Err(e) => {
+            let at = match &e {
+                crate::tls::TlsError::ClientCa { .. } => client_ca.map_or(&t.cert, |(_, s)| s),
+                crate::tls::TlsError::Key { .. } => &t.key,
+                _ => &t.cert,
+            };
+            c.fail("tls", at, e);
+            None
+        }
+    }
 }
 
 fn rule(i: usize, r: &RuleEntry, c: &mut Check) -> Rule {
@@ -641,7 +869,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_key_and_line() {
         let text = "issuer: x\nservices: [x]\nsigning_keys: []\nrefresh_secret_file: nope\n\
-                    access_token_ttl: 5 parsecs\npolicy:\n  - kind: robot\n    resource: \"${Name}\"\n    actions: []\n";
+                    access_token_ttl: 5 parsecs\npolicy:\n  - kind: robot\n    resource: \"${a b}\"\n    actions: []\n";
         let err = load_str(text, Path::new("/nonexistent"), Path::new("bad.yaml")).unwrap_err();
         let ConfigError::Invalid { issues, .. } = &err else {
             panic!("{err}")

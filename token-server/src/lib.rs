@@ -18,3 +18,4 @@ pub mod refresh;
 pub mod registry_config;
 pub mod scope;
 pub mod secret;
+pub mod tls;

@@ -14,6 +14,7 @@ use regauth_token_server::defaults::{self, write_private};
 use regauth_token_server::http::{AppState, router};
 use regauth_token_server::keys::{self, Algorithm};
 use regauth_token_server::registry_config::{self, RegistryVersion};
+use regauth_token_server::tls::{PeerInfo, TlsListener};
 
 /// OAuth2 bearer token server for container registries.
 ///
@@ -283,16 +284,32 @@ async fn run(settings: Settings) -> Result<(), CliError> {
         alg = settings.keys.current().alg().as_str(),
         accounts = settings.accounts.len(),
         rules = settings.policy.rules().len(),
-        "listening on http://{local}"
+        "listening on {}://{local}",
+        if settings.tls.is_some() { "https" } else { "http" }
     );
+    let tls = settings.tls.clone();
     let app = router(AppState::new(settings, SystemTime::now));
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .map_err(|e| CliError::Other(format!("server error: {e}")))?;
+    let served = match tls {
+        None => {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<PeerInfo>(),
+            )
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+        }
+        Some(config) => {
+            let listener = TlsListener::new(listener, config)
+                .map_err(|e| CliError::Other(format!("cannot listen on {listen}: {e}")))?;
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<PeerInfo>(),
+            )
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+        }
+    };
+    served.map_err(|e| CliError::Other(format!("server error: {e}")))?;
     tracing::info!("shut down");
     Ok(())
 }

@@ -50,3 +50,48 @@ pub struct OAuthError {
     /// Human-readable description.
     pub error_description: String,
 }
+
+/// The RFC 8693 token-exchange type of a JWT subject token.
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// The RFC 8693 token-exchange type of an OIDC ID token.
+pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+/// The RFC 8693 type of the token this server issues in exchange.
+pub const TOKEN_TYPE_REFRESH: &str = "urn:ietf:params:oauth:token-type:refresh_token";
+/// The RFC 8693 grant type.
+pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// A successful token-exchange reply (RFC 8693 section 2.2.1). The issued
+/// token is a refresh token: the registry credential.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExchangeReply {
+    /// The issued token (RFC 8693 puts any issued token here).
+    pub access_token: String,
+    /// The same token, for clients that look for a refresh token.
+    pub refresh_token: String,
+    /// Always [`TOKEN_TYPE_REFRESH`].
+    pub issued_token_type: String,
+    /// `N_A`: the issued token is not an access token (RFC 8693 2.2.1).
+    pub token_type: String,
+    /// Seconds until the issued token expires.
+    pub expires_in: u64,
+    /// Scopes the credential would be granted now, if scopes were asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// RFC 8414 authorization server metadata.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServerMetadata {
+    /// This server's URL.
+    pub issuer: String,
+    /// Where to get tokens.
+    pub token_endpoint: String,
+    /// Where the signing keys are.
+    pub jwks_uri: String,
+    /// Grants `/token` accepts.
+    pub grant_types_supported: Vec<String>,
+    /// How clients authenticate.
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+    /// Token types accepted as `subject_token_type`.
+    pub subject_token_types_supported: Vec<String>,
+}

@@ -72,6 +72,11 @@ pub enum Authenticated {
         /// Password-hash fingerprint, bound into refresh tokens.
         pwv: String,
     },
+    /// A verified client certificate, or a token from a trusted issuer.
+    Identity {
+        /// The node or workload.
+        principal: Principal,
+    },
     /// A refresh token this server issued; it is handed back unchanged.
     Refresh {
         /// Who the token stands for (with current account labels).
@@ -87,7 +92,8 @@ impl Authenticated {
         match self {
             Authenticated::Anonymous => Principal::anonymous(),
             Authenticated::Password { principal, .. }
-            | Authenticated::Refresh { principal, .. } => principal.clone(),
+            | Authenticated::Refresh { principal, .. }
+            | Authenticated::Identity { principal } => principal.clone(),
         }
     }
 }

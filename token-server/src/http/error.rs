@@ -25,6 +25,18 @@ pub enum TokenError {
     /// POST with a `grant_type` this server does not implement.
     #[error("unsupported grant_type {0:?}; use password or refresh_token")]
     UnsupportedGrant(String),
+    /// RFC 8693: the subject token is invalid; the message says why.
+    #[error("{0}")]
+    SubjectToken(String),
+    /// The requested audience is not a service this server issues for.
+    #[error("{0}")]
+    InvalidTarget(String),
+    /// A grant that needs client authentication (a certificate) got none.
+    #[error("{0}")]
+    InvalidClient(String),
+    /// A dependency (an issuer's key endpoint) is unreachable; retry later.
+    #[error("{0}")]
+    Unavailable(String),
     /// The body is larger than the configured limit.
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
@@ -38,8 +50,13 @@ impl TokenError {
         match self {
             TokenError::BadRequest(_)
             | TokenError::InvalidScope(_)
-            | TokenError::UnsupportedGrant(_) => StatusCode::BAD_REQUEST,
-            TokenError::BadCredentials(_) => StatusCode::UNAUTHORIZED,
+            | TokenError::UnsupportedGrant(_)
+            | TokenError::SubjectToken(_)
+            | TokenError::InvalidTarget(_) => StatusCode::BAD_REQUEST,
+            TokenError::BadCredentials(_) | TokenError::InvalidClient(_) => {
+                StatusCode::UNAUTHORIZED
+            }
+            TokenError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             TokenError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             TokenError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -53,6 +70,10 @@ impl TokenError {
             TokenError::BadCredentials(_) => "bad_credentials",
             TokenError::UnsupportedGrant(_) => "unsupported_grant",
             TokenError::TooLarge(_) => "too_large",
+            TokenError::SubjectToken(_) => "invalid_subject_token",
+            TokenError::InvalidTarget(_) => "invalid_target",
+            TokenError::InvalidClient(_) => "invalid_client",
+            TokenError::Unavailable(_) => "unavailable",
             TokenError::Internal => "internal",
         }
     }
@@ -71,9 +92,13 @@ impl From<TokenError> for GetError {
 impl IntoResponse for GetError {
     fn into_response(self) -> Response {
         let code = match &self.0 {
-            TokenError::BadCredentials(_) => "UNAUTHORIZED",
+            TokenError::BadCredentials(_) | TokenError::InvalidClient(_) => "UNAUTHORIZED",
             TokenError::InvalidScope(_) => "INVALID_SCOPE",
-            TokenError::UnsupportedGrant(_) | TokenError::BadRequest(_) => "INVALID_REQUEST",
+            TokenError::UnsupportedGrant(_)
+            | TokenError::BadRequest(_)
+            | TokenError::SubjectToken(_)
+            | TokenError::InvalidTarget(_) => "INVALID_REQUEST",
+            TokenError::Unavailable(_) => "UNAVAILABLE",
             TokenError::TooLarge(_) => "TOO_LARGE",
             TokenError::Internal => "INTERNAL",
         };
@@ -84,7 +109,10 @@ impl IntoResponse for GetError {
             }],
         };
         let mut resp = (self.0.status(), Json(body)).into_response();
-        if matches!(self.0, TokenError::BadCredentials(_)) {
+        if matches!(
+            self.0,
+            TokenError::BadCredentials(_) | TokenError::InvalidClient(_)
+        ) {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"regauth\""),
@@ -111,8 +139,13 @@ impl IntoResponse for PostError {
             TokenError::BadCredentials(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
             TokenError::InvalidScope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
             TokenError::UnsupportedGrant(_) => (StatusCode::BAD_REQUEST, "unsupported_grant_type"),
-            TokenError::BadRequest(_) | TokenError::TooLarge(_) => {
+            TokenError::BadRequest(_) | TokenError::TooLarge(_) | TokenError::SubjectToken(_) => {
                 (self.0.status(), "invalid_request")
+            }
+            TokenError::InvalidTarget(_) => (StatusCode::BAD_REQUEST, "invalid_target"),
+            TokenError::InvalidClient(_) => (StatusCode::UNAUTHORIZED, "invalid_client"),
+            TokenError::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
             }
             TokenError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
         };

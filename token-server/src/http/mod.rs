@@ -54,6 +54,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/token", get(token::get).post(token::post))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
@@ -82,6 +83,38 @@ async fn not_found() -> Response {
 async fn jwks(State(state): State<Arc<AppState>>) -> Response {
     let settings = state.settings();
     let mut resp = axum::Json(settings.keys.jwks()).into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    resp
+}
+
+/// RFC 8414 metadata, so OAuth2 clients can discover the token endpoint.
+async fn metadata(State(state): State<Arc<AppState>>) -> Response {
+    use crate::proto::{GRANT_TOKEN_EXCHANGE, ServerMetadata, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT};
+    let settings = state.settings();
+    let base = &settings.public_url;
+    let body = ServerMetadata {
+        issuer: base.clone(),
+        token_endpoint: format!("{base}/token"),
+        jwks_uri: format!("{base}/.well-known/jwks.json"),
+        grant_types_supported: [
+            "password",
+            "refresh_token",
+            "client_credentials",
+            GRANT_TOKEN_EXCHANGE,
+        ]
+        .map(String::from)
+        .to_vec(),
+        token_endpoint_auth_methods_supported: ["none", "tls_client_auth"]
+            .map(String::from)
+            .to_vec(),
+        subject_token_types_supported: [TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN]
+            .map(String::from)
+            .to_vec(),
+    };
+    let mut resp = axum::Json(body).into_response();
     resp.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),

@@ -15,11 +15,16 @@ use super::auth::{self, Authenticated};
 use super::error::{GetError, PostError, TokenError};
 use super::form::Form;
 use crate::identity::Principal;
+use crate::identity::oidc::IdentityError;
 use crate::issue;
 use crate::policy;
 use crate::proto::TokenReply;
+use crate::proto::{
+    ExchangeReply, GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_REFRESH,
+};
 use crate::scope::{self, Scope};
 use crate::secret::Secret;
+use crate::tls::PeerInfo;
 
 /// Longest query string accepted on `GET /token`.
 const MAX_QUERY: usize = 8 * 1024;
@@ -35,11 +40,12 @@ struct Ask {
 fn ask(
     state: &AppState,
     form: &Form,
+    service: Option<&str>,
     scope_values: Vec<&str>,
     offline: bool,
 ) -> Result<Ask, TokenError> {
     let settings = &state.settings;
-    let service = match form.get("service") {
+    let service = match service {
         Some(s) if settings.services.iter().any(|known| known == s) => s.to_owned(),
         Some(s) => return Err(TokenError::BadRequest(format!("unknown service {s:?}"))),
         // Only unambiguous when one registry is served.
@@ -57,16 +63,17 @@ fn ask(
     })
 }
 
-fn client_addr(req: &Request) -> Option<SocketAddr> {
+fn peer(req: &Request) -> Option<PeerInfo> {
     req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0)
+        .get::<ConnectInfo<PeerInfo>>()
+        .map(|c| c.0.clone())
 }
 
 /// `GET /token`: Basic or no authentication, parameters in the query.
 pub async fn get(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, GetError> {
     let now = state.now();
-    let client = client_addr(&req);
+    let peer = peer(&req);
+    let client = peer.as_ref().map(|p| p.addr);
     let query = req.uri().query().unwrap_or_default();
     if query.len() > MAX_QUERY {
         return Err(TokenError::BadRequest(format!(
@@ -78,7 +85,13 @@ pub async fn get(State(state): State<Arc<AppState>>, req: Request) -> Result<Res
     let offline = form
         .get("offline_token")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let ask = ask(&state, &form, form.all("scope").collect(), offline)?;
+    let ask = ask(
+        &state,
+        &form,
+        form.get("service"),
+        form.all("scope").collect(),
+        offline,
+    )?;
     let creds = auth::basic_credentials(req.headers())?;
     let username = creds.as_ref().map(|c| c.username.clone());
     let authenticated = match creds {
@@ -94,7 +107,8 @@ pub async fn get(State(state): State<Arc<AppState>>, req: Request) -> Result<Res
 /// `POST /token`: the OAuth2 `password` and `refresh_token` grants.
 pub async fn post(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, PostError> {
     let now = state.now();
-    let client = client_addr(&req);
+    let peer = peer(&req);
+    let client = peer.as_ref().map(|p| p.addr);
     check_form_content_type(req.headers())?;
     let limit = state.settings.limits.max_body_bytes;
     let body = Bytes::from_request(req, &state)
@@ -110,32 +124,156 @@ pub async fn post(State(state): State<Arc<AppState>>, req: Request) -> Result<Re
     let grant = form
         .get("grant_type")
         .ok_or_else(|| TokenError::BadRequest("missing grant_type".into()))?;
+    if grant == GRANT_TOKEN_EXCHANGE {
+        let reply = exchange(&state, &form, client, now).await?;
+        let mut resp = Json(reply).into_response();
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(resp);
+    }
     let offline = match grant {
         "password" => form.get("access_type") == Some("offline"),
-        // The refresh grant hands the same token back (it is not rotated).
-        "refresh_token" => true,
+        // The refresh grant hands the same token back (it is not rotated), and
+        // a node asks with its certificate precisely to get a credential.
+        "refresh_token" | "client_credentials" => true,
         other => return Err(TokenError::UnsupportedGrant(other.chars().take(64).collect()).into()),
     };
     // Validate the whole request before paying for a password hash check.
-    let ask = ask(&state, &form, form.all("scope").collect(), offline)?;
-    let authenticated = if grant == "password" {
-        let user = form
-            .get("username")
-            .ok_or_else(|| TokenError::BadRequest("missing username".into()))?;
-        let password = form
-            .get("password")
-            .ok_or_else(|| TokenError::BadRequest("missing password".into()))?;
-        let result = auth::password(&state, user, Secret::new(password.as_bytes().to_vec())).await;
-        result.inspect_err(|e| rejected(e, Some(user), client))?
-    } else {
-        let token = form
-            .get("refresh_token")
-            .ok_or_else(|| TokenError::BadRequest("missing refresh_token".into()))?;
-        let result = auth::refresh(&state, Secret::new(token.as_bytes().to_vec()), now);
-        result.inspect_err(|e| rejected(e, None, client))?
+    let ask = ask(
+        &state,
+        &form,
+        form.get("service"),
+        form.all("scope").collect(),
+        offline,
+    )?;
+    let authenticated = match grant {
+        "password" => {
+            let user = form
+                .get("username")
+                .ok_or_else(|| TokenError::BadRequest("missing username".into()))?;
+            let password = form
+                .get("password")
+                .ok_or_else(|| TokenError::BadRequest("missing password".into()))?;
+            let result =
+                auth::password(&state, user, Secret::new(password.as_bytes().to_vec())).await;
+            result.inspect_err(|e| rejected(e, Some(user), client))?
+        }
+        "refresh_token" => {
+            let token = form
+                .get("refresh_token")
+                .ok_or_else(|| TokenError::BadRequest("missing refresh_token".into()))?;
+            let result = auth::refresh(&state, Secret::new(token.as_bytes().to_vec()), now);
+            result.inspect_err(|e| rejected(e, None, client))?
+        }
+        _ => match peer.and_then(|p| p.node) {
+            Some(node) => Authenticated::Identity {
+                principal: (*node).clone(),
+            },
+            None => {
+                let e = TokenError::InvalidClient(
+                    "client_credentials needs a client certificate the server trusts (mutual TLS)"
+                        .into(),
+                );
+                rejected(&e, None, client);
+                return Err(e.into());
+            }
+        },
     };
     let reply = respond(&state, authenticated, &ask, client, now, true)?;
     Ok(reply_response(reply))
+}
+
+/// RFC 8693 token exchange: a token from a trusted issuer becomes a regauth
+/// refresh token, the registry credential.
+async fn exchange(
+    state: &AppState,
+    form: &Form,
+    client: Option<SocketAddr>,
+    now: SystemTime,
+) -> Result<ExchangeReply, TokenError> {
+    let settings = &state.settings;
+    let token = form
+        .get("subject_token")
+        .ok_or_else(|| TokenError::BadRequest("missing subject_token".into()))?;
+    match form.get("subject_token_type") {
+        Some(TOKEN_TYPE_JWT | TOKEN_TYPE_ID_TOKEN) => {}
+        Some(other) => {
+            return Err(TokenError::BadRequest(format!(
+                "unsupported subject_token_type {:?}; use {TOKEN_TYPE_JWT} or {TOKEN_TYPE_ID_TOKEN}",
+                other.chars().take(100).collect::<String>()
+            )));
+        }
+        None => return Err(TokenError::BadRequest("missing subject_token_type".into())),
+    }
+    if let Some(t) = form
+        .get("requested_token_type")
+        .filter(|t| *t != TOKEN_TYPE_REFRESH)
+    {
+        return Err(TokenError::BadRequest(format!(
+            "requested_token_type {:?} is not issued; this server issues {TOKEN_TYPE_REFRESH}",
+            t.chars().take(100).collect::<String>()
+        )));
+    }
+    let audience = form.get("audience").or(form.get("service"));
+    let ask =
+        ask(state, form, audience, form.all("scope").collect(), true).map_err(|e| match e {
+            TokenError::BadRequest(m) if m.starts_with("unknown service") => {
+                TokenError::InvalidTarget(m.replacen("unknown service", "unknown audience", 1))
+            }
+            e => e,
+        })?;
+    let (principal, issuer) = settings.issuers.verify(token, now).await.map_err(|e| {
+        tracing::info!(
+            target: "regauth::audit",
+            outcome = "rejected",
+            reason = e.reason(),
+            grant = "token-exchange",
+            client = %client.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            "token exchange rejected: {e}"
+        );
+        match e {
+            IdentityError::Keys(_) => TokenError::Unavailable(e.to_string()),
+            e => TokenError::SubjectToken(e.to_string()),
+        }
+    })?;
+    let (refresh, claims) = settings
+        .refresh
+        .issue(&principal, None, issuer.credential_ttl, now)
+        .map_err(|e| {
+            tracing::error!(error = %e, "signing a refresh token failed");
+            TokenError::Internal
+        })?;
+    let decisions = settings.policy.decide(&principal, &ask.scopes);
+    let granted = scope_list(&policy::granted(&decisions));
+    tracing::info!(
+        target: "regauth::audit",
+        outcome = "exchanged",
+        kind = %principal.kind,
+        sub = %principal.subject(),
+        issuer = %issuer.name,
+        service = %ask.service,
+        client = %client.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+        requested = %ask.scopes.iter().map(Scope::to_string).collect::<Vec<_>>().join(" "),
+        granted = %granted,
+        jti = %claims.jti,
+        "credential issued for a subject token"
+    );
+    Ok(ExchangeReply {
+        access_token: refresh.clone(),
+        refresh_token: refresh,
+        issued_token_type: TOKEN_TYPE_REFRESH.to_owned(),
+        token_type: "N_A".to_owned(),
+        expires_in: issuer.credential_ttl.as_secs(),
+        scope: (!ask.scopes.is_empty()).then_some(granted),
+    })
+}
+
+fn scope_list(grants: &[policy::Grant]) -> String {
+    grants
+        .iter()
+        .map(|g| format!("{}:{}:{}", g.resource_type, g.name, g.actions.join(",")))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn check_form_content_type(headers: &HeaderMap) -> Result<(), TokenError> {
@@ -218,15 +356,17 @@ fn respond(
             // Not rotated: clients such as skopeo keep the token they were given.
             Some(String::from_utf8_lossy(token.expose()).into_owned())
         }
-        (Authenticated::Password { principal, pwv }, true) => {
+        (
+            Authenticated::Password { principal, .. } | Authenticated::Identity { principal },
+            true,
+        ) => {
+            let pwv = match &authenticated {
+                Authenticated::Password { pwv, .. } => Some(pwv.clone()),
+                _ => None,
+            };
             let (token, _) = settings
                 .refresh
-                .issue(
-                    principal,
-                    Some(pwv.clone()),
-                    settings.refresh_token_ttl,
-                    now,
-                )
+                .issue(principal, pwv, settings.refresh_token_ttl, now)
                 .map_err(|e| {
                     tracing::error!(error = %e, "signing a refresh token failed");
                     TokenError::Internal

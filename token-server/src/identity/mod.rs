@@ -1,6 +1,9 @@
 //! Who is asking: every authenticated caller becomes a [`Principal`].
 
 pub mod account;
+pub mod jwks;
+pub mod node;
+pub mod oidc;
 pub mod password_cache;
 
 use std::collections::BTreeMap;
@@ -75,13 +78,23 @@ impl Principal {
     }
 
     /// Resolves a policy variable: `name`, `kind`, `account` (accounts only),
-    /// or any attribute by its key.
+    /// `claim:NAME` (the attribute `claims.NAME` of OIDC principals), or any
+    /// attribute by its key (`namespace`, `service_account`, `node`, ...).
     pub fn variable(&self, var: &str) -> Option<&str> {
         match var {
             "name" if !self.name.is_empty() => Some(&self.name),
+            "name" => None,
             "kind" => Some(self.kind.as_str()),
             "account" if self.kind == Kind::Account => Some(&self.name),
-            other => self.attributes.get(other).map(String::as_str),
+            "account" => None,
+            other => match other.strip_prefix("claim:") {
+                Some(claim) => self
+                    .attributes
+                    .get(&format!("claims.{claim}"))
+                    .map(String::as_str),
+                None => self.attributes.get(other).map(String::as_str),
+            }
+            .filter(|v| !v.is_empty()),
         }
     }
 }

@@ -13,7 +13,7 @@ pub enum GlobError {
     /// `${` without a closing `}`.
     #[error("unclosed ${{ in pattern {0:?}")]
     UnclosedVariable(String),
-    /// `${}` or a variable name with characters outside `[a-z0-9_:.-]`.
+    /// `${}` or a variable name with characters outside `[A-Za-z0-9_:.-]`.
     #[error("invalid variable name {1:?} in pattern {0:?}")]
     BadVariable(String, String),
     /// Three or more stars in a row.
@@ -67,9 +67,9 @@ impl Glob {
                         .ok_or_else(|| GlobError::UnclosedVariable(pattern.to_owned()))?;
                     let name = &rest[..end];
                     if name.is_empty()
-                        || !name.bytes().all(|b| {
-                            b.is_ascii_lowercase() || b.is_ascii_digit() || b"_:.-".contains(&b)
-                        })
+                        || !name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"_:.-".contains(&b))
                     {
                         return Err(GlobError::BadVariable(pattern.to_owned(), name.to_owned()));
                     }
@@ -216,7 +216,10 @@ mod tests {
             Err(GlobError::UnclosedVariable(_))
         ));
         assert!(matches!(Glob::new("${}"), Err(GlobError::BadVariable(..))));
-        assert!(matches!(Glob::new("${A}"), Err(GlobError::BadVariable(..))));
+        assert!(matches!(
+            Glob::new("${a b}"),
+            Err(GlobError::BadVariable(..))
+        ));
         assert!(matches!(Glob::new("a***"), Err(GlobError::TooManyStars(_))));
     }
 
