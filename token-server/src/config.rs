@@ -910,4 +910,74 @@ mod tests {
         .to_string();
         assert!(err.contains("action") && err.contains("line 5"), "{err}");
     }
+
+    /// The identity example loads, and a token signed like the air-gapped
+    /// cluster's (fixture claims, fixture key) gets what its comments say.
+    #[tokio::test]
+    async fn identity_example_config_works_as_documented() {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header};
+        let s = load(&fixtures().join("identity.yaml")).unwrap();
+        assert!(s.tls.is_some());
+        assert_eq!(s.public_url, "https://auth.example.com:5001");
+        assert_eq!(s.issuers.all().len(), 3);
+
+        let mut claims: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(fixtures().join("identity/kubernetes-sa-token-claims.json")).unwrap(),
+        )
+        .unwrap();
+        let now = std::time::SystemTime::now();
+        let t = crate::refresh::unix(now);
+        claims["iss"] = "https://cluster-a.example.com".into();
+        claims["aud"] = serde_json::json!(["registry.example.com"]);
+        claims["iat"] = t.into();
+        claims["nbf"] = t.into();
+        claims["exp"] = (t + 600).into();
+        let pem = std::fs::read(fixtures().join("identity/cluster-sa-signer.key")).unwrap();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("cluster-a-2026".into());
+        use rustls_pki_types::pem::PemObject;
+        let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&pem).unwrap();
+        let key = EncodingKey::from_ec_der(der.secret_pkcs8_der());
+        let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        let (principal, issuer) = s.issuers.verify(&token, now).await.unwrap();
+        assert_eq!(issuer.name, "cluster-a");
+        assert_eq!(principal.name, "system:serviceaccount:team-a:builder");
+
+        let decide = |p: &Principal, scope: &str| {
+            let scope: Scope = scope.parse().unwrap();
+            s.policy.decide(p, &[scope]).remove(0).grant.actions
+        };
+        assert_eq!(
+            decide(&principal, "repository:team-a/app:pull,push,delete"),
+            ["pull", "push"]
+        );
+        assert!(decide(&principal, "repository:team-b/app:pull").is_empty());
+        assert_eq!(
+            decide(&principal, "repository:ci/anything:push"),
+            ["push"],
+            "builder rule"
+        );
+
+        let mut gha = Principal {
+            kind: crate::identity::Kind::Oidc,
+            name: "repo:example-org/app:ref:refs/heads/main".into(),
+            attributes: Default::default(),
+        };
+        for (k, v) in [
+            ("issuer", "github"),
+            ("claims.repository", "example-org/app"),
+            ("claims.repository_owner", "example-org"),
+            ("claims.ref", "refs/heads/main"),
+        ] {
+            gha.attributes.insert(k.into(), v.into());
+        }
+        assert_eq!(decide(&gha, "repository:ci/example-org/app:push"), ["push"]);
+        assert!(decide(&gha, "repository:ci/example-org/other:push").is_empty());
+        gha.attributes
+            .insert("claims.ref".into(), "refs/heads/feature".into());
+        assert!(
+            decide(&gha, "repository:ci/example-org/app:push").is_empty(),
+            "main only"
+        );
+    }
 }
