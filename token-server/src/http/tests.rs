@@ -480,3 +480,108 @@ async fn health_and_unknown_paths() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["errors"][0]["code"], "NOT_FOUND");
 }
+
+#[tokio::test]
+async fn client_credentials_without_a_certificate_is_invalid_client() {
+    let w = world();
+    let resp = router(Arc::clone(&w.state))
+        .oneshot(post("grant_type=client_credentials&service=registry.test"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["error"], "invalid_client");
+}
+
+#[tokio::test]
+async fn token_exchange_request_errors() {
+    let w = world();
+    let exchange = "grant_type=urn:ietf:params:oauth:grant-type:token-exchange";
+    let jwt_type = "subject_token_type=urn:ietf:params:oauth:token-type:jwt";
+    let forged = format!(
+        "{}.{}.sig",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","kid":"k"}"#),
+        URL_SAFE_NO_PAD.encode(r#"{"iss":"https://nobody.test","aud":"x","exp":1}"#)
+    );
+    let cases = [
+        (
+            format!("{exchange}&audience=registry.test&{jwt_type}"),
+            "invalid_request",
+            "missing subject_token",
+        ),
+        (
+            format!(
+                "{exchange}&audience=registry.test&subject_token=a.b.c&subject_token_type=urn:x"
+            ),
+            "invalid_request",
+            "unsupported subject_token_type",
+        ),
+        (
+            format!("{exchange}&audience=registry.test&subject_token=a.b.c"),
+            "invalid_request",
+            "missing subject_token_type",
+        ),
+        (
+            format!("{exchange}&audience=elsewhere.test&{jwt_type}&subject_token={forged}"),
+            "invalid_target",
+            "unknown audience",
+        ),
+        (
+            format!("{exchange}&audience=registry.test&{jwt_type}&subject_token={forged}"),
+            "invalid_request",
+            "issuer is not trusted",
+        ),
+        (
+            format!("{exchange}&audience=registry.test&{jwt_type}&subject_token=not-a-jwt"),
+            "invalid_request",
+            "not a well-formed JWT",
+        ),
+        (
+            format!(
+                "{exchange}&audience=registry.test&{jwt_type}&subject_token={forged}&requested_token_type=urn:ietf:params:oauth:token-type:access_token"
+            ),
+            "invalid_request",
+            "is not issued",
+        ),
+    ];
+    for (body, error, text) in cases {
+        let (status, reply) = send(&w.state, post(&body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {reply}");
+        assert_eq!(reply["error"], error, "{body}: {reply}");
+        assert!(
+            reply["error_description"].as_str().unwrap().contains(text),
+            "{body}: {reply}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn authorization_server_metadata() {
+    let w = world();
+    let (status, m) = send(
+        &w.state,
+        get("/.well-known/oauth-authorization-server", None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let base = m["issuer"].as_str().unwrap();
+    assert_eq!(m["token_endpoint"], format!("{base}/token"));
+    assert_eq!(m["jwks_uri"], format!("{base}/.well-known/jwks.json"));
+    let grants: Vec<&str> = m["grant_types_supported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap())
+        .collect();
+    for g in [
+        "password",
+        "refresh_token",
+        "client_credentials",
+        "urn:ietf:params:oauth:grant-type:token-exchange",
+    ] {
+        assert!(grants.contains(&g), "{g}");
+    }
+}
