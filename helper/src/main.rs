@@ -1,30 +1,82 @@
-//! `docker-credential-regauth`: a docker credential helper.
+//! `docker-credential-regauth`: a docker credential helper that swaps the
+//! local identity (service-account token, OIDC token, client certificate or
+//! account) for a short-lived registry credential from a regauth token server.
 //!
-//! This release answers only `version`; the other actions of the protocol
-//! (`get`, `store`, `erase`, `list`) report that they are not available yet,
-//! on stderr with exit status 1, rather than pretending no credentials exist.
+//! This file alone owns stdout, stderr and the exit code: stdout carries only
+//! the protocol, and diagnostics go to stderr (`REGAUTH_LOG=debug` for more).
 
 #![forbid(unsafe_code)]
 
+mod cache;
+mod config;
+mod credential;
+mod doctor;
+mod exchange;
+mod identity;
+mod matcher;
+mod protocol;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: docker-credential-regauth <get|store|erase|list|version>";
+use config::Output;
+use credential::{GetError, Source};
+use protocol::{Credentials, IDENTITY_TOKEN_USERNAME, NOT_FOUND};
+
+const USAGE: &str = "\
+usage: docker-credential-regauth [--config FILE] <action>
+
+Docker credential helper for regauth token servers.
+
+actions:
+  get        read a registry URL on stdin, print its credential as JSON
+  store      accepted and ignored (credentials come from the local identity)
+  erase      read a registry URL on stdin, drop its cached credential
+  list       print the configured registries
+  version    print the version
+  doctor [HOST[/REPO]]
+             check the config, identity, token server and exchange, step by step
+
+config: --config, then $REGAUTH_HELPER_CONFIG, then
+        $XDG_CONFIG_HOME/regauth/helper.yaml, then /etc/regauth/helper.yaml
+logs:   REGAUTH_LOG=debug (stderr only)";
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
 
 fn main() -> ExitCode {
-    let action = std::env::args().nth(1);
-    match action.as_deref() {
-        Some("version") | Some("--version") | Some("-v") => {
+    init_logging();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut explicit: Option<PathBuf> = None;
+    if args.first().map(String::as_str) == Some("--config") {
+        if args.len() < 2 {
+            eprintln!("{USAGE}");
+            return ExitCode::FAILURE;
+        }
+        explicit = Some(PathBuf::from(args.remove(1)));
+        args.remove(0);
+    }
+    let action = args.first().cloned().unwrap_or_default();
+    match action.as_str() {
+        "get" => get(explicit.as_deref()),
+        "store" => store(),
+        "erase" => erase(explicit.as_deref()),
+        "list" => list(explicit.as_deref()),
+        "version" | "--version" | "-v" => {
             println!("docker-credential-regauth {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Some("get" | "store" | "erase" | "list") => {
-            eprintln!(
-                "docker-credential-regauth: `{}` is not implemented in this release",
-                action.unwrap_or_default()
-            );
-            ExitCode::FAILURE
+        "doctor" => {
+            if doctor::run(explicit.as_deref(), args.get(1).map(String::as_str), &env) == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
-        Some("-h" | "--help" | "help") => {
+        "-h" | "--help" | "help" => {
             println!("{USAGE}");
             ExitCode::SUCCESS
         }
@@ -32,5 +84,157 @@ fn main() -> ExitCode {
             eprintln!("{USAGE}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REGAUTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+}
+
+/// Reports a failure: a one-line summary on stdout (docker shows it) and the
+/// full cause chain on stderr.
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    println!("docker-credential-regauth: {e}");
+    eprintln!("docker-credential-regauth: {e}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        eprintln!("  caused by: {s}");
+        source = s.source();
+    }
+    ExitCode::FAILURE
+}
+
+fn stdin_or_fail() -> Result<String, ExitCode> {
+    protocol::read_stdin().map_err(|e| fail(&e))
+}
+
+fn get(explicit: Option<&std::path::Path>) -> ExitCode {
+    let server_url = match stdin_or_fail() {
+        Ok(s) => s.trim().to_owned(),
+        Err(code) => return code,
+    };
+    let config = match config::find(explicit, &env) {
+        Ok(Some(c)) => c,
+        // Nothing configured anywhere: the client should go anonymous.
+        Ok(None) => return not_found(&server_url),
+        Err(e) => return fail(&e),
+    };
+    let registry = match credential::registry_for(&config, &server_url) {
+        Ok(r) => r,
+        Err(GetError::NotConfigured(_)) => return not_found(&server_url),
+        Err(e) => return fail(&e),
+    };
+    match credential::credential(&config, registry, &env) {
+        Ok((entry, source)) => {
+            if let Source::StaleFallback(reason) = &source {
+                eprintln!(
+                    "docker-credential-regauth: warning: the token server is unreachable ({reason}); \
+                     using the cached credential, valid for {}s more",
+                    entry.expires_at.saturating_sub(credential::unix_now())
+                );
+            }
+            let username = match registry.output {
+                Output::IdentityToken => IDENTITY_TOKEN_USERNAME.to_owned(),
+                Output::Password => registry.username.clone(),
+            };
+            let creds = Credentials {
+                server_url,
+                username,
+                secret: entry.refresh_token,
+            };
+            match serde_json::to_string(&creds) {
+                Ok(json) => {
+                    println!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn not_found(server_url: &str) -> ExitCode {
+    tracing::debug!(server_url, "no registry entry matches; answering not found");
+    println!("{NOT_FOUND}");
+    ExitCode::FAILURE
+}
+
+fn store() -> ExitCode {
+    let payload = match stdin_or_fail() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match protocol::parse_store(&payload) {
+        Ok(url) => {
+            // `docker login` calls store; failing it would break the login.
+            eprintln!(
+                "docker-credential-regauth: not storing credentials for {url}: \
+                 they come from the local identity"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            println!("docker-credential-regauth: {message}");
+            eprintln!("docker-credential-regauth: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn erase(explicit: Option<&std::path::Path>) -> ExitCode {
+    let server_url = match stdin_or_fail() {
+        Ok(s) => s.trim().to_owned(),
+        Err(code) => return code,
+    };
+    let config = match config::find(explicit, &env) {
+        Ok(Some(c)) => c,
+        Ok(None) => return not_found(&server_url),
+        Err(e) => return fail(&e),
+    };
+    let registry = match credential::registry_for(&config, &server_url) {
+        Ok(r) => r,
+        Err(GetError::NotConfigured(_)) => return not_found(&server_url),
+        Err(e) => return fail(&e),
+    };
+    let removed = cache::Cache::open(&config.cache_dir)
+        .and_then(|c| c.erase(&cache::registry_stem(registry)));
+    match removed {
+        Ok(n) => {
+            tracing::debug!(removed = n, "erased cached credentials");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn list(explicit: Option<&std::path::Path>) -> ExitCode {
+    let config = match config::find(explicit, &env) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let mut out = BTreeMap::new();
+    for reg in config.iter().flat_map(|c| &c.registries) {
+        let user = match reg.output {
+            Output::IdentityToken => IDENTITY_TOKEN_USERNAME,
+            Output::Password => reg.username.as_str(),
+        };
+        for p in &reg.patterns {
+            out.entry(p.to_string()).or_insert(user.to_owned());
+        }
+    }
+    match serde_json::to_string(&out) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
     }
 }
