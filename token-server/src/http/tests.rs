@@ -585,3 +585,43 @@ async fn authorization_server_metadata() {
         assert!(grants.contains(&g), "{g}");
     }
 }
+
+/// A verified client certificate (as the TLS listener records it) makes a
+/// GET without Basic the node, not anonymous.
+#[tokio::test]
+async fn get_with_a_verified_node_certificate_is_the_node() {
+    use crate::identity::{Kind, Principal};
+    use crate::tls::PeerInfo;
+    use axum::extract::ConnectInfo;
+    let dir = tempfile::tempdir().unwrap();
+    write_world(dir.path(), &bcrypt::hash("alice-pw", 4).unwrap());
+    let mut config = std::fs::read_to_string(dir.path().join("config.yaml")).unwrap();
+    config = config.replace(
+        "policy:\n",
+        "policy:\n  - kind: node\n    resource: \"nodes/${node}/**\"\n    actions: [pull]\n",
+    );
+    std::fs::write(dir.path().join("config.yaml"), config).unwrap();
+    let state = state_for(dir.path(), SystemTime::now);
+    let node = Principal {
+        kind: Kind::Node,
+        name: "worker-1".into(),
+        attributes: [("node".to_owned(), "worker-1".to_owned())].into(),
+    };
+    let mut req = get(
+        "/token?service=registry.test&scope=repository:nodes/worker-1/x:pull&offline_token=true",
+        None,
+    );
+    req.extensions_mut().insert(ConnectInfo(PeerInfo {
+        addr: "127.0.0.1:9".parse().unwrap(),
+        node: Some(Arc::new(node)),
+    }));
+    let (status, body) = send(&state, req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let c = claims(body["token"].as_str().unwrap());
+    assert_eq!(c["sub"], "node:worker-1");
+    assert_eq!(c["access"][0]["actions"], serde_json::json!(["pull"]));
+    assert!(
+        body["refresh_token"].is_string(),
+        "an authenticated node may ask for a refresh token"
+    );
+}

@@ -94,11 +94,15 @@ pub async fn get(State(state): State<Arc<AppState>>, req: Request) -> Result<Res
     )?;
     let creds = auth::basic_credentials(req.headers())?;
     let username = creds.as_ref().map(|c| c.username.clone());
-    let authenticated = match creds {
-        None => Authenticated::Anonymous,
-        Some(c) => auth::basic(&state, c, now)
+    let authenticated = match (creds, peer.and_then(|p| p.node)) {
+        (Some(c), _) => auth::basic(&state, c, now)
             .await
             .inspect_err(|e| rejected(e, username.as_deref(), client))?,
+        // A verified client certificate authenticates a GET with no Basic header.
+        (None, Some(node)) => Authenticated::Identity {
+            principal: (*node).clone(),
+        },
+        (None, None) => Authenticated::Anonymous,
     };
     let reply = respond(&state, authenticated, &ask, client, now, false)?;
     Ok(reply_response(reply))

@@ -214,7 +214,11 @@ impl Issuer {
                     K::InvalidAudience => IdentityError::Audience,
                     K::InvalidIssuer => IdentityError::UnknownIssuer,
                     K::InvalidAlgorithm => IdentityError::Algorithm,
-                    K::MissingRequiredClaim(_) => IdentityError::Claim("exp"),
+                    K::MissingRequiredClaim(claim) => IdentityError::Claim(match claim.as_str() {
+                        "aud" => "aud",
+                        "iss" => "iss",
+                        _ => "exp",
+                    }),
                     K::Json(_) | K::Base64(_) | K::Utf8(_) => IdentityError::Malformed,
                     _ => IdentityError::Signature,
                 }
