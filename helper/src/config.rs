@@ -475,4 +475,40 @@ registries:
         }
         assert!(find(Some(Path::new("/nonexistent/helper.yaml")), &env).is_err());
     }
+
+    #[test]
+    fn example_config_in_fixtures_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/helper.yaml");
+        let c = load(&path, &no_env).unwrap();
+        assert_eq!(c.registries.len(), 4);
+        assert_eq!(c.cache_dir, PathBuf::from("/var/cache/regauth"));
+        let pick = |loc: &str| {
+            c.registry_for(&Target::parse(loc).unwrap())
+                .map(|r| r.identity.kind())
+        };
+        assert_eq!(pick("registry.example.com"), Some("kubernetes"));
+        assert_eq!(
+            pick("eu.mirror.example.com:5000/app:1"),
+            Some("client_certificate")
+        );
+        assert_eq!(
+            pick("eu.mirror.example.com/app"),
+            None,
+            "the port must match"
+        );
+        assert_eq!(pick("ci.example.com"), Some("github_actions"));
+        assert_eq!(pick("legacy.example.com/team/app:1"), Some("account"));
+        assert_eq!(
+            pick("legacy.example.com/other/app"),
+            None,
+            "the path is a prefix"
+        );
+        assert!(
+            c.registries[0]
+                .ca_file
+                .as_ref()
+                .unwrap()
+                .ends_with("tls/server-ca.crt")
+        );
+    }
 }
