@@ -25,6 +25,70 @@ pub enum CtrAuth<'a> {
     Refresh(&'a str),
 }
 
+/// TLS options for `ctr images pull`. ctr 1.6 builds one HTTP transport per
+/// registry host from them and uses it for every connection of the pull, the
+/// token realm included, so they are how ctr reaches an HTTPS token server
+/// behind a plain-HTTP registry.
+///
+/// Beware: for a registry named `localhost` or a loopback IP, with no
+/// `hosts.toml`, ctr 1.6 turns TLS verification off for that host (realm
+/// included) whatever these flags say. To test verification, name the
+/// registry otherwise and map it with [`CtrTls::hosts_dir`]
+/// (see [`write_hosts_toml`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CtrTls<'a> {
+    /// `--hosts-dir PATH`: per-registry `hosts.toml` files.
+    pub hosts_dir: Option<&'a Path>,
+    /// `--tlscacert PATH`: trust this CA (instead of the system roots).
+    pub ca: Option<&'a Path>,
+    /// `--tlscert PATH --tlskey PATH`: present this client certificate.
+    pub client_cert: Option<(&'a Path, &'a Path)>,
+    /// `--skip-verify`: accept any server certificate.
+    pub skip_verify: bool,
+}
+
+impl CtrTls<'_> {
+    /// The `ctr images pull` flags for these options.
+    pub fn args(&self) -> Vec<String> {
+        let path = |p: &Path| {
+            p.to_str()
+                .unwrap_or_else(|| panic!("non-UTF-8 path {}", p.display()))
+                .to_owned()
+        };
+        let mut args = Vec::new();
+        if let Some(dir) = self.hosts_dir {
+            args.extend(["--hosts-dir".to_owned(), path(dir)]);
+        }
+        if let Some(ca) = self.ca {
+            args.extend(["--tlscacert".to_owned(), path(ca)]);
+        }
+        if let Some((cert, key)) = self.client_cert {
+            args.extend(["--tlscert".to_owned(), path(cert)]);
+            args.extend(["--tlskey".to_owned(), path(key)]);
+        }
+        if self.skip_verify {
+            args.push("--skip-verify".to_owned());
+        }
+        args
+    }
+}
+
+/// Writes `hosts_dir/NAMESPACE/hosts.toml` sending registry `namespace`
+/// (`host:port` as it appears in image references) to `server` (for example
+/// `http://127.0.0.1:PORT`). The file sets no TLS options, so ctr applies its
+/// command-line TLS flags to the host and its token realm.
+///
+/// ctr 1.6 rejects a file without a `[host]` table ("invalid `host` tree"),
+/// so `server` appears both as `server` and as the one pull/resolve host.
+pub fn write_hosts_toml(hosts_dir: &Path, namespace: &str, server: &str) {
+    let dir = hosts_dir.join(namespace);
+    std::fs::create_dir_all(&dir).expect("create hosts.toml dir");
+    let server = serde_json::to_string(server).expect("serialize server URL");
+    let toml =
+        format!("server = {server}\n\n[host.{server}]\n  capabilities = [\"pull\", \"resolve\"]\n");
+    std::fs::write(dir.join("hosts.toml"), toml).expect("write hosts.toml");
+}
+
 /// A running containerd with its own root, state and socket; killed on drop.
 #[derive(Debug)]
 pub struct Containerd {
@@ -142,7 +206,20 @@ disabled_plugins = [
 
     /// `ctr images pull --plain-http --snapshotter native [auth] REFERENCE` in `namespace`.
     pub fn pull(&self, namespace: &str, reference: &str, auth: CtrAuth<'_>) -> CmdOutput {
+        self.pull_tls(namespace, reference, auth, CtrTls::default())
+    }
+
+    /// Like [`Containerd::pull`], adding the TLS flags of `tls`. The registry
+    /// stays plain HTTP (`--plain-http`); the flags matter for the HTTPS realm.
+    pub fn pull_tls(
+        &self,
+        namespace: &str,
+        reference: &str,
+        auth: CtrAuth<'_>,
+        tls: CtrTls<'_>,
+    ) -> CmdOutput {
         let user;
+        let tls_args = tls.args();
         let mut args = vec!["images", "pull", "--plain-http", "--snapshotter", "native"];
         match auth {
             CtrAuth::Anonymous => {}
@@ -152,6 +229,7 @@ disabled_plugins = [
             }
             CtrAuth::Refresh(token) => args.extend(["--refresh", token]),
         }
+        args.extend(tls_args.iter().map(String::as_str));
         args.push(reference);
         self.ctr_in(namespace, &args)
     }

@@ -21,6 +21,8 @@ pub mod containerd;
 pub mod jwt;
 pub mod net;
 pub mod oci;
+pub mod oidc_issuer;
+pub mod pki;
 pub mod process;
 pub mod registry;
 pub mod secrets;

@@ -122,6 +122,11 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The listening port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.host())

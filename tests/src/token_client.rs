@@ -49,26 +49,48 @@ impl HttpReply {
 
 /// Builds the shared blocking client: no proxies, no redirects, short timeouts.
 pub fn http_client() -> Client {
+    http_client_builder().build().expect("build HTTP client")
+}
+
+/// The settings of [`http_client`], for adding TLS options before building.
+pub fn http_client_builder() -> reqwest::blocking::ClientBuilder {
     Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
-        .build()
-        .expect("build HTTP client")
 }
 
 /// Sends `request` and reads the whole response.
 pub fn send(request: RequestBuilder) -> HttpReply {
-    let response = request.send().expect("HTTP request");
+    try_send(request).unwrap_or_else(|e| panic!("HTTP request: {}", error_chain(&e)))
+}
+
+/// Sends `request` and reads the whole response, returning transport errors
+/// (refused connections, failed TLS handshakes) instead of panicking.
+pub fn try_send(request: RequestBuilder) -> Result<HttpReply, reqwest::Error> {
+    let response = request.send()?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let body = response.text().expect("read HTTP response body");
-    HttpReply {
+    let body = response.text()?;
+    Ok(HttpReply {
         status,
         headers,
         body,
+    })
+}
+
+/// An error and all its sources, joined with `: ` (reqwest hides the TLS
+/// alert in the source chain).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
     }
+    text
 }
 
 /// Client for the token server's `/token` endpoint.
@@ -81,10 +103,21 @@ pub struct TokenClient {
 impl TokenClient {
     /// A client for the server at `base_url` (for example `http://127.0.0.1:PORT`).
     pub fn new(base_url: &str) -> Self {
+        Self::with_http(base_url, http_client())
+    }
+
+    /// A client for the server at `base_url` that sends through `http`
+    /// (for example one trusting a test CA, or presenting a client certificate).
+    pub fn with_http(base_url: &str, http: Client) -> Self {
         Self {
             base_url: base_url.trim_end_matches('/').to_owned(),
-            http: http_client(),
+            http,
         }
+    }
+
+    /// The underlying HTTP client.
+    pub fn http(&self) -> &Client {
+        &self.http
     }
 
     /// The `/token` URL.
@@ -110,6 +143,29 @@ impl TokenClient {
     /// `POST /token` with a form body.
     pub fn post_token(&self, form: &[(&str, &str)]) -> HttpReply {
         send(self.http.post(self.token_url()).form(form))
+    }
+
+    /// `POST /token` with a form body, returning transport errors.
+    pub fn try_post_token(&self, form: &[(&str, &str)]) -> Result<HttpReply, reqwest::Error> {
+        try_send(self.http.post(self.token_url()).form(form))
+    }
+
+    /// The form of an OAuth2 `client_credentials` grant (the client is
+    /// authenticated by its TLS certificate, RFC 8705).
+    pub fn client_credentials_form<'a>(
+        service: &'a str,
+        scope: &'a str,
+    ) -> Vec<(&'a str, &'a str)> {
+        let mut form = vec![("grant_type", "client_credentials"), ("service", service)];
+        if !scope.is_empty() {
+            form.push(("scope", scope));
+        }
+        form
+    }
+
+    /// OAuth2 `client_credentials` grant; `scope` is space-separated.
+    pub fn client_credentials_grant(&self, service: &str, scope: &str) -> HttpReply {
+        self.post_token(&Self::client_credentials_form(service, scope))
     }
 
     /// OAuth2 password grant; `offline` asks for a refresh token.

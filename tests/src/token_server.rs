@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use crate::bins::token_server_bin;
 use crate::net::free_port;
+use crate::pki::{CertifiedKey, ServerTls};
 use crate::process::{
     ChildGuard, CmdOutput, PORT_ATTEMPTS, Readiness, address_in_use, run, run_with_stdin,
     wait_ready,
 };
 use crate::secrets::{random_bytes, write_secret_file};
-use crate::token_client::TokenClient;
+use crate::token_client::{TokenClient, http_client_builder};
 use crate::tools::htpasswd;
 
 /// The registry `service` (JWT `aud`) every test world uses.
@@ -54,6 +55,7 @@ pub struct TokenServerBuilder {
     alg: &'static str,
     embed_x5c: bool,
     extra_config: String,
+    tls: Option<ServerTls>,
 }
 
 impl Default for TokenServerBuilder {
@@ -66,6 +68,7 @@ impl Default for TokenServerBuilder {
             alg: "ES256",
             embed_x5c: false,
             extra_config: String::new(),
+            tls: None,
         }
     }
 }
@@ -115,6 +118,15 @@ impl TokenServerBuilder {
         if !yaml.ends_with('\n') {
             self.extra_config.push('\n');
         }
+        self
+    }
+
+    /// Serves HTTPS only, with a `tls:` section: the certificate and key go to
+    /// `tls/server.crt` and `tls/server.key`, the client CA (if any) to
+    /// `tls/client-ca.pem`. `public_url` becomes `https://127.0.0.1:PORT`,
+    /// and the fixture's clients trust exactly `tls.ca_pem`.
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -183,13 +195,18 @@ impl TokenServerBuilder {
             body.push('\n');
         }
         body.push_str(&self.extra_config);
+        if let Some(tls) = &self.tls {
+            body.push_str(&write_tls_files(&dir, tls));
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let server_ca_pem = self.tls.as_ref().map(|t| t.ca_pem.clone());
         let config_path = dir.join("config.yml");
 
         let mut attempt = 0;
         let (process, port, client) = loop {
             attempt += 1;
             let port = free_port();
-            let url = format!("http://127.0.0.1:{port}");
+            let url = format!("{scheme}://127.0.0.1:{port}");
             let config = format!("listen: 127.0.0.1:{port}\npublic_url: {url}\n{body}");
             std::fs::write(&config_path, &config).expect("write token server config");
 
@@ -206,7 +223,7 @@ impl TokenServerBuilder {
                 cmd.env(key, value);
             }
             let mut process = ChildGuard::spawn(cmd, &dir, "token-server");
-            let client = TokenClient::new(&url);
+            let client = TokenClient::with_http(&url, https_client(server_ca_pem.as_deref(), None));
             match wait_ready(&mut process, READY_TIMEOUT, || {
                 (client.healthz() == Some(200)).then_some(())
             }) {
@@ -240,6 +257,8 @@ impl TokenServerBuilder {
         TokenServer {
             process,
             port,
+            scheme,
+            server_ca_pem,
             dir,
             config_path,
             accounts,
@@ -253,6 +272,8 @@ impl TokenServerBuilder {
 pub struct TokenServer {
     process: ChildGuard,
     port: u16,
+    scheme: &'static str,
+    server_ca_pem: Option<String>,
     dir: PathBuf,
     config_path: PathBuf,
     accounts: Vec<Account>,
@@ -260,9 +281,36 @@ pub struct TokenServer {
 }
 
 impl TokenServer {
-    /// Base URL, `http://127.0.0.1:PORT`.
+    /// Base URL, `http://127.0.0.1:PORT` (`https://` when serving TLS).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+
+    /// True when the server was started with [`TokenServerBuilder::tls`].
+    pub fn is_tls(&self) -> bool {
+        self.server_ca_pem.is_some()
+    }
+
+    /// The CA certificate (PEM) that issued the server's TLS certificate.
+    pub fn server_ca_pem(&self) -> &str {
+        self.server_ca_pem
+            .as_deref()
+            .expect("the token server was started without TLS")
+    }
+
+    /// The file holding [`TokenServer::server_ca_pem`] (for `ctr --tlscacert`).
+    pub fn server_ca_path(&self) -> PathBuf {
+        assert!(self.is_tls(), "the token server was started without TLS");
+        self.dir.join(TLS_DIR).join(SERVER_CA_FILE)
+    }
+
+    /// A `/token` client that trusts the server's CA and presents `identity`
+    /// as its TLS client certificate (`None`: no certificate).
+    pub fn client_with_cert(&self, identity: Option<&CertifiedKey>) -> TokenClient {
+        TokenClient::with_http(
+            &self.url(),
+            https_client(self.server_ca_pem.as_deref(), identity),
+        )
     }
 
     /// The token endpoint (the registry's realm).
@@ -338,6 +386,43 @@ impl TokenServer {
         out.assert_success("regauth-token-server registry-config");
         out.stdout
     }
+}
+
+/// Where [`TokenServerBuilder::tls`] writes its files, under the server dir.
+const TLS_DIR: &str = "tls";
+/// The server CA as written for clients (not referenced by the config).
+const SERVER_CA_FILE: &str = "server-ca.pem";
+
+/// Writes the TLS files under `dir/tls` and returns the config's `tls:` section.
+fn write_tls_files(dir: &Path, tls: &ServerTls) -> String {
+    let tls_dir = dir.join(TLS_DIR);
+    std::fs::create_dir_all(&tls_dir).expect("create tls dir");
+    std::fs::write(tls_dir.join("server.crt"), &tls.cert_pem).expect("write server.crt");
+    write_secret_file(&tls_dir.join("server.key"), tls.key_pem.as_bytes());
+    std::fs::write(tls_dir.join(SERVER_CA_FILE), &tls.ca_pem).expect("write server-ca.pem");
+    let mut section = format!("tls:\n  cert: {TLS_DIR}/server.crt\n  key: {TLS_DIR}/server.key\n");
+    if let Some(client_ca) = &tls.client_ca_pem {
+        std::fs::write(tls_dir.join("client-ca.pem"), client_ca).expect("write client-ca.pem");
+        section.push_str(&format!("  client_ca: {TLS_DIR}/client-ca.pem\n"));
+    }
+    section
+}
+
+/// The fixture's HTTP client: plain HTTP when `server_ca_pem` is `None`;
+/// otherwise it trusts only that CA and presents `identity`, if any.
+fn https_client(
+    server_ca_pem: Option<&str>,
+    identity: Option<&CertifiedKey>,
+) -> reqwest::blocking::Client {
+    let mut builder = http_client_builder();
+    if let Some(ca) = server_ca_pem {
+        let ca = reqwest::Certificate::from_pem(ca.as_bytes()).expect("server CA is PEM");
+        builder = builder.tls_certs_only([ca]);
+    }
+    if let Some(identity) = identity {
+        builder = builder.identity(identity.identity());
+    }
+    builder.build().expect("build HTTPS client")
 }
 
 /// Hashes `password` with `regauth-token-server hash-password` (bcrypt).

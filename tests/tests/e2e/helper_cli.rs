@@ -22,12 +22,19 @@ fn helper(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> CmdOutput {
 fn version_and_unconfigured_get() {
     let out = helper(&["version"], "", &[]);
     out.assert_success("docker-credential-regauth version");
-    assert!(out.stdout.starts_with("docker-credential-regauth "), "{}", out.stdout);
+    assert!(
+        out.stdout.starts_with("docker-credential-regauth "),
+        "{}",
+        out.stdout
+    );
 
     if !std::path::Path::new("/etc/regauth/helper.yaml").exists() {
         let out = helper(&["get"], "registry.example.com\n", &[]);
         assert!(!out.success());
-        assert_eq!(out.stdout.trim_end(), "credentials not found in native keychain");
+        assert_eq!(
+            out.stdout.trim_end(),
+            "credentials not found in native keychain"
+        );
     }
 }
 
@@ -38,18 +45,33 @@ fn broken_config_is_a_real_error_not_not_found() {
     std::fs::write(&cfg, "registries: [{match: [a], bogus: 1}]\n").unwrap();
     let out = helper(&["--config", cfg.to_str().unwrap(), "get"], "a\n", &[]);
     assert!(!out.success());
-    assert!(!out.stdout.contains("credentials not found"), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains("credentials not found"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stderr.contains("bogus"), "{}", out.stderr);
 
     let missing = dir.path().join("missing.yaml");
-    let out = helper(&["get"], "a\n", &[("REGAUTH_HELPER_CONFIG", missing.to_str().unwrap())]);
+    let out = helper(
+        &["get"],
+        "a\n",
+        &[("REGAUTH_HELPER_CONFIG", missing.to_str().unwrap())],
+    );
     assert!(!out.success());
-    assert!(!out.stdout.contains("credentials not found"), "an explicit config that is missing is an error");
+    assert!(
+        !out.stdout.contains("credentials not found"),
+        "an explicit config that is missing is an error"
+    );
 }
 
 #[test]
 fn store_is_accepted_and_kept_nowhere() {
-    let out = helper(&["store"], r#"{"ServerURL":"r.example.com","Username":"u","Secret":"s3cret"}"#, &[]);
+    let out = helper(
+        &["store"],
+        r#"{"ServerURL":"r.example.com","Username":"u","Secret":"s3cret"}"#,
+        &[],
+    );
     out.assert_success("store");
     assert!(out.stdout.is_empty());
     assert!(out.stderr.contains("not storing"), "{}", out.stderr);
