@@ -74,6 +74,8 @@ struct RegistryFile {
     output: Output,
     #[serde(default)]
     username: Option<String>,
+    #[serde(default)]
+    forward_annotations: Vec<String>,
 }
 
 /// How `get` presents the credential.
@@ -183,8 +185,10 @@ pub struct Registry {
     pub timeout: Duration,
     /// Output form.
     pub output: Output,
-    /// Username for the password form.
+    /// Username for the password form (and kubelet responses).
     pub username: String,
+    /// Kubelet mode: service-account annotation keys forwarded to the token server.
+    pub forward_annotations: Vec<String>,
 }
 
 impl Registry {
@@ -341,6 +345,7 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
                 .username
                 .clone()
                 .unwrap_or_else(|| DEFAULT_USERNAME.to_owned()),
+            forward_annotations: r.forward_annotations.clone(),
         });
     }
     let cache_dir = match &file.cache_dir {

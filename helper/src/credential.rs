@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::cache::{self, Cache, CacheError, Entry};
 use crate::config::{Config, ConfigError, Registry};
 use crate::exchange::{self, ExchangeError};
-use crate::identity::{self, IdentityError};
+use crate::identity::{self, Identity, IdentityError};
 use crate::matcher::Target;
 
 /// How long an invocation waits for another one's exchange.
@@ -93,6 +93,21 @@ pub fn credential(
         registry: name.clone(),
         source,
     })?;
+    credential_for_identity(config, registry, &id)
+}
+
+/// A credential for `registry` and an identity already read (the kubelet
+/// passes a pod's service-account token this way).
+pub fn credential_for_identity(
+    config: &Config,
+    registry: &Registry,
+    id: &Identity,
+) -> Result<(Entry, Source), GetError> {
+    let name = registry
+        .patterns
+        .first()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     let cache = Cache::open(&config.cache_dir)?;
     let key = cache::key(registry, &id.fingerprint);
     // Held across the exchange: concurrent invocations wait here and then
@@ -109,7 +124,7 @@ pub fn credential(
         .build()
         .map_err(|e| GetError::Runtime(e.to_string()))?;
     tracing::debug!(registry = %name, identity = %id.summary, "exchanging the identity at {}", registry.token_url());
-    match runtime.block_on(exchange::exchange(registry, &id, now)) {
+    match runtime.block_on(exchange::exchange(registry, id, now)) {
         Ok(issued) => {
             let entry = Entry::new(issued.refresh_token, issued.issued_at, issued.expires_at);
             cache.write(&key, &entry)?;

@@ -189,7 +189,7 @@ pub async fn exchange(
 ) -> Result<Issued, ExchangeError> {
     match &identity.material {
         Material::Jwt { token, token_type } => {
-            token_exchange(registry, token, token_type, now).await
+            token_exchange(registry, token, token_type, &identity.annotations, now).await
         }
         Material::GithubActions {
             url,
@@ -197,7 +197,14 @@ pub async fn exchange(
             audience,
         } => {
             let token = github_id_token(registry, url, bearer, audience).await?;
-            token_exchange(registry, &token, TOKEN_TYPE_ID_TOKEN, now).await
+            token_exchange(
+                registry,
+                &token,
+                TOKEN_TYPE_ID_TOKEN,
+                &identity.annotations,
+                now,
+            )
+            .await
         }
         Material::Account { username, password } => {
             let http = http_client(registry, None)?;
@@ -320,17 +327,24 @@ async fn token_exchange(
     registry: &Registry,
     token: &str,
     token_type: &str,
+    annotations: &std::collections::BTreeMap<String, String>,
     now: u64,
 ) -> Result<Issued, ExchangeError> {
     let url = registry.token_url();
     let http = http_client(registry, None)?;
-    let form = [
-        ("grant_type", GRANT_TOKEN_EXCHANGE),
-        ("subject_token", token),
-        ("subject_token_type", token_type),
-        ("audience", registry.service.as_str()),
-        ("client_id", CLIENT_ID),
+    let mut form: Vec<(String, &str)> = vec![
+        ("grant_type".into(), GRANT_TOKEN_EXCHANGE),
+        ("subject_token".into(), token),
+        ("subject_token_type".into(), token_type),
+        ("audience".into(), registry.service.as_str()),
+        ("client_id".into(), CLIENT_ID),
     ];
+    // Only keys the config allows reach this point (kubelet mode).
+    form.extend(
+        annotations
+            .iter()
+            .map(|(k, v)| (format!("annotation.{k}"), v.as_str())),
+    );
     let resp = http
         .post(&url)
         .form(&form)

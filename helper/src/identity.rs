@@ -93,6 +93,9 @@ pub struct Identity {
     pub expires_at: Option<u64>,
     /// The secret part.
     pub material: Material,
+    /// Service-account annotations the config allows forwarding to the
+    /// token server (kubelet mode only).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// The RFC 8693 type of a JWT.
@@ -173,7 +176,22 @@ fn jwt_identity(
         summary: format!("{summary} (issuer {iss})"),
         expires_at: claims.get("exp").and_then(|e| e.as_u64()),
         material: Material::Jwt { token, token_type },
+        annotations: Default::default(),
     })
+}
+
+/// The identity of a pod's service-account token, as the kubelet passes it.
+pub fn service_account_token(token: &str) -> Result<Identity, IdentityError> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(IdentityError::Empty("serviceAccountToken".into()));
+    }
+    jwt_identity(
+        token.to_owned(),
+        TOKEN_TYPE_JWT,
+        "serviceAccountToken",
+        "kubernetes",
+    )
 }
 
 /// Reads the identity `source` describes; `env` reads environment variables.
@@ -230,6 +248,7 @@ pub fn read(
                     bearer,
                     audience: audience.clone(),
                 },
+                annotations: Default::default(),
             })
         }
         IdentitySource::ClientCertificate { cert, key } => {
@@ -257,6 +276,7 @@ pub fn read(
                 summary: format!("client certificate {}", cert.display()),
                 expires_at: None,
                 material: Material::Certificate { pem },
+                annotations: Default::default(),
             })
         }
         IdentitySource::Account {
@@ -272,6 +292,7 @@ pub fn read(
                     username: username.clone(),
                     password,
                 },
+                annotations: Default::default(),
             })
         }
     }

@@ -13,6 +13,7 @@ mod credential;
 mod doctor;
 mod exchange;
 mod identity;
+mod kubelet;
 mod matcher;
 mod protocol;
 
@@ -35,6 +36,8 @@ actions:
   erase      read a registry URL on stdin, drop its cached credential
   list       print the configured registries
   version    print the version
+  kubelet    kubelet image credential provider: CredentialProviderRequest on
+             stdin, CredentialProviderResponse on stdout (v1, v1beta1, v1alpha1)
   doctor [HOST[/REPO]]
              check the config, identity, token server and exchange, step by step
 
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
             println!("docker-credential-regauth {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        "kubelet" => kubelet_plugin(explicit.as_deref()),
         "doctor" => {
             if doctor::run(explicit.as_deref(), args.get(1).map(String::as_str), &env) == 0 {
                 ExitCode::SUCCESS
@@ -237,4 +241,49 @@ fn list(explicit: Option<&std::path::Path>) -> ExitCode {
         }
         Err(e) => fail(&e),
     }
+}
+
+/// The kubelet kills plugins after a minute; finish, or fail clearly, before.
+const KUBELET_DEADLINE: std::time::Duration = std::time::Duration::from_secs(50);
+
+fn kubelet_plugin(explicit: Option<&std::path::Path>) -> ExitCode {
+    std::thread::spawn(|| {
+        std::thread::sleep(KUBELET_DEADLINE);
+        eprintln!(
+            "docker-credential-regauth: kubelet plugin gave up after {}s",
+            KUBELET_DEADLINE.as_secs()
+        );
+        std::process::exit(1);
+    });
+    let input = match protocol::read_stdin() {
+        Ok(s) => s,
+        Err(e) => return kubelet_fail(&e),
+    };
+    let request = match kubelet::parse(&input) {
+        Ok(r) => r,
+        Err(e) => return kubelet_fail(&e),
+    };
+    let config = match config::find(explicit, &env) {
+        Ok(c) => c,
+        Err(e) => return kubelet_fail(&e),
+    };
+    match kubelet::answer(config.as_ref(), &request, &env).map(|r| serde_json::to_string(&r)) {
+        Ok(Ok(json)) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => kubelet_fail(&e),
+        Err(e) => kubelet_fail(&e),
+    }
+}
+
+/// The kubelet reads only stdout as the response: errors go to stderr alone.
+fn kubelet_fail(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("docker-credential-regauth kubelet: {e}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        eprintln!("  caused by: {s}");
+        source = s.source();
+    }
+    ExitCode::FAILURE
 }

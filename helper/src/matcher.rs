@@ -90,6 +90,11 @@ impl Pattern {
         })
     }
 
+    /// The pattern as a kubelet `auth` key: as written, without a scheme.
+    pub fn auth_key(&self) -> &str {
+        strip_scheme(self.source.trim())
+    }
+
     /// True if this pattern covers `target`.
     pub fn matches(&self, target: &Target) -> bool {
         self.labels.len() == target.labels.len()

@@ -48,6 +48,16 @@ impl Form {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every pair whose key starts with `prefix`, prefix removed.
+    pub fn with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.0
+            .iter()
+            .filter_map(move |(k, v)| k.strip_prefix(prefix).map(|k| (k, v.as_str())))
+    }
+
     /// Every value of `key`.
     pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0

@@ -249,6 +249,13 @@ async fn exchange(
         })?;
     let decisions = settings.policy.decide(&principal, &ask.scopes);
     let granted = scope_list(&policy::granted(&decisions));
+    // Service-account annotations a kubelet plugin forwarded: recorded for
+    // the audit trail only, since nothing vouches for them.
+    let annotations: Vec<String> = form
+        .with_prefix("annotation.")
+        .take(16)
+        .map(|(k, v)| format!("{}={}", truncate(k, 128), truncate(v, 256)))
+        .collect();
     tracing::info!(
         target: "regauth::audit",
         outcome = "exchanged",
@@ -259,6 +266,7 @@ async fn exchange(
         client = %client.map_or_else(|| "-".to_owned(), |c| c.to_string()),
         requested = %ask.scopes.iter().map(Scope::to_string).collect::<Vec<_>>().join(" "),
         granted = %granted,
+        annotations = %annotations.join(","),
         jti = %claims.jti,
         "credential issued for a subject token"
     );
@@ -270,6 +278,10 @@ async fn exchange(
         expires_in: issuer.credential_ttl.as_secs(),
         scope: (!ask.scopes.is_empty()).then_some(granted),
     })
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
 }
 
 fn scope_list(grants: &[policy::Grant]) -> String {

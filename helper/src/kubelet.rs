@@ -1,0 +1,246 @@
+//! The kubelet image credential provider exec plugin
+//! (`credentialprovider.kubelet.k8s.io` v1, v1beta1 and v1alpha1).
+//!
+//! The kubelet writes a `CredentialProviderRequest` on stdin and decodes the
+//! `CredentialProviderResponse` on stdout strictly, in the request's
+//! apiVersion, so the response carries exactly the known fields. With a
+//! `serviceAccountToken` (KEP-4412) the pod's token is exchanged as workload
+//! identity; without one, the node identity from the helper config is used.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::credential::{self, GetError};
+use crate::identity;
+use crate::matcher::Target;
+
+/// The API group of the plugin protocol.
+pub const GROUP: &str = "credentialprovider.kubelet.k8s.io";
+/// The versions this plugin speaks.
+pub const VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha1"];
+
+/// Why a request could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    /// Not JSON, or not the request shape.
+    #[error("malformed CredentialProviderRequest: {0}")]
+    Malformed(String),
+    /// An apiVersion this plugin does not speak.
+    #[error("unsupported apiVersion {0:?}; expected {GROUP}/v1, v1beta1 or v1alpha1")]
+    ApiVersion(String),
+    /// A kind other than `CredentialProviderRequest`.
+    #[error("unsupported kind {0:?}; expected CredentialProviderRequest")]
+    Kind(String),
+    /// The image reference has no registry host.
+    #[error("image {0:?} has no registry host")]
+    Image(String),
+    /// No credential could be obtained.
+    #[error(transparent)]
+    Credential(#[from] GetError),
+    /// The pod's service-account token is unusable.
+    #[error("serviceAccountToken: {0}")]
+    Token(#[from] identity::IdentityError),
+}
+
+/// The request, as the kubelet sends it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request {
+    /// `credentialprovider.kubelet.k8s.io/VERSION`.
+    pub api_version: String,
+    /// `CredentialProviderRequest`.
+    pub kind: String,
+    /// The image being pulled.
+    pub image: String,
+    /// The pod's service-account token, when the kubelet is configured to send it.
+    #[serde(default)]
+    pub service_account_token: Option<String>,
+    /// Selected annotations of the pod's service account.
+    #[serde(default)]
+    pub service_account_annotations: Option<BTreeMap<String, String>>,
+}
+
+/// One `auth` entry.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// The username.
+    pub username: String,
+    /// The password (a regauth refresh token).
+    pub password: String,
+}
+
+/// The response; field order and names follow the API.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Response {
+    /// Same as the request's.
+    pub api_version: String,
+    /// `CredentialProviderResponse`.
+    pub kind: &'static str,
+    /// `Registry`: one credential serves every image of a matching registry.
+    pub cache_key_type: &'static str,
+    /// Go duration, such as `29m30s`.
+    pub cache_duration: String,
+    /// Credentials by `matchImages`-style key.
+    pub auth: BTreeMap<String, AuthConfig>,
+}
+
+/// Parses and checks a request.
+pub fn parse(input: &str) -> Result<Request, KubeletError> {
+    let req: Request =
+        serde_json::from_str(input).map_err(|e| KubeletError::Malformed(e.to_string()))?;
+    let version = req
+        .api_version
+        .strip_prefix(GROUP)
+        .and_then(|v| v.strip_prefix('/'));
+    if !version.is_some_and(|v| VERSIONS.contains(&v)) {
+        return Err(KubeletError::ApiVersion(
+            req.api_version.chars().take(100).collect(),
+        ));
+    }
+    if req.kind != "CredentialProviderRequest" {
+        return Err(KubeletError::Kind(req.kind.chars().take(100).collect()));
+    }
+    Ok(req)
+}
+
+/// A Go `time.Duration` string, as `metav1.Duration` serializes it.
+pub fn go_duration(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
+}
+
+/// Answers `req` with `config`. An image no registry entry matches gets an
+/// empty `auth`, which tells the kubelet this plugin has nothing for it.
+pub fn answer(
+    config: Option<&Config>,
+    req: &Request,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Response, KubeletError> {
+    let target = Target::parse(&req.image)
+        .ok_or_else(|| KubeletError::Image(req.image.chars().take(200).collect()))?;
+    let empty = |dur: &str| Response {
+        api_version: req.api_version.clone(),
+        kind: "CredentialProviderResponse",
+        cache_key_type: "Registry",
+        cache_duration: dur.to_owned(),
+        auth: BTreeMap::new(),
+    };
+    let Some(config) = config else {
+        return Ok(empty("0s"));
+    };
+    let Some(registry) = config.registry_for(&target) else {
+        return Ok(empty("0s"));
+    };
+    let sa_token = req
+        .service_account_token
+        .as_deref()
+        .filter(|t| !t.trim().is_empty());
+    let (entry, _) = match sa_token {
+        Some(token) => {
+            let mut id = identity::service_account_token(token)?;
+            let forwarded: BTreeMap<String, String> = req
+                .service_account_annotations
+                .iter()
+                .flatten()
+                .filter(|(k, _)| {
+                    registry
+                        .forward_annotations
+                        .iter()
+                        .any(|allowed| allowed == *k)
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            id.annotations = forwarded;
+            credential::credential_for_identity(config, registry, &id)?
+        }
+        None => credential::credential(config, registry, env)?,
+    };
+    let remaining = entry.expires_at.saturating_sub(credential::unix_now());
+    let auth = registry
+        .patterns
+        .iter()
+        .filter(|p| p.matches(&target))
+        .map(|p| {
+            (
+                p.auth_key().to_owned(),
+                AuthConfig {
+                    username: registry.username.clone(),
+                    password: entry.refresh_token.clone(),
+                },
+            )
+        })
+        .collect();
+    Ok(Response {
+        auth,
+        ..empty(&go_duration(remaining / 2))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_look_like_go() {
+        assert_eq!(go_duration(0), "0s");
+        assert_eq!(go_duration(59), "59s");
+        assert_eq!(go_duration(1770), "29m30s");
+        assert_eq!(go_duration(3600), "1h0m0s");
+        assert_eq!(go_duration(5430), "1h30m30s");
+    }
+
+    #[test]
+    fn requests_are_checked() {
+        for v in VERSIONS {
+            let req = format!(
+                r#"{{"apiVersion":"{GROUP}/{v}","kind":"CredentialProviderRequest","image":"r.example.com/a:1"}}"#
+            );
+            assert_eq!(parse(&req).unwrap().api_version, format!("{GROUP}/{v}"));
+        }
+        assert!(matches!(parse("{"), Err(KubeletError::Malformed(_))));
+        assert!(matches!(
+            parse(r#"{"apiVersion":"x/v1","kind":"CredentialProviderRequest","image":"i"}"#),
+            Err(KubeletError::ApiVersion(_))
+        ));
+        assert!(matches!(
+            parse(&format!(
+                r#"{{"apiVersion":"{GROUP}/v2","kind":"CredentialProviderRequest","image":"i"}}"#
+            )),
+            Err(KubeletError::ApiVersion(_))
+        ));
+        assert!(matches!(
+            parse(&format!(
+                r#"{{"apiVersion":"{GROUP}/v1","kind":"Other","image":"i"}}"#
+            )),
+            Err(KubeletError::Kind(_))
+        ));
+        assert!(matches!(
+            parse(&format!(
+                r#"{{"apiVersion":"{GROUP}/v1","kind":"CredentialProviderRequest"}}"#
+            )),
+            Err(KubeletError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn unmatched_image_gets_an_empty_response_with_known_fields_only() {
+        let req = parse(&format!(
+            r#"{{"apiVersion":"{GROUP}/v1beta1","kind":"CredentialProviderRequest","image":"other.example.com/a:1"}}"#
+        ))
+        .unwrap();
+        let resp = answer(None, &req, &|_| None).unwrap();
+        let json = serde_json::to_value(&resp).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"apiVersion": format!("{GROUP}/v1beta1"), "kind": "CredentialProviderResponse",
+                "cacheKeyType": "Registry", "cacheDuration": "0s", "auth": {}})
+        );
+    }
+}
