@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::cache::Entry;
+use crate::config::{Config, Registry};
 use crate::credential::{self, GetError};
 use crate::identity;
 use crate::matcher::Target;
@@ -125,18 +126,18 @@ pub fn answer(
 ) -> Result<Response, KubeletError> {
     let target = Target::parse(&req.image)
         .ok_or_else(|| KubeletError::Image(req.image.chars().take(200).collect()))?;
-    let empty = |dur: &str| Response {
+    let nothing = || Response {
         api_version: req.api_version.clone(),
         kind: "CredentialProviderResponse",
         cache_key_type: "Registry",
-        cache_duration: dur.to_owned(),
+        cache_duration: "0s".to_owned(),
         auth: BTreeMap::new(),
     };
     let Some(config) = config else {
-        return Ok(empty("0s"));
+        return Ok(nothing());
     };
     let Some(registry) = config.registry_for(&target) else {
-        return Ok(empty("0s"));
+        return Ok(nothing());
     };
     let sa_token = req
         .service_account_token
@@ -162,25 +163,45 @@ pub fn answer(
         }
         None => credential::credential(config, registry, env)?,
     };
-    let remaining = entry.expires_at.saturating_sub(credential::unix_now());
+    Ok(build(
+        req,
+        registry,
+        &target,
+        &entry,
+        credential::unix_now(),
+    ))
+}
+
+/// The response for a credential: every pattern of the entry that matches
+/// the image becomes an `auth` key, and the kubelet may cache the credential
+/// for half of its remaining life.
+pub fn build(
+    req: &Request,
+    registry: &Registry,
+    target: &Target,
+    entry: &Entry,
+    now: u64,
+) -> Response {
+    let remaining = entry.expires_at.saturating_sub(now);
     let auth = registry
         .patterns
         .iter()
-        .filter(|p| p.matches(&target))
+        .filter(|p| p.matches(target))
         .map(|p| {
-            (
-                p.auth_key().to_owned(),
-                AuthConfig {
-                    username: registry.username.clone(),
-                    password: entry.refresh_token.clone(),
-                },
-            )
+            let creds = AuthConfig {
+                username: registry.username.clone(),
+                password: entry.refresh_token.clone(),
+            };
+            (p.auth_key().to_owned(), creds)
         })
         .collect();
-    Ok(Response {
+    Response {
+        api_version: req.api_version.clone(),
+        kind: "CredentialProviderResponse",
+        cache_key_type: "Registry",
+        cache_duration: go_duration(remaining / 2),
         auth,
-        ..empty(&go_duration(remaining / 2))
-    })
+    }
 }
 
 #[cfg(test)]
@@ -241,6 +262,117 @@ mod tests {
             json,
             serde_json::json!({"apiVersion": format!("{GROUP}/v1beta1"), "kind": "CredentialProviderResponse",
                 "cacheKeyType": "Registry", "cacheDuration": "0s", "auth": {}})
+        );
+    }
+
+    fn fixture(name: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/kubelet")
+            .join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn example_registry() -> Registry {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/helper.yaml");
+        let config = crate::config::load(&dir, &|_| None).unwrap();
+        config.registries[0].clone()
+    }
+
+    /// Each apiVersion's sample request gets exactly the sample response.
+    #[test]
+    fn golden_responses_for_every_api_version() {
+        for v in VERSIONS {
+            let req = parse(&fixture(&format!("request-{v}.json"))).unwrap();
+            let target = Target::parse(&req.image).unwrap();
+            let now = 1_000_000;
+            let entry = Entry::new("<regauth refresh token>".into(), now - 60, now + 3540);
+            let resp = build(&req, &example_registry(), &target, &entry, now);
+            let got = serde_json::to_value(&resp).unwrap();
+            let want: serde_json::Value =
+                serde_json::from_str(&fixture(&format!("response-{v}.json"))).unwrap();
+            assert_eq!(got, want, "{v}");
+        }
+    }
+
+    #[test]
+    fn service_account_request_sample() {
+        let req = parse(&fixture("request-v1-service-account.json")).unwrap();
+        assert!(req.service_account_token.unwrap().starts_with('<'));
+        assert_eq!(
+            req.service_account_annotations.unwrap()["regauth.io/purpose"],
+            "build"
+        );
+    }
+
+    /// The shipped kubelet config parses as `kubelet.config.k8s.io/v1`
+    /// (every field known) and routes the sample image to this plugin.
+    #[test]
+    fn shipped_credential_provider_config() {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "camelCase")]
+        struct ProviderConfig {
+            api_version: String,
+            kind: String,
+            providers: Vec<Provider>,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "camelCase")]
+        struct Provider {
+            name: String,
+            api_version: String,
+            #[serde(default)]
+            args: Vec<String>,
+            match_images: Vec<String>,
+            default_cache_duration: String,
+            #[serde(default)]
+            env: Vec<EnvVar>,
+            #[serde(default)]
+            token_attributes: Option<TokenAttributes>,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct EnvVar {
+            name: String,
+            value: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "camelCase")]
+        struct TokenAttributes {
+            service_account_token_audience: String,
+            cache_type: String,
+            require_service_account: bool,
+            #[serde(default)]
+            required_service_account_annotation_keys: Vec<String>,
+            #[serde(default)]
+            optional_service_account_annotation_keys: Vec<String>,
+        }
+        let c: ProviderConfig =
+            serde_saphyr::from_str(&fixture("credential-provider-config.yaml")).unwrap();
+        assert_eq!(
+            (c.api_version.as_str(), c.kind.as_str()),
+            ("kubelet.config.k8s.io/v1", "CredentialProviderConfig")
+        );
+        let p = &c.providers[0];
+        assert_eq!(p.name, "docker-credential-regauth");
+        assert_eq!(p.args, ["kubelet"]);
+        assert_eq!(p.api_version, format!("{GROUP}/v1"));
+        assert_eq!(p.default_cache_duration, "5m");
+        assert_eq!(p.env[0].name, "REGAUTH_HELPER_CONFIG");
+        assert!(!p.env[0].value.is_empty());
+        let t = p.token_attributes.as_ref().unwrap();
+        assert_eq!(t.service_account_token_audience, "registry.example.com");
+        assert!(["ServiceAccount", "Token"].contains(&t.cache_type.as_str()));
+        assert!(!t.require_service_account);
+        assert!(t.required_service_account_annotation_keys.is_empty());
+        assert_eq!(
+            t.optional_service_account_annotation_keys,
+            ["regauth.io/purpose"]
+        );
+        let image = Target::parse("registry.example.com/team-a/app:1.0").unwrap();
+        assert!(
+            p.match_images
+                .iter()
+                .any(|m| crate::matcher::Pattern::new(m).unwrap().matches(&image))
         );
     }
 }
