@@ -188,6 +188,28 @@ pub struct LimitsEntry {
     /// Deadline for a whole request.
     #[serde(default)]
     pub request_timeout: Option<S<String>>,
+    /// Deadline for a request's headers (and a TLS handshake).
+    #[serde(default)]
+    pub header_read_timeout: Option<S<String>>,
+    /// A connection with no traffic for this long is closed.
+    #[serde(default)]
+    pub idle_timeout: Option<S<String>>,
+    /// Largest request head.
+    #[serde(default)]
+    pub max_header_bytes: Option<S<usize>>,
+    /// Most open connections.
+    #[serde(default)]
+    pub max_connections: Option<S<usize>>,
+    /// How long shutdown waits for in-flight requests.
+    #[serde(default)]
+    pub drain_timeout: Option<S<String>>,
+    /// Failed authentications from one client address or for one account
+    /// before it must wait.
+    #[serde(default)]
+    pub auth_failures_before_backoff: Option<S<u32>>,
+    /// Longest wait imposed after repeated failures.
+    #[serde(default)]
+    pub max_backoff: Option<S<String>>,
 }
 
 /// Request limits.
@@ -199,6 +221,20 @@ pub struct Limits {
     pub max_scopes: usize,
     /// Deadline for a whole request.
     pub request_timeout: Duration,
+    /// Deadline for a request's headers, and for a TLS handshake.
+    pub header_read_timeout: Duration,
+    /// Idle read/write timeout of a connection.
+    pub idle_timeout: Duration,
+    /// Largest request head (request line and headers).
+    pub max_header_bytes: usize,
+    /// Most open connections; past it, accepting waits.
+    pub max_connections: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+    /// Failed authentications per client address or account before backoff.
+    pub auth_failures_before_backoff: u32,
+    /// Longest backoff.
+    pub max_backoff: Duration,
 }
 
 impl Default for Limits {
@@ -207,6 +243,13 @@ impl Default for Limits {
             max_body_bytes: 16 * 1024,
             max_scopes: 32,
             request_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 16 * 1024,
+            max_connections: 4096,
+            drain_timeout: Duration::from_secs(30),
+            auth_failures_before_backoff: 5,
+            max_backoff: Duration::from_secs(300),
         }
     }
 }
@@ -240,6 +283,19 @@ pub struct Settings {
     pub issuers: Issuers,
     /// TLS server settings; `None` serves plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The files the TLS settings came from, watched for changes.
+    pub tls_files: Option<TlsFiles>,
+}
+
+/// Where the TLS certificate, key and client CA are on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+    /// Client CA bundle.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Default listen address.
@@ -422,6 +478,11 @@ fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
             .ok(),
     };
     let tls = file.tls.as_ref().and_then(|t| tls(t, c));
+    let tls_files = file.tls.as_ref().map(|t| TlsFiles {
+        cert: c.path(&t.cert.value),
+        key: c.path(&t.key.value),
+        client_ca: t.client_ca.as_ref().map(|ca| c.path(&ca.value)),
+    });
     let public_url = match &file.public_url {
         Some(v) if !(v.value.starts_with("http://") || v.value.starts_with("https://")) => {
             c.fail("public_url", v, "must start with http:// or https://");
@@ -556,6 +617,53 @@ fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
         limits.request_timeout,
         false,
     );
+    let l = &file.limits;
+    limits.header_read_timeout = c.duration(
+        "limits.header_read_timeout",
+        &l.header_read_timeout,
+        limits.header_read_timeout,
+        false,
+    );
+    limits.idle_timeout = c.duration(
+        "limits.idle_timeout",
+        &l.idle_timeout,
+        limits.idle_timeout,
+        false,
+    );
+    limits.drain_timeout = c.duration(
+        "limits.drain_timeout",
+        &l.drain_timeout,
+        limits.drain_timeout,
+        true,
+    );
+    limits.max_backoff = c.duration(
+        "limits.max_backoff",
+        &l.max_backoff,
+        limits.max_backoff,
+        false,
+    );
+    if let Some(v) = &l.max_header_bytes {
+        if v.value < 8192 {
+            c.fail("limits.max_header_bytes", v, "must be at least 8192");
+        }
+        limits.max_header_bytes = v.value;
+    }
+    if let Some(v) = &l.max_connections {
+        if v.value == 0 {
+            c.fail("limits.max_connections", v, "must be at least 1");
+        }
+        limits.max_connections = v.value;
+    }
+    if let Some(v) = &l.auth_failures_before_backoff {
+        if v.value == 0 {
+            c.fail(
+                "limits.auth_failures_before_backoff",
+                v,
+                "must be at least 1",
+            );
+        }
+        limits.auth_failures_before_backoff = v.value;
+    }
 
     let issuers = issuers(&file.issuers, c);
 
@@ -582,6 +690,7 @@ fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
         limits,
         issuers,
         tls,
+        tls_files,
     })
 }
 

@@ -6,7 +6,8 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
 use regauth_token_server::config::{self, Settings};
@@ -14,7 +15,8 @@ use regauth_token_server::defaults::{self, write_private};
 use regauth_token_server::http::{AppState, router};
 use regauth_token_server::keys::{self, Algorithm};
 use regauth_token_server::registry_config::{self, RegistryVersion};
-use regauth_token_server::tls::{PeerInfo, TlsListener};
+use regauth_token_server::serve;
+use regauth_token_server::tls::TlsReloader;
 
 /// OAuth2 bearer token server for container registries.
 ///
@@ -231,14 +233,12 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
     // Several crates link rustls; pin the provider so none has to guess.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut prepared = defaults::Prepared::default();
-    let (mut settings, data_dir) =
-        load(args.config.as_deref(), args.data_dir, Some(&mut prepared))?;
-    if let Some(listen) = args.listen {
-        settings.listen = listen;
-        if data_dir.is_some() {
-            settings.public_url = format!("http://{listen}");
-        }
-    }
+    let source = Source {
+        config: args.config,
+        data_dir: args.data_dir,
+        listen: args.listen,
+    };
+    let (settings, data_dir) = source.load(Some(&mut prepared))?;
     if let Some(dir) = &data_dir {
         announce_default(&settings, dir, &prepared)?;
     }
@@ -246,7 +246,7 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(run(settings))
+    runtime.block_on(run(settings, source))
 }
 
 fn announce_default(
@@ -274,7 +274,35 @@ fn announce_default(
     Ok(())
 }
 
-async fn run(settings: Settings) -> Result<(), CliError> {
+/// Where the settings come from, so SIGHUP can load them again.
+#[derive(Debug, Clone)]
+struct Source {
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+}
+
+impl Source {
+    fn load(
+        &self,
+        first_start: Option<&mut defaults::Prepared>,
+    ) -> Result<(Settings, Option<PathBuf>), CliError> {
+        let (mut settings, data_dir) =
+            load(self.config.as_deref(), self.data_dir.clone(), first_start)?;
+        if let Some(listen) = self.listen {
+            settings.listen = listen;
+            if data_dir.is_some() {
+                settings.public_url = format!("http://{listen}");
+            }
+        }
+        Ok((settings, data_dir))
+    }
+}
+
+/// How often the TLS files are checked for changes.
+const TLS_POLL: Duration = Duration::from_secs(2);
+
+async fn run(settings: Settings, source: Source) -> Result<(), CliError> {
     let listen = settings.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -291,31 +319,73 @@ async fn run(settings: Settings) -> Result<(), CliError> {
         "listening on {}://{local}",
         if settings.tls.is_some() { "https" } else { "http" }
     );
-    let tls = settings.tls.clone();
-    let app = router(AppState::new(settings, SystemTime::now));
-    let served = match tls {
-        None => {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<PeerInfo>(),
-            )
-            .with_graceful_shutdown(shutdown_signal())
-            .await
+    let tls = match (&settings.tls, &settings.tls_files) {
+        (Some(config), Some(files)) => {
+            let reloader = TlsReloader::new(
+                files.cert.clone(),
+                files.key.clone(),
+                files.client_ca.clone(),
+                Arc::clone(config),
+            );
+            reloader.watch(TLS_POLL);
+            Some(reloader)
         }
-        Some(config) => {
-            let listener = TlsListener::new(listener, config)
-                .map_err(|e| CliError::Other(format!("cannot listen on {listen}: {e}")))?;
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<PeerInfo>(),
-            )
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-        }
+        _ => None,
     };
-    served.map_err(|e| CliError::Other(format!("server error: {e}")))?;
+    let limits = settings.limits;
+    let state = AppState::new(settings, SystemTime::now);
+    tokio::spawn(reload_on_hangup(
+        Arc::clone(&state),
+        tls.clone(),
+        source,
+        listen,
+    ));
+    serve::serve(listener, tls, router(state), limits, shutdown_signal())
+        .await
+        .map_err(|e| CliError::Other(format!("server error: {e}")))?;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// SIGHUP loads the config again. A valid one is swapped in atomically for
+/// every request that starts afterwards; an invalid one is refused and the
+/// previous config keeps serving.
+async fn reload_on_hangup(
+    state: Arc<AppState>,
+    tls: Option<Arc<TlsReloader>>,
+    source: Source,
+    listen: SocketAddr,
+) {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::warn!("cannot listen for SIGHUP; config reload is unavailable");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        let src = source.clone();
+        let loaded = tokio::task::spawn_blocking(move || src.load(None)).await;
+        match loaded {
+            Ok(Ok((settings, _))) => {
+                if settings.listen != listen {
+                    tracing::warn!(new = %settings.listen, "a new listen address takes effect only on restart");
+                }
+                match (&tls, &settings.tls) {
+                    (Some(reloader), Some(config)) => reloader.replace(Arc::clone(config)),
+                    (None, None) => {}
+                    _ => tracing::warn!("turning TLS on or off takes effect only on restart"),
+                }
+                let kid = settings.keys.current().kid().to_owned();
+                state.replace_settings(settings);
+                state.metrics().reload("ok");
+                tracing::info!(kid, "config reloaded");
+            }
+            Ok(Err(e)) => {
+                state.metrics().reload("rejected");
+                tracing::error!("config reload refused; the previous config keeps serving: {e}");
+            }
+            Err(e) => tracing::error!(error = %e, "config reload task failed"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

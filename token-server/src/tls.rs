@@ -1,29 +1,21 @@
 //! HTTPS serving with optional client certificates (node identity, RFC 8705
 //! style), and the connection facts handlers read.
 //!
-//! TLS handshakes run in their own tasks with a deadline, so a client that
-//! stalls mid-handshake cannot hold up the accept loop for everyone else.
+//! Handshakes run in each connection's own task (see `serve`), and the
+//! certificate is reloaded from disk when it changes.
 
-use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
+use arc_swap::ArcSwap;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
-use crate::identity::{Principal, node};
-
-/// How long a TLS handshake may take.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::identity::Principal;
 
 /// Why TLS settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -122,89 +114,80 @@ pub struct PeerInfo {
     pub node: Option<Arc<Principal>>,
 }
 
-impl Connected<IncomingStream<'_, TcpListener>> for PeerInfo {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        PeerInfo {
-            addr: *stream.remote_addr(),
-            node: None,
-        }
+/// The TLS settings in force, reloaded when the certificate, key or client
+/// CA files change on disk, without dropping established connections.
+pub struct TlsReloader {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    current: ArcSwap<rustls::ServerConfig>,
+}
+
+impl TlsReloader {
+    /// Starts from `config`, which was loaded from these files.
+    pub fn new(
+        cert: PathBuf,
+        key: PathBuf,
+        client_ca: Option<PathBuf>,
+        config: Arc<rustls::ServerConfig>,
+    ) -> Arc<Self> {
+        Arc::new(TlsReloader {
+            cert,
+            key,
+            client_ca,
+            current: ArcSwap::new(config),
+        })
     }
-}
 
-impl Connected<IncomingStream<'_, TlsListener>> for PeerInfo {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        let (_, session) = stream.io().get_ref();
-        // rustls only exposes peer certificates that its verifier accepted.
-        let node = session
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .and_then(|leaf| node::principal(leaf))
-            .map(Arc::new);
-        PeerInfo {
-            addr: *stream.remote_addr(),
-            node,
-        }
+    /// An acceptor for the settings in force now.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.load_full())
     }
-}
 
-/// A listener that yields connections whose TLS handshake has completed.
-pub struct TlsListener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-}
+    /// Reloads from the files now; on error the settings in force stay.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let config = server_config(&self.cert, &self.key, self.client_ca.as_deref())?;
+        self.current.store(config);
+        Ok(())
+    }
 
-impl TlsListener {
-    /// Accepts on `tcp` and performs handshakes with `config` in the background.
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let (tx, ready) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(config);
+    /// Replaces the settings (after a config reload).
+    pub fn replace(&self, config: Arc<rustls::ServerConfig>) {
+        self.current.store(config);
+    }
+
+    fn stamp(&self) -> Vec<Option<std::time::SystemTime>> {
+        [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+
+    /// Polls the files every `interval` and reloads when one changes.
+    pub fn watch(self: &Arc<Self>, interval: Duration) {
+        let this = Arc::clone(self);
         tokio::spawn(async move {
+            let mut seen = this.stamp();
             loop {
-                let (stream, addr) = match tcp.accept().await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // Usually EMFILE: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                if tx.is_closed() {
-                    break;
+                tokio::time::sleep(interval).await;
+                let now = this.stamp();
+                if now == seen {
+                    continue;
                 }
-                let acceptor = acceptor.clone();
-                let conn_tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = conn_tx.send((tls, addr)).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::info!(client = %addr, error = %e, "TLS handshake failed")
-                        }
-                        Err(_) => tracing::info!(client = %addr, "TLS handshake timed out"),
+                // Writers replace a certificate and key in two steps; give
+                // them a moment so the pair is consistent.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                match this.reload() {
+                    Ok(()) => {
+                        tracing::info!(cert = %this.cert.display(), "TLS certificate reloaded");
+                        seen = this.stamp();
                     }
-                });
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS files changed but do not load; keeping the previous certificate")
+                    }
+                }
             }
         });
-        Ok(TlsListener { local, ready })
-    }
-}
-
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(conn) => conn,
-            // The accept task only ends when this listener is gone.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }

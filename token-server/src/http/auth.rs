@@ -3,6 +3,7 @@
 //! Functions here hold passwords and tokens, so they are instrumented with
 //! `skip_all` and log only outcomes.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -104,13 +105,14 @@ impl Authenticated {
 pub async fn basic(
     state: &Arc<AppState>,
     creds: BasicCredentials,
+    client: Option<SocketAddr>,
     now: SystemTime,
 ) -> Result<Authenticated, TokenError> {
     let as_text = std::str::from_utf8(creds.password.expose()).unwrap_or_default();
     if RefreshTokens::looks_like_token(as_text) {
         return refresh(state, creds.password, now);
     }
-    password(state, &creds.username, creds.password).await
+    password(state, &creds.username, creds.password, client).await
 }
 
 /// Checks an account password, using the cache first and the slow hash check
@@ -120,15 +122,35 @@ pub async fn password(
     state: &Arc<AppState>,
     username: &str,
     password: Secret,
+    client: Option<SocketAddr>,
 ) -> Result<Authenticated, TokenError> {
     let settings = state.settings();
+    // Only existing accounts get their own record, so a spray of made-up
+    // names cannot fill the table; the address is limited either way.
+    let account = settings.accounts.principal(username).map(|_| username);
+    let addr = client.map(|c| c.ip());
+    // Refuse before any hash is computed while in backoff.
+    if let Err(wait) = state.limiter.check(addr, account, Instant::now()) {
+        tracing::info!(
+            target: "regauth::audit",
+            outcome = "throttled",
+            client = %client.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            retry_after = wait.as_secs(),
+            "password check refused: too many failed attempts"
+        );
+        return Err(TokenError::TooMany(wait));
+    }
     let verified =
         match settings
             .accounts
             .verify_cached(username, password.expose(), Instant::now())
         {
-            Some(v) => v,
+            Some(v) => {
+                state.metrics().password_cache(true);
+                v
+            }
             None => {
+                state.metrics().password_cache(false);
                 let user = username.to_owned();
                 tokio::task::spawn_blocking(move || {
                     settings
@@ -143,10 +165,16 @@ pub async fn password(
             }
         };
     match verified {
-        Verified::Yes { principal, pwv } => Ok(Authenticated::Password { principal, pwv }),
-        Verified::No => Err(TokenError::BadCredentials(
-            "invalid username or password".into(),
-        )),
+        Verified::Yes { principal, pwv } => {
+            state.limiter.success(account);
+            Ok(Authenticated::Password { principal, pwv })
+        }
+        Verified::No => {
+            state.limiter.failure(addr, account, Instant::now());
+            Err(TokenError::BadCredentials(
+                "invalid username or password".into(),
+            ))
+        }
     }
 }
 

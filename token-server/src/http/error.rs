@@ -37,6 +37,9 @@ pub enum TokenError {
     /// A dependency (an issuer's key endpoint) is unreachable; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// Too many failed attempts from this client or for this account.
+    #[error("too many failed attempts; retry in {} s", .0.as_secs().max(1))]
+    TooMany(std::time::Duration),
     /// The body is larger than the configured limit.
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
@@ -57,6 +60,7 @@ impl TokenError {
                 StatusCode::UNAUTHORIZED
             }
             TokenError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            TokenError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             TokenError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             TokenError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -74,7 +78,18 @@ impl TokenError {
             TokenError::InvalidTarget(_) => "invalid_target",
             TokenError::InvalidClient(_) => "invalid_client",
             TokenError::Unavailable(_) => "unavailable",
+            TokenError::TooMany(_) => "rate_limited",
             TokenError::Internal => "internal",
+        }
+    }
+}
+
+/// Adds `Retry-After` to a 429.
+fn retry_after(e: &TokenError, resp: &mut Response) {
+    if let TokenError::TooMany(wait) = e {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
     }
 }
@@ -99,6 +114,7 @@ impl IntoResponse for GetError {
             | TokenError::SubjectToken(_)
             | TokenError::InvalidTarget(_) => "INVALID_REQUEST",
             TokenError::Unavailable(_) => "UNAVAILABLE",
+            TokenError::TooMany(_) => "TOOMANYREQUESTS",
             TokenError::TooLarge(_) => "TOO_LARGE",
             TokenError::Internal => "INTERNAL",
         };
@@ -109,6 +125,7 @@ impl IntoResponse for GetError {
             }],
         };
         let mut resp = (self.0.status(), Json(body)).into_response();
+        retry_after(&self.0, &mut resp);
         if matches!(
             self.0,
             TokenError::BadCredentials(_) | TokenError::InvalidClient(_)
@@ -147,6 +164,7 @@ impl IntoResponse for PostError {
             TokenError::Unavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
             }
+            TokenError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "slow_down"),
             TokenError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
         };
         let body = OAuthError {
@@ -154,6 +172,7 @@ impl IntoResponse for PostError {
             error_description: self.0.to_string(),
         };
         let mut resp = (status, Json(body)).into_response();
+        retry_after(&self.0, &mut resp);
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         resp

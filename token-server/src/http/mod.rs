@@ -18,29 +18,54 @@ use axum::routing::get;
 use tower_http::timeout::TimeoutLayer;
 use tracing::Instrument;
 
+use arc_swap::ArcSwap;
+
 use crate::config::Settings;
+use crate::limiter::FailureLimiter;
+use crate::metrics::Metrics;
 
 /// The clock handlers read; a parameter so tests can fix time.
 pub type Clock = fn() -> SystemTime;
 
-/// What every handler shares.
+/// What every handler shares. The settings can be swapped at run time
+/// (SIGHUP); a request keeps the settings it started with.
 pub struct AppState {
-    settings: Arc<Settings>,
+    settings: ArcSwap<Settings>,
     clock: Clock,
+    pub(crate) limiter: FailureLimiter,
+    metrics: Metrics,
 }
 
 impl AppState {
     /// State over `settings`, reading time from `clock`.
     pub fn new(settings: Settings, clock: Clock) -> Arc<Self> {
+        let limiter = FailureLimiter::new(
+            settings.limits.auth_failures_before_backoff,
+            settings.limits.max_backoff,
+        );
         Arc::new(AppState {
-            settings: Arc::new(settings),
+            settings: ArcSwap::from_pointee(settings),
             clock,
+            limiter,
+            metrics: Metrics::default(),
         })
     }
 
     /// The settings in force.
     pub fn settings(&self) -> Arc<Settings> {
-        Arc::clone(&self.settings)
+        self.settings.load_full()
+    }
+
+    /// Puts new settings in force for every request that starts from now on.
+    /// Limits that shape the listener (body size, timeouts) keep their
+    /// start-up values until a restart.
+    pub fn replace_settings(&self, settings: Settings) {
+        self.settings.store(Arc::new(settings));
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     fn now(&self) -> SystemTime {
@@ -50,19 +75,24 @@ impl AppState {
 
 /// Builds the router with limits and per-request spans.
 pub fn router(state: Arc<AppState>) -> Router {
-    let limits = state.settings.limits;
+    let limits = state.settings().limits;
     Router::new()
         .route("/token", get(token::get).post(token::post))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ))
-        .layer(middleware::from_fn(request_span))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            request_span,
+        ))
         .with_state(state)
 }
 
@@ -122,12 +152,74 @@ async fn metadata(State(state): State<Arc<AppState>>) -> Response {
     resp
 }
 
+/// Ready when signing keys are loaded (always, once running) and every
+/// trusted issuer's keys are fetched or cached. An issuer without keys gets
+/// a (rate-limited) fetch attempt here.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let settings = state.settings();
+    let mut waiting = Vec::new();
+    for issuer in settings.issuers.all() {
+        if !issuer.keys.is_loaded() {
+            issuer.keys.prefetch().await;
+            if !issuer.keys.is_loaded() {
+                waiting.push(issuer.name.clone());
+            }
+        }
+    }
+    let body = serde_json::json!({
+        "signing_keys": settings.keys.all().len(),
+        "issuers_without_keys": waiting,
+    });
+    let status = if waiting.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let settings = state.settings();
+    let mut fetches = Vec::new();
+    for issuer in settings.issuers.all() {
+        fetches.push((issuer.name.clone(), issuer.keys.fetch_count().await));
+    }
+    let body = state.metrics().render(&fetches);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// The endpoint label for metrics: known routes by name, the rest lumped
+/// together so random paths cannot grow the series without bound.
+fn endpoint(path: &str) -> &'static str {
+    match path {
+        "/token" => "/token",
+        "/.well-known/jwks.json" => "/.well-known/jwks.json",
+        "/.well-known/oauth-authorization-server" => "/.well-known/oauth-authorization-server",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        _ => "other",
+    }
+}
+
+fn outcome(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200..=299 => "ok",
+        401 => "unauthorized",
+        413 => "too_large",
+        429 => "rate_limited",
+        400..=499 => "client_error",
+        _ => "server_error",
+    }
+}
+
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(1);
 
 /// Opens one span per request. Only the method and path are recorded: the
 /// query and headers may carry credentials.
-async fn request_span(req: Request, next: Next) -> Response {
+async fn request_span(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let id = REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let endpoint = endpoint(req.uri().path());
     let span = tracing::info_span!(
         "request",
         id,
@@ -139,6 +231,7 @@ async fn request_span(req: Request, next: Next) -> Response {
         let resp = next.run(req).await;
         let status = resp.status();
         tracing::Span::current().record("status", status.as_u16());
+        state.metrics().request(endpoint, outcome(status));
         if status.is_server_error() {
             tracing::warn!("request failed");
         } else {

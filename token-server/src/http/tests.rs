@@ -625,3 +625,126 @@ async fn get_with_a_verified_node_certificate_is_the_node() {
         "an authenticated node may ask for a refresh token"
     );
 }
+
+#[tokio::test]
+async fn repeated_failures_get_429_with_retry_after_then_recover() {
+    let w = world();
+    let wrong = || {
+        get(
+            "/token?service=registry.test",
+            Some(&basic("alice", "wrong")),
+        )
+    };
+    for _ in 0..5 {
+        let (status, _) = send(&w.state, wrong()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let resp = router(Arc::clone(&w.state))
+        .oneshot(get(
+            "/token?service=registry.test",
+            Some(&basic("alice", "alice-pw")),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password waits"
+    );
+    assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+    let (status, body) = send(
+        &w.state,
+        post("grant_type=password&username=alice&password=alice-pw&service=registry.test"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error"], "slow_down");
+    let (status, _) = send(
+        &w.state,
+        get(
+            "/token?service=registry.test",
+            Some(&basic("bob", "bob-pw")),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "other accounts are not affected");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _) = send(
+        &w.state,
+        get(
+            "/token?service=registry.test",
+            Some(&basic("alice", "alice-pw")),
+        ),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "after the backoff the right password works"
+    );
+}
+
+#[tokio::test]
+async fn metrics_and_readiness() {
+    let w = world();
+    send(
+        &w.state,
+        get(
+            "/token?service=registry.test",
+            Some(&basic("alice", "alice-pw")),
+        ),
+    )
+    .await;
+    send(
+        &w.state,
+        get(
+            "/token?service=registry.test",
+            Some(&basic("alice", "alice-pw")),
+        ),
+    )
+    .await;
+    send(
+        &w.state,
+        get(
+            "/token?service=registry.test",
+            Some(&basic("alice", "nope")),
+        ),
+    )
+    .await;
+    let resp = router(Arc::clone(&w.state))
+        .oneshot(get("/metrics", None))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        text.contains("regauth_requests_total{endpoint=\"/token\",outcome=\"ok\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("regauth_requests_total{endpoint=\"/token\",outcome=\"unauthorized\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("regauth_auth_failures_total{reason=\"bad_credentials\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("regauth_password_cache_total{result=\"hit\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("regauth_token_issue_seconds_count 2"),
+        "{text}"
+    );
+    let (status, body) = send(&w.state, get("/readyz", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["signing_keys"], 1);
+}

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -44,7 +44,7 @@ fn ask(
     scope_values: Vec<&str>,
     offline: bool,
 ) -> Result<Ask, TokenError> {
-    let settings = &state.settings;
+    let settings = state.settings();
     let service = match service {
         Some(s) if settings.services.iter().any(|known| known == s) => s.to_owned(),
         Some(s) => return Err(TokenError::BadRequest(format!("unknown service {s:?}"))),
@@ -95,9 +95,9 @@ pub async fn get(State(state): State<Arc<AppState>>, req: Request) -> Result<Res
     let creds = auth::basic_credentials(req.headers())?;
     let username = creds.as_ref().map(|c| c.username.clone());
     let authenticated = match (creds, peer.and_then(|p| p.node)) {
-        (Some(c), _) => auth::basic(&state, c, now)
+        (Some(c), _) => auth::basic(&state, c, client, now)
             .await
-            .inspect_err(|e| rejected(e, username.as_deref(), client))?,
+            .inspect_err(|e| rejected(&state, e, username.as_deref(), client))?,
         // A verified client certificate authenticates a GET with no Basic header.
         (None, Some(node)) => Authenticated::Identity {
             principal: (*node).clone(),
@@ -114,7 +114,7 @@ pub async fn post(State(state): State<Arc<AppState>>, req: Request) -> Result<Re
     let peer = peer(&req);
     let client = peer.as_ref().map(|p| p.addr);
     check_form_content_type(req.headers())?;
-    let limit = state.settings.limits.max_body_bytes;
+    let limit = state.settings().limits.max_body_bytes;
     let body = Bytes::from_request(req, &state)
         .await
         .map_err(|rejection| {
@@ -158,16 +158,21 @@ pub async fn post(State(state): State<Arc<AppState>>, req: Request) -> Result<Re
             let password = form
                 .get("password")
                 .ok_or_else(|| TokenError::BadRequest("missing password".into()))?;
-            let result =
-                auth::password(&state, user, Secret::new(password.as_bytes().to_vec())).await;
-            result.inspect_err(|e| rejected(e, Some(user), client))?
+            let result = auth::password(
+                &state,
+                user,
+                Secret::new(password.as_bytes().to_vec()),
+                client,
+            )
+            .await;
+            result.inspect_err(|e| rejected(&state, e, Some(user), client))?
         }
         "refresh_token" => {
             let token = form
                 .get("refresh_token")
                 .ok_or_else(|| TokenError::BadRequest("missing refresh_token".into()))?;
             let result = auth::refresh(&state, Secret::new(token.as_bytes().to_vec()), now);
-            result.inspect_err(|e| rejected(e, None, client))?
+            result.inspect_err(|e| rejected(&state, e, None, client))?
         }
         _ => match peer.and_then(|p| p.node) {
             Some(node) => Authenticated::Identity {
@@ -178,7 +183,7 @@ pub async fn post(State(state): State<Arc<AppState>>, req: Request) -> Result<Re
                     "client_credentials needs a client certificate the server trusts (mutual TLS)"
                         .into(),
                 );
-                rejected(&e, None, client);
+                rejected(&state, &e, None, client);
                 return Err(e.into());
             }
         },
@@ -195,7 +200,7 @@ async fn exchange(
     client: Option<SocketAddr>,
     now: SystemTime,
 ) -> Result<ExchangeReply, TokenError> {
-    let settings = &state.settings;
+    let settings = state.settings();
     let token = form
         .get("subject_token")
         .ok_or_else(|| TokenError::BadRequest("missing subject_token".into()))?;
@@ -227,6 +232,7 @@ async fn exchange(
             e => e,
         })?;
     let (principal, issuer) = settings.issuers.verify(token, now).await.map_err(|e| {
+        state.metrics().auth_failure(e.reason());
         tracing::info!(
             target: "regauth::audit",
             outcome = "rejected",
@@ -320,7 +326,8 @@ fn reply_response(reply: TokenReply) -> Response {
     resp
 }
 
-fn rejected(e: &TokenError, username: Option<&str>, client: Option<SocketAddr>) {
+fn rejected(state: &AppState, e: &TokenError, username: Option<&str>, client: Option<SocketAddr>) {
+    state.metrics().auth_failure(e.reason());
     // Usernames are logged only when they look like account names, so a
     // password typed into the user field never reaches the log.
     let user = username.filter(|u| {
@@ -348,7 +355,8 @@ fn respond(
     now: SystemTime,
     oauth: bool,
 ) -> Result<TokenReply, TokenError> {
-    let settings = &state.settings;
+    let started = Instant::now();
+    let settings = state.settings();
     let principal = authenticated.principal();
     let decisions = settings.policy.decide(&principal, &ask.scopes);
     let grants = policy::granted(&decisions);
@@ -367,6 +375,7 @@ fn respond(
         TokenError::Internal
     })?;
 
+    state.metrics().issued(started.elapsed());
     let refresh_token = match (&authenticated, ask.offline) {
         (Authenticated::Refresh { token, .. }, true) => {
             // Not rotated: clients such as skopeo keep the token they were given.

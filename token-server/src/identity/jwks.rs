@@ -158,6 +158,20 @@ impl KeyCache {
         }
     }
 
+    /// True once keys have been loaded (and not lost since).
+    pub fn is_loaded(&self) -> bool {
+        !self.keys.load().is_empty()
+    }
+
+    /// Loads keys if none are loaded yet, within the refetch rate limit.
+    pub async fn prefetch(&self) {
+        if !self.is_loaded()
+            && let Err(e) = self.key(None).await
+        {
+            tracing::warn!(error = %e, "fetching issuer keys failed");
+        }
+    }
+
     /// How many times keys were loaded (for metrics and tests).
     pub async fn fetch_count(&self) -> u64 {
         self.refresh.lock().await.fetches

@@ -1,0 +1,154 @@
+//! The accept loop: plain TCP or TLS, with the limits a public endpoint
+//! needs and a graceful drain on shutdown.
+//!
+//! - every connection reads and writes under an idle timeout, and request
+//!   headers must arrive within `header_read_timeout`, so a slowloris client
+//!   holds a connection for seconds, not forever;
+//! - header size is bounded (`max_header_bytes`), and so is the number of
+//!   open connections (`max_connections`): past it, accepting waits;
+//! - TLS handshakes run in the connection's own task under the same timeouts;
+//! - on shutdown, accepting stops and in-flight requests get `drain_timeout`.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
+use tower::ServiceExt;
+
+use crate::config::Limits;
+use crate::identity::node;
+use crate::tls::{PeerInfo, TlsReloader};
+
+/// Runs `app` on `listener` until `shutdown` resolves, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<TlsReloader>>,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            p = Arc::clone(&slots).acquire_owned() => p.map_err(io::Error::other)?,
+        };
+        let (tcp, addr) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Usually out of file descriptors: back off, don't spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut io = TimeoutStream::new(tcp);
+        io.set_read_timeout(Some(limits.idle_timeout));
+        io.set_write_timeout(Some(limits.idle_timeout));
+        let io = Box::pin(io);
+        let app = app.clone();
+        let tls = tls.as_ref().map(|t| t.acceptor());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => {
+                    serve_connection(io, app, PeerInfo { addr, node: None }, &limits, watcher)
+                        .await;
+                }
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::info!(client = %addr, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::info!(client = %addr, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    // rustls only exposes peer certificates its verifier accepted.
+                    let node = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|leaf| node::principal(leaf))
+                        .map(Arc::new);
+                    serve_connection(stream, app, PeerInfo { addr, node }, &limits, watcher).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(timeout = ?limits.drain_timeout, "draining in-flight requests");
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout passed; closing the remaining connections");
+    }
+    Ok(())
+}
+
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(limits.idle_timeout));
+    b
+}
+
+/// Serves HTTP/1 or HTTP/2 on one connection, with the connection's facts
+/// in every request's extensions.
+async fn serve_connection<I>(
+    io: I,
+    app: Router,
+    peer: PeerInfo,
+    limits: &Limits,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer.clone()));
+        req.map(axum::body::Body::new)
+    });
+    let conn = builder(limits)
+        .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// The address the listener is bound to, for logs.
+pub fn local_addr(listener: &TcpListener) -> io::Result<SocketAddr> {
+    listener.local_addr()
+}
