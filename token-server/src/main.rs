@@ -100,6 +100,17 @@ enum KeysCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Start a signing-key rotation: write a new key and certificate under
+    /// a dated name (never overwriting) and print the three steps that
+    /// follow: publish, sign, retire.
+    Rotate {
+        /// Signature algorithm of the new key.
+        #[arg(long, value_enum, default_value = "ES256")]
+        alg: Algorithm,
+        /// Directory for the new key (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write 32 random bytes (mode 0600) for `refresh_secret_file`.
     Secret {
         /// Output file.
@@ -171,6 +182,7 @@ fn main() -> ExitCode {
             generate_keys(alg, &out, force)
         }
         Some(Command::Keys(KeysCommand::Secret { out, force })) => write_secret(&out, force),
+        Some(Command::Keys(KeysCommand::Rotate { alg, out })) => rotate_keys(alg, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -467,7 +479,20 @@ fn refuse_overwrite(path: &Path, force: bool) -> Result<(), CliError> {
 }
 
 fn generate_keys(alg: Algorithm, out: &Path, force: bool) -> Result<(), CliError> {
-    let (key, cert) = (out.join("signing.key"), out.join("signing.crt"));
+    write_key_pair(alg, out, "signing", force).map(|_| ())
+}
+
+/// Writes `<stem>.key` and `<stem>.crt` into `out`; returns their paths and kid.
+fn write_key_pair(
+    alg: Algorithm,
+    out: &Path,
+    stem: &str,
+    force: bool,
+) -> Result<(PathBuf, PathBuf, String), CliError> {
+    let (key, cert) = (
+        out.join(format!("{stem}.key")),
+        out.join(format!("{stem}.crt")),
+    );
     refuse_overwrite(&key, force)?;
     refuse_overwrite(&cert, force)?;
     std::fs::create_dir_all(out).map_err(|e| CliError::Other(format!("{}: {e}", out.display())))?;
@@ -485,6 +510,37 @@ fn generate_keys(alg: Algorithm, out: &Path, force: bool) -> Result<(), CliError
         cert.display(),
         alg.as_str(),
         loaded.kid()
+    );
+    let kid = loaded.kid().to_owned();
+    Ok((key, cert, kid))
+}
+
+fn rotate_keys(alg: Algorithm, out: &Path) -> Result<(), CliError> {
+    let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
+        .to_string()
+        .replace([':', '-'], "");
+    let stem = format!("signing-{}", stamp.trim_end_matches('Z'));
+    let (key, cert, kid) = write_key_pair(alg, out, &stem, false)?;
+    println!(
+        "
+Rotate in three steps; reload the server after each (SIGHUP, or systemctl reload):
+
+1. Publish. Add the new key as the LAST entry of signing_keys:
+       - key: {key}
+         cert: {cert}
+   Reload, then run `registry-config` again and restart each registry so its
+   bundle trusts the new certificate. The old key still signs.
+
+2. Sign. Move the new key to the FIRST entry and reload. New tokens carry
+   kid {kid}; tokens from the old key still verify because it stays published.
+
+3. Retire. After the longest access-token lifetime (access_token_ttl) has
+   passed, remove the old key, reload, and regenerate the registry bundles.
+
+Refresh tokens are signed with refresh_secret_file, not with these keys, so
+they survive a signing-key rotation.",
+        key = key.display(),
+        cert = cert.display(),
     );
     Ok(())
 }
