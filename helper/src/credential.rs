@@ -26,7 +26,7 @@ pub enum GetError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The local identity cannot be read.
-    #[error("cannot read the identity for {registry}: {source}")]
+    #[error("cannot read the identity for {registry}")]
     Identity {
         /// The registry.
         registry: String,
@@ -38,7 +38,7 @@ pub enum GetError {
     #[error(transparent)]
     Cache(#[from] CacheError),
     /// The exchange failed and nothing usable is cached.
-    #[error("cannot get a credential for {registry}: {source}")]
+    #[error("cannot get a credential for {registry}")]
     Exchange {
         /// The registry.
         registry: String,

@@ -105,7 +105,19 @@ fn init_logging() {
 /// Reports a failure: a one-line summary on stdout (docker shows it) and the
 /// full cause chain on stderr.
 fn fail(e: &dyn std::error::Error) -> ExitCode {
-    println!("docker-credential-regauth: {e}");
+    // Clients show stdout as the error: keep it to one line, with the cause.
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    match e.source() {
+        Some(cause) => {
+            let cause = cause.to_string();
+            println!(
+                "docker-credential-regauth: {first}: {}",
+                cause.lines().next().unwrap_or_default()
+            );
+        }
+        None => println!("docker-credential-regauth: {first}"),
+    }
     eprintln!("docker-credential-regauth: {e}");
     let mut source = e.source();
     while let Some(s) = source {

@@ -18,6 +18,7 @@
 
 pub mod bins;
 pub mod containerd;
+pub mod credential_helper;
 pub mod jwt;
 pub mod net;
 pub mod oci;

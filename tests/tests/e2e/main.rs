@@ -4,6 +4,11 @@
 
 mod access_control;
 mod containerd_pull;
+mod credential_helper_cache;
+mod credential_helper_common;
+mod credential_helper_doctor;
+mod credential_helper_identities;
+mod credential_helper_protocol;
 mod embedded_default;
 mod helper_cli;
 mod htpasswd_accounts;
