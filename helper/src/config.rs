@@ -192,6 +192,14 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// The entry's first pattern, to name it in messages.
+    pub fn name(&self) -> String {
+        self.patterns
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+
     /// The token endpoint.
     pub fn token_url(&self) -> String {
         format!("{}/token", self.token_server)

@@ -84,11 +84,7 @@ pub fn credential(
     registry: &Registry,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Entry, Source), GetError> {
-    let name = registry
-        .patterns
-        .first()
-        .map(ToString::to_string)
-        .unwrap_or_default();
+    let name = registry.name();
     let id = identity::read(&registry.identity, env).map_err(|source| GetError::Identity {
         registry: name.clone(),
         source,
@@ -103,11 +99,7 @@ pub fn credential_for_identity(
     registry: &Registry,
     id: &Identity,
 ) -> Result<(Entry, Source), GetError> {
-    let name = registry
-        .patterns
-        .first()
-        .map(ToString::to_string)
-        .unwrap_or_default();
+    let name = registry.name();
     let cache = Cache::open(&config.cache_dir)?;
     let key = cache::key(registry, &id.fingerprint);
     // Held across the exchange: concurrent invocations wait here and then

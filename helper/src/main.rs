@@ -131,22 +131,32 @@ fn stdin_or_fail() -> Result<String, ExitCode> {
     protocol::read_stdin().map_err(|e| fail(&e))
 }
 
-fn get(explicit: Option<&std::path::Path>) -> ExitCode {
-    let server_url = match stdin_or_fail() {
-        Ok(s) => s.trim().to_owned(),
-        Err(code) => return code,
-    };
+/// Reads the server URL on stdin and finds its registry entry. `Err` holds
+/// the exit code of a failure already reported (not-found included).
+fn lookup(
+    explicit: Option<&std::path::Path>,
+) -> Result<(String, config::Config, config::Registry), ExitCode> {
+    let server_url = stdin_or_fail()?.trim().to_owned();
     let config = match config::find(explicit, &env) {
         Ok(Some(c)) => c,
         // Nothing configured anywhere: the client should go anonymous.
-        Ok(None) => return not_found(&server_url),
-        Err(e) => return fail(&e),
+        Ok(None) => return Err(not_found(&server_url)),
+        Err(e) => return Err(fail(&e)),
     };
     let registry = match credential::registry_for(&config, &server_url) {
-        Ok(r) => r,
-        Err(GetError::NotConfigured(_)) => return not_found(&server_url),
-        Err(e) => return fail(&e),
+        Ok(r) => r.clone(),
+        Err(GetError::NotConfigured(_)) => return Err(not_found(&server_url)),
+        Err(e) => return Err(fail(&e)),
     };
+    Ok((server_url, config, registry))
+}
+
+fn get(explicit: Option<&std::path::Path>) -> ExitCode {
+    let (server_url, config, registry) = match lookup(explicit) {
+        Ok(found) => found,
+        Err(code) => return code,
+    };
+    let registry = &registry;
     match credential::credential(&config, registry, &env) {
         Ok((entry, source)) => {
             if let Source::StaleFallback(reason) = &source {
@@ -206,20 +216,11 @@ fn store() -> ExitCode {
 }
 
 fn erase(explicit: Option<&std::path::Path>) -> ExitCode {
-    let server_url = match stdin_or_fail() {
-        Ok(s) => s.trim().to_owned(),
+    let (_, config, registry) = match lookup(explicit) {
+        Ok(found) => found,
         Err(code) => return code,
     };
-    let config = match config::find(explicit, &env) {
-        Ok(Some(c)) => c,
-        Ok(None) => return not_found(&server_url),
-        Err(e) => return fail(&e),
-    };
-    let registry = match credential::registry_for(&config, &server_url) {
-        Ok(r) => r,
-        Err(GetError::NotConfigured(_)) => return not_found(&server_url),
-        Err(e) => return fail(&e),
-    };
+    let registry = &registry;
     let removed = cache::Cache::open(&config.cache_dir)
         .and_then(|c| c.erase(&cache::registry_stem(registry)));
     match removed {
