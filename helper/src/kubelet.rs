@@ -158,18 +158,34 @@ pub fn answer(
                 })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
+            // Different annotations are a different request to the server,
+            // so they get their own cache entry.
+            let pairs: Vec<String> = forwarded.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            id.fingerprint = identity::fingerprint(&[&id.fingerprint, &pairs.join("\n")]);
             id.annotations = forwarded;
             credential::credential_for_identity(config, registry, &id)?
         }
         None => credential::credential(config, registry, env)?,
     };
-    Ok(build(
-        req,
-        registry,
-        &target,
-        &entry,
-        credential::unix_now(),
-    ))
+    let mut resp = build(req, registry, &target, &entry, credential::unix_now());
+    if !covers_whole_host(config, &target) {
+        resp.cache_key_type = "Image";
+    }
+    Ok(resp)
+}
+
+/// True when every config pattern that could serve this image's host
+/// covers the whole host (no path). Only then may the kubelet reuse this
+/// answer for every image of the registry (`cacheKeyType: Registry`);
+/// otherwise an answer for `host/alice` would be served for `host/bob`.
+fn covers_whole_host(config: &Config, target: &Target) -> bool {
+    let host_only = Target::parse(&target.host);
+    config
+        .registries
+        .iter()
+        .flat_map(|r| &r.patterns)
+        .filter(|p| host_only.as_ref().is_some_and(|h| p.matches_host(h)))
+        .all(|p| !p.has_path())
 }
 
 /// The response for a credential: every pattern of the entry that matches
@@ -374,5 +390,26 @@ mod tests {
                 .iter()
                 .any(|m| crate::matcher::Pattern::new(m).unwrap().matches(&image))
         );
+    }
+
+    #[test]
+    fn path_scoped_entries_make_the_answer_per_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("helper.yaml");
+        std::fs::write(
+            &path,
+            "registries:\n\
+             \x20 - match: [\"r.test:5000/alice\"]\n    token_server: http://x\n    service: s\n    identity: {kind: oidc_env, variable: A}\n\
+             \x20 - match: [\"r.test:5000/bob\"]\n    token_server: http://x\n    service: s\n    identity: {kind: oidc_env, variable: B}\n\
+             \x20 - match: [\"whole.test\"]\n    token_server: http://x\n    service: s\n    identity: {kind: oidc_env, variable: C}\n",
+        )
+        .unwrap();
+        let config = crate::config::load(&path, &|_| None).unwrap();
+        let t = |image: &str| Target::parse(image).unwrap();
+        assert!(
+            !covers_whole_host(&config, &t("r.test:5000/alice/app:1")),
+            "bob's entry shares the host"
+        );
+        assert!(covers_whole_host(&config, &t("whole.test/any/app:1")));
     }
 }

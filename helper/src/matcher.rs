@@ -1,6 +1,7 @@
 //! Registry host patterns, matched the way the kubelet matches
 //! `matchImages`: the same number of host labels, a glob within each label,
-//! the port must match exactly, and a pattern path is a prefix of the image path.
+//! the port must match exactly, and a pattern path is a string prefix of the
+//! image path.
 
 use std::fmt;
 
@@ -95,8 +96,13 @@ impl Pattern {
         strip_scheme(self.source.trim())
     }
 
-    /// True if this pattern covers `target`.
-    pub fn matches(&self, target: &Target) -> bool {
+    /// True if the pattern names a path prefix, not just a host.
+    pub fn has_path(&self) -> bool {
+        self.path.is_some()
+    }
+
+    /// True if the host and port part matches `target`, ignoring paths.
+    pub fn matches_host(&self, target: &Target) -> bool {
         self.labels.len() == target.labels.len()
             && self.port == target.port
             && self
@@ -104,10 +110,16 @@ impl Pattern {
                 .iter()
                 .zip(&target.labels)
                 .all(|(p, l)| label_glob(p, l))
+    }
+
+    /// True if this pattern covers `target`. The path is a plain string
+    /// prefix, exactly as the kubelet compares it.
+    pub fn matches(&self, target: &Target) -> bool {
+        self.matches_host(target)
             && self
                 .path
                 .as_ref()
-                .is_none_or(|p| target.path == *p || target.path.starts_with(&format!("{p}/")))
+                .is_none_or(|p| target.path.starts_with(p.as_str()))
     }
 }
 
@@ -218,9 +230,10 @@ mod tests {
                 true,
             ),
             (
+                // A plain string prefix, as the kubelet compares paths.
                 "registry.example.com/team",
                 "registry.example.com/teamx/app",
-                false,
+                true,
             ),
             ("registry.example.com/team", "registry.example.com", false),
             ("127.0.0.1:5000", "127.0.0.1:5000", true),

@@ -28,11 +28,19 @@ pub struct Credentials {
     pub secret: String,
 }
 
-/// Reads the stdin payload, bounded.
+/// Reads the stdin payload, bounded: a larger one is an error that says so.
 pub fn read_stdin() -> std::io::Result<String> {
-    let mut text = String::new();
-    std::io::stdin().take(MAX_STDIN).read_to_string(&mut text)?;
-    Ok(text)
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .take(MAX_STDIN + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_STDIN {
+        return Err(std::io::Error::other(format!(
+            "input on stdin is larger than {} KiB",
+            MAX_STDIN / 1024
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| std::io::Error::other("input on stdin is not UTF-8"))
 }
 
 /// Validates a `store` payload: `{"ServerURL","Username","Secret"}`.

@@ -20,6 +20,7 @@ pub mod bins;
 pub mod containerd;
 pub mod credential_helper;
 pub mod jwt;
+pub mod kubelet_plugin;
 pub mod net;
 pub mod oci;
 pub mod oidc_issuer;

@@ -13,6 +13,7 @@ mod embedded_default;
 mod helper_cli;
 mod htpasswd_accounts;
 mod identity_attacks;
+mod kubelet_plugin;
 mod node_identity;
 mod oauth2_client;
 mod push_pull;

@@ -748,3 +748,28 @@ async fn metrics_and_readiness() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["signing_keys"], 1);
 }
+
+/// containerd, handed a plugin's username and password pair, sends the
+/// refresh token through the password grant first.
+#[tokio::test]
+async fn password_grant_accepts_a_refresh_token_as_the_password() {
+    let w = world();
+    let (_, body) = send(
+        &w.state,
+        post("grant_type=password&username=alice&password=alice-pw&access_type=offline&service=registry.test"),
+    )
+    .await;
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+    let (status, body) = send(
+        &w.state,
+        post(&format!(
+            "grant_type=password&username=regauth&password={refresh}&service=registry.test&scope=repository:alice/x:pull"
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        claims(body["access_token"].as_str().unwrap())["sub"],
+        "alice"
+    );
+}

@@ -158,13 +158,14 @@ pub async fn post(State(state): State<Arc<AppState>>, req: Request) -> Result<Re
             let password = form
                 .get("password")
                 .ok_or_else(|| TokenError::BadRequest("missing password".into()))?;
-            let result = auth::password(
-                &state,
-                user,
-                Secret::new(password.as_bytes().to_vec()),
-                client,
-            )
-            .await;
+            // Clients handed a username and password by a credential plugin
+            // (the kubelet passes the pair to containerd) send the regauth
+            // refresh token as the password of this grant: accept it as such.
+            let creds = auth::BasicCredentials {
+                username: user.to_owned(),
+                password: Secret::new(password.as_bytes().to_vec()),
+            };
+            let result = auth::basic(&state, creds, client, now).await;
             result.inspect_err(|e| rejected(&state, e, Some(user), client))?
         }
         "refresh_token" => {
