@@ -18,62 +18,16 @@ set -euo pipefail
 duration=${1:-10}
 connections=${2:-32}
 threads=${BENCH_WRK_THREADS:-2}
-root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_setup
 
-for tool in wrk curl; do
-    command -v "$tool" >/dev/null || { echo "bench: $tool is missing: apt-get install $tool" >&2; exit 1; }
-done
-
-cargo build --release --quiet -p regauth-token-server --manifest-path "$root/Cargo.toml"
-bin="${CARGO_TARGET_DIR:-$root/target}/release/regauth-token-server"
-
-work=$(mktemp -d)
-server_pid=""
-cleanup() {
-    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$bin" keys generate --out "$work" >/dev/null
-"$bin" keys secret --out "$work/refresh.secret" >/dev/null
-password="bench-$(head -c 12 /dev/urandom | base64 | tr -d '/+=')"
-hash=$(printf '%s' "$password" | "$bin" hash-password --cost 10)
-cat > "$work/config.yaml" <<YAML
-listen: 127.0.0.1:$port
-issuer: regauth-bench
-services: [registry.bench]
-signing_keys: [{key: signing.key, cert: signing.crt}]
-refresh_secret_file: refresh.secret
-password_cache_ttl: 10m
-accounts:
-  - {name: bench, password_hash: "$hash"}
-policy:
-  - kind: account
-    resource: "\${name}/**"
-    actions: ["*"]
-YAML
-
-# Audit logging stays on at its default level: it is part of the real cost.
-REGAUTH_LOG=${REGAUTH_LOG:-info} "$bin" serve --config "$work/config.yaml" 2>"$work/server.log" &
-server_pid=$!
-base="http://127.0.0.1:$port"
-for _ in $(seq 100); do curl -fs "$base/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
-curl -fs "$base/healthz" >/dev/null || { echo "bench: server did not start" >&2; cat "$work/server.log" >&2; exit 1; }
-
-scope="service=registry.bench&scope=repository:bench/app:pull,push"
-refresh=$(curl -fs -u "bench:$password" "$base/token?service=registry.bench&offline_token=true" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["refresh_token"])')
+refresh=$(bench_refresh_token)
 basic_refresh="Authorization: Basic $(printf 'bench:%s' "$refresh" | base64 -w0)"
 basic_password="Authorization: Basic $(printf 'bench:%s' "$password" | base64 -w0)"
 # Warm the password cache once; every later request hits it.
 curl -fs -H "$basic_password" "$base/token?$scope" >/dev/null
 
-# wrk's latency table prints p50 and p99; convert to milliseconds.
-to_ms() {
-    awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.2f", v }'
-}
 run() { # name, url, [header]
     local out
     if [ $# -eq 3 ]; then
@@ -83,8 +37,8 @@ run() { # name, url, [header]
     fi
     local rps p50 p99 errors
     rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-    p50=$(awk '$1=="50%" {print $2}' <<<"$out" | to_ms)
-    p99=$(awk '$1=="99%" {print $2}' <<<"$out" | to_ms)
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out" | bench_to_ms)
+    p99=$(awk '$1=="99%" {print $2}' <<<"$out" | bench_to_ms)
     errors=$(awk '/Non-2xx or 3xx responses/ {print $5}' <<<"$out")
     printf '%s %s %s %s %s\n' "$1" "$rps" "$p50" "$p99" "${errors:-0}"
 }

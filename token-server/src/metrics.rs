@@ -179,13 +179,13 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let m = Metrics::default();
-        m.request("/token", "2xx");
-        m.request("/token", "2xx");
+        m.request("/token", "ok");
+        m.request("/token", "ok");
         m.auth_failure("bad_credentials");
         m.issued(Duration::from_micros(700));
         m.password_cache(true);
         let text = m.render(&[("cluster-a".into(), 3)]);
-        assert!(text.contains("regauth_requests_total{endpoint=\"/token\",outcome=\"2xx\"} 2"));
+        assert!(text.contains("regauth_requests_total{endpoint=\"/token\",outcome=\"ok\"} 2"));
         assert!(text.contains("regauth_auth_failures_total{reason=\"bad_credentials\"} 1"));
         assert!(text.contains("regauth_token_issue_seconds_bucket{le=\"0.0005\"} 0"));
         assert!(text.contains("regauth_token_issue_seconds_bucket{le=\"0.001\"} 1"));

@@ -9,6 +9,7 @@ mod credential_helper_common;
 mod credential_helper_doctor;
 mod credential_helper_identities;
 mod credential_helper_protocol;
+mod deploy_manifests;
 mod embedded_default;
 mod helper_cli;
 mod htpasswd_accounts;
