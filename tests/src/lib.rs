@@ -24,6 +24,7 @@ pub mod kubelet_plugin;
 pub mod net;
 pub mod oci;
 pub mod oidc_issuer;
+pub mod ops;
 pub mod pki;
 pub mod process;
 pub mod registry;

@@ -1,8 +1,8 @@
 //! The `regauth-token-server` fixture: keys, config, process, readiness.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 use crate::bins::token_server_bin;
 use crate::net::free_port;
@@ -210,18 +210,7 @@ impl TokenServerBuilder {
             let config = format!("listen: 127.0.0.1:{port}\npublic_url: {url}\n{body}");
             std::fs::write(&config_path, &config).expect("write token server config");
 
-            // Run from the parent so relative paths only resolve if the server
-            // honours "relative to the config file's directory".
-            let mut cmd = Command::new(&bin);
-            cmd.arg("serve")
-                .arg("--config")
-                .arg(&config_path)
-                .current_dir(parent)
-                .env_remove("REGAUTH_LOG")
-                .env_remove("RUST_LOG");
-            for (key, value) in &self.env {
-                cmd.env(key, value);
-            }
+            let cmd = serve_command(&bin, &config_path, parent, &self.env);
             let mut process = ChildGuard::spawn(cmd, &dir, "token-server");
             let client = TokenClient::with_http(&url, https_client(server_ca_pem.as_deref(), None));
             match wait_ready(&mut process, READY_TIMEOUT, || {
@@ -263,8 +252,29 @@ impl TokenServerBuilder {
             config_path,
             accounts,
             client,
+            bin,
+            cwd: parent.to_path_buf(),
+            env: self.env,
+            restarts: 0,
         }
     }
+}
+
+/// The `serve` command for `config_path`. It runs from `cwd` (the parent of
+/// the server's dir), so relative paths only resolve if the server honours
+/// "relative to the config file's directory".
+fn serve_command(bin: &Path, config_path: &Path, cwd: &Path, env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config_path)
+        .current_dir(cwd)
+        .env_remove("REGAUTH_LOG")
+        .env_remove("RUST_LOG");
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    cmd
 }
 
 /// A running `regauth-token-server serve`, killed on drop.
@@ -278,9 +288,69 @@ pub struct TokenServer {
     config_path: PathBuf,
     accounts: Vec<Account>,
     client: TokenClient,
+    bin: PathBuf,
+    cwd: PathBuf,
+    env: Vec<(String, String)>,
+    restarts: usize,
 }
 
 impl TokenServer {
+    /// The operating system process id of the running `serve` process
+    /// (for sending it signals).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Waits up to `timeout` for the `serve` process to exit by itself (for
+    /// example after SIGTERM) and returns its status; `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.process.exited() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts `serve` again, with the same config file, port and environment,
+    /// after the previous process ended (see [`TokenServer::wait_exit`]), and
+    /// waits until it answers `/healthz`. The new process logs to
+    /// `token-server.restart-N.*.log`; [`TokenServer::logs`] shows only it.
+    ///
+    /// Panics if the old process still runs, or the new one does not become
+    /// ready (for example because another process took the port meanwhile).
+    pub fn restart(&mut self) {
+        assert!(
+            self.process.exited().is_some(),
+            "restart: the previous token server process (pid {}) still runs",
+            self.process.pid()
+        );
+        self.restarts += 1;
+        let cmd = serve_command(&self.bin, &self.config_path, &self.cwd, &self.env);
+        let name = format!("token-server.restart-{}", self.restarts);
+        let mut process = ChildGuard::spawn(cmd, &self.dir, &name);
+        let client = &self.client;
+        match wait_ready(&mut process, READY_TIMEOUT, || {
+            (client.healthz() == Some(200)).then_some(())
+        }) {
+            Readiness::Ready(()) => {}
+            Readiness::Exited(status) => panic!(
+                "restarted token server exited early ({status}) on port {}\n{}",
+                self.port,
+                process.logs()
+            ),
+            Readiness::TimedOut => panic!(
+                "restarted token server did not answer GET /healthz with 200 within {READY_TIMEOUT:?}\n{}",
+                process.logs()
+            ),
+        }
+        self.process = process;
+    }
+
     /// Base URL, `http://127.0.0.1:PORT` (`https://` when serving TLS).
     pub fn url(&self) -> String {
         format!("{}://127.0.0.1:{}", self.scheme, self.port)

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -136,14 +137,32 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // hyper's header timer starts only once it has read enough bytes to pick
+    // HTTP/1 or HTTP/2, and HTTP/2 has none at all; so the first request
+    // must begin within header_read_timeout or the connection is dropped.
+    let started = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&started);
     let svc = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+        seen.store(true, Ordering::Relaxed);
         req.extensions_mut().insert(ConnectInfo(peer.clone()));
         req.map(axum::body::Body::new)
     });
     let conn = builder(limits)
         .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
         .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
+    let conn = watcher.watch(conn);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = &mut conn => r,
+        () = tokio::time::sleep(limits.header_read_timeout) => {
+            if !started.load(Ordering::Relaxed) {
+                tracing::debug!("no request within header_read_timeout; closing the connection");
+                return;
+            }
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }

@@ -17,6 +17,7 @@ mod identity_attacks;
 mod kubelet_plugin;
 mod node_identity;
 mod oauth2_client;
+mod operations;
 mod push_pull;
 mod refresh_tokens;
 mod registry_tokens;
