@@ -17,9 +17,20 @@ struct Started {
 }
 
 fn start(data: &Path, logs: &Path, name: &str, admin_password: Option<&str>) -> Started {
+    start_with(data, logs, name, admin_password, &[])
+}
+
+fn start_with(
+    data: &Path,
+    logs: &Path,
+    name: &str,
+    admin_password: Option<&str>,
+    extra: &[&str],
+) -> Started {
     let port = free_port();
     let mut cmd = Command::new(token_server_bin());
-    cmd.arg("--data-dir")
+    cmd.args(extra)
+        .arg("--data-dir")
         .arg(data)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
@@ -161,4 +172,44 @@ fn registry_config_for_registry_3_writes_the_published_jwks() {
     );
     assert_eq!(written["keys"][0]["kty"], "EC");
     assert_eq!(written["keys"][0]["kid"].as_str().unwrap().len(), 59);
+}
+
+#[test]
+fn json_log_format_writes_one_object_per_line_with_audit_fields() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let server = start_with(
+        &data,
+        temp.path(),
+        "json",
+        Some("json-pw"),
+        &["--log-format", "json"],
+    );
+    let reply = server.client.get_token(
+        &[("scope", "repository:admin/app:pull")],
+        Some(("admin", "json-pw")),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let wrong = server.client.get_token(&[], Some(("admin", "nope")));
+    assert_eq!(wrong.status, 401);
+    // Give the log writer a moment, then read what it wrote.
+    std::thread::sleep(Duration::from_millis(300));
+    let log = server.process.stderr();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "no log lines");
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let issued = events
+        .iter()
+        .find(|e| e["target"] == "regauth::audit" && e["fields"]["outcome"] == "granted")
+        .unwrap_or_else(|| panic!("no audit event for the issued token:\n{log}"));
+    assert_eq!(issued["fields"]["sub"], "admin");
+    assert_eq!(issued["fields"]["granted"], "repository:admin/app:pull");
+    assert!(
+        events.iter().any(|e| e["fields"]["outcome"] == "rejected"),
+        "{log}"
+    );
+    assert!(!log.contains("json-pw"), "the password must not be logged");
 }
