@@ -333,12 +333,7 @@ async fn run(settings: Settings, source: Source) -> Result<(), CliError> {
     );
     let tls = match (&settings.tls, &settings.tls_files) {
         (Some(config), Some(files)) => {
-            let reloader = TlsReloader::new(
-                files.cert.clone(),
-                files.key.clone(),
-                files.client_ca.clone(),
-                Arc::clone(config),
-            );
+            let reloader = TlsReloader::new(files.clone(), Arc::clone(config));
             reloader.watch(TLS_POLL);
             Some(reloader)
         }
@@ -381,9 +376,11 @@ async fn reload_on_hangup(
                 if settings.listen != listen {
                     tracing::warn!(new = %settings.listen, "a new listen address takes effect only on restart");
                 }
-                match (&tls, &settings.tls) {
-                    (Some(reloader), Some(config)) => reloader.replace(Arc::clone(config)),
-                    (None, None) => {}
+                match (&tls, &settings.tls, &settings.tls_files) {
+                    (Some(reloader), Some(config), Some(files)) => {
+                        reloader.replace(Arc::clone(config), files.clone())
+                    }
+                    (None, None, _) => {}
                     _ => tracing::warn!("turning TLS on or off takes effect only on restart"),
                 }
                 let kid = settings.keys.current().kid().to_owned();

@@ -15,6 +15,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::TlsFiles;
 use crate::identity::Principal;
 
 /// Why TLS settings could not be loaded.
@@ -117,24 +118,15 @@ pub struct PeerInfo {
 /// The TLS settings in force, reloaded when the certificate, key or client
 /// CA files change on disk, without dropping established connections.
 pub struct TlsReloader {
-    cert: PathBuf,
-    key: PathBuf,
-    client_ca: Option<PathBuf>,
+    files: ArcSwap<TlsFiles>,
     current: ArcSwap<rustls::ServerConfig>,
 }
 
 impl TlsReloader {
-    /// Starts from `config`, which was loaded from these files.
-    pub fn new(
-        cert: PathBuf,
-        key: PathBuf,
-        client_ca: Option<PathBuf>,
-        config: Arc<rustls::ServerConfig>,
-    ) -> Arc<Self> {
+    /// Starts from `config`, which was loaded from `files`.
+    pub fn new(files: TlsFiles, config: Arc<rustls::ServerConfig>) -> Arc<Self> {
         Arc::new(TlsReloader {
-            cert,
-            key,
-            client_ca,
+            files: ArcSwap::from_pointee(files),
             current: ArcSwap::new(config),
         })
     }
@@ -146,18 +138,21 @@ impl TlsReloader {
 
     /// Reloads from the files now; on error the settings in force stay.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = server_config(&self.cert, &self.key, self.client_ca.as_deref())?;
+        let f = self.files.load();
+        let config = server_config(&f.cert, &f.key, f.client_ca.as_deref())?;
         self.current.store(config);
         Ok(())
     }
 
-    /// Replaces the settings (after a config reload).
-    pub fn replace(&self, config: Arc<rustls::ServerConfig>) {
+    /// Replaces the settings and the files to watch (after a config reload).
+    pub fn replace(&self, config: Arc<rustls::ServerConfig>, files: TlsFiles) {
+        self.files.store(Arc::new(files));
         self.current.store(config);
     }
 
     fn stamp(&self) -> Vec<Option<std::time::SystemTime>> {
-        [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()]
+        let f = self.files.load();
+        [Some(&f.cert), Some(&f.key), f.client_ca.as_ref()]
             .into_iter()
             .flatten()
             .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
@@ -180,7 +175,7 @@ impl TlsReloader {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 match this.reload() {
                     Ok(()) => {
-                        tracing::info!(cert = %this.cert.display(), "TLS certificate reloaded");
+                        tracing::info!(cert = %this.files.load().cert.display(), "TLS certificate reloaded");
                         seen = this.stamp();
                     }
                     Err(e) => {
