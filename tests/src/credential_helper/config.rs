@@ -47,6 +47,18 @@ pub enum Identity {
 }
 
 impl Identity {
+    /// An account identity whose password is written to `dir/NAME.password`
+    /// (mode 0600).
+    pub fn account(dir: &Path, username: &str, password: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("create identity dir");
+        let password_file = dir.join(format!("{username}.password"));
+        crate::secrets::write_secret_file(&password_file, password.as_bytes());
+        Identity::Account {
+            username: username.to_owned(),
+            password_file,
+        }
+    }
+
     /// The `kind:` value.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -116,6 +128,7 @@ pub struct RegistryEntry {
     username: Option<String>,
     ca_file: Option<PathBuf>,
     timeout: Option<String>,
+    forward_annotations: Vec<String>,
 }
 
 impl RegistryEntry {
@@ -131,7 +144,14 @@ impl RegistryEntry {
             username: None,
             ca_file: None,
             timeout: None,
+            forward_annotations: Vec::new(),
         }
+    }
+
+    /// Sets `forward_annotations:` (kubelet mode).
+    pub fn forward_annotations(mut self, keys: &[&str]) -> Self {
+        self.forward_annotations = keys.iter().map(|k| (*k).to_owned()).collect();
+        self
     }
 
     /// Sets `output:`.
@@ -191,6 +211,10 @@ impl RegistryEntry {
             out.push_str(&format!("    timeout: {}\n", quote(timeout)));
         }
         out.push_str(&self.identity.to_yaml());
+        if !self.forward_annotations.is_empty() {
+            let keys: Vec<String> = self.forward_annotations.iter().map(|k| quote(k)).collect();
+            out.push_str(&format!("    forward_annotations: [{}]\n", keys.join(", ")));
+        }
         out
     }
 }
