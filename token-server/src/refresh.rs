@@ -85,10 +85,11 @@ impl RefreshTokens {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[issuer]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
         validation.leeway = 0;
-        // Expiry is checked against our own clock below so tests control time.
+        // exp and nbf are checked in `verify` against the caller's clock, not
+        // the system's, so tests control time.
         validation.validate_exp = false;
+        validation.validate_nbf = false;
         RefreshTokens {
             issuer: issuer.to_owned(),
             encoding: EncodingKey::from_secret(secret.expose()),
@@ -125,10 +126,7 @@ impl RefreshTokens {
 
     /// Verifies signature, issuer, audience, type and validity window.
     pub fn verify(&self, token: &str, now: SystemTime) -> Result<RefreshClaims, RefreshError> {
-        let mut validation = self.validation.clone();
-        // jsonwebtoken checks nbf against the system clock; do both checks here.
-        validation.validate_nbf = false;
-        let data = jsonwebtoken::decode::<RefreshClaims>(token, &self.decoding, &validation)
+        let data = jsonwebtoken::decode::<RefreshClaims>(token, &self.decoding, &self.validation)
             .map_err(|_| RefreshError::Invalid)?;
         let claims = data.claims;
         let now = unix(now);
