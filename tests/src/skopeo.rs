@@ -36,6 +36,30 @@ pub struct Pushed {
     pub digest: Option<String>,
 }
 
+/// Lays out `dir` for isolated skopeo runs: home, XDG dirs, tmp, a policy
+/// that accepts anything and a registries.conf with no search registries,
+/// so nothing from the machine leaks in.
+pub fn prepare_dir(dir: &Path) {
+    for sub in ["home", "run", "config", "tmp"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("create skopeo dir");
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("run"), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod XDG_RUNTIME_DIR");
+    }
+    std::fs::write(
+        dir.join("policy.json"),
+        br#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .expect("write policy.json");
+    std::fs::write(
+        dir.join("registries.conf"),
+        "unqualified-search-registries = []\n",
+    )
+    .expect("write registries.conf");
+}
+
 /// A skopeo runner whose state lives under one directory.
 #[derive(Debug)]
 pub struct Skopeo {
@@ -46,24 +70,7 @@ pub struct Skopeo {
 impl Skopeo {
     /// Prepares `dir` (policy, registries.conf, home, tmp) for skopeo runs.
     pub fn new(dir: &Path) -> Self {
-        for sub in ["home", "run", "config", "tmp"] {
-            std::fs::create_dir_all(dir.join(sub)).expect("create skopeo dir");
-        }
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.join("run"), std::fs::Permissions::from_mode(0o700))
-                .expect("chmod XDG_RUNTIME_DIR");
-        }
-        std::fs::write(
-            dir.join("policy.json"),
-            br#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-        )
-        .expect("write policy.json");
-        std::fs::write(
-            dir.join("registries.conf"),
-            "unqualified-search-registries = []\n",
-        )
-        .expect("write registries.conf");
+        prepare_dir(dir);
         Self {
             dir: dir.to_path_buf(),
             calls: AtomicUsize::new(0),

@@ -54,24 +54,7 @@ impl HelperSkopeo {
     /// `credHelpers` for `registry_host`) and takes the helper's variables
     /// from `helper`.
     pub fn new(dir: &Path, registry_host: &str, helper: &HelperEnv) -> Self {
-        for sub in ["home", "run", "config", "tmp"] {
-            std::fs::create_dir_all(dir.join(sub)).expect("create skopeo dir");
-        }
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.join("run"), std::fs::Permissions::from_mode(0o700))
-                .expect("chmod XDG_RUNTIME_DIR");
-        }
-        std::fs::write(
-            dir.join("policy.json"),
-            br#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-        )
-        .expect("write policy.json");
-        std::fs::write(
-            dir.join("registries.conf"),
-            "unqualified-search-registries = []\n",
-        )
-        .expect("write registries.conf");
+        crate::skopeo::prepare_dir(dir);
         let authfile = dir.join("auth.json");
         write_cred_helpers_authfile(&authfile, &[registry_host], HELPER_NAME);
         Self {
