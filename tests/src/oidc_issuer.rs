@@ -18,7 +18,6 @@ pub mod claims;
 pub mod config;
 pub mod exchange;
 pub mod forge;
-pub mod http;
 pub mod keys;
 
 use std::path::Path;
@@ -26,10 +25,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use axum::Router;
+use axum::http::{Method, Uri};
+use axum::response::Response;
 use serde_json::{Value, json};
 
 use self::claims::{GithubWorkflow, ServiceAccount};
-use self::http::{HttpServer, Response};
+use crate::http_stub::{self, HttpStub};
 pub use self::keys::{IssuerKey, KeyAlg};
 
 /// Path of the JWKS the issuer serves.
@@ -99,14 +101,15 @@ impl Shared {
         })
     }
 
-    fn handle(&self, method: &str, target: &str) -> Response {
+    fn handle(&self, method: &Method, uri: &Uri) -> Response {
+        let target = uri.path_and_query().map_or("/", |p| p.as_str());
         self.log
             .lock()
             .expect("issuer log lock")
             .push(format!("{method} {target}"));
-        let path = target.split('?').next().unwrap_or_default();
-        if method != "GET" {
-            return Response::error(405, "only GET is served");
+        let path = uri.path();
+        if method != Method::GET {
+            return http_stub::text(405, "only GET is served");
         }
         // Count first: a request that found the issuer down still happened.
         match path {
@@ -116,14 +119,14 @@ impl Shared {
             JWKS_PATH => {
                 self.jwks_requests.fetch_add(1, Ordering::SeqCst);
             }
-            _ => return Response::error(404, "not found"),
+            _ => return http_stub::text(404, "not found"),
         }
         if self.unavailable.load(Ordering::SeqCst) {
-            return Response::error(503, "issuer unavailable");
+            return http_stub::text(503, "issuer unavailable");
         }
         match path {
-            DISCOVERY_PATH => Response::json("application/json", &self.discovery()),
-            _ => Response::json("application/jwk-set+json", &self.jwks()),
+            DISCOVERY_PATH => http_stub::json(200, "application/json", &self.discovery()),
+            _ => http_stub::json(200, "application/jwk-set+json", &self.jwks()),
         }
     }
 }
@@ -133,7 +136,7 @@ impl Shared {
 pub struct OidcIssuer {
     shared: Arc<Shared>,
     alg: KeyAlg,
-    _server: Option<HttpServer>,
+    _server: Option<HttpStub>,
 }
 
 impl OidcIssuer {
@@ -147,13 +150,12 @@ impl OidcIssuer {
     pub fn start_with(alg: KeyAlg) -> Self {
         let shared = Arc::new(Shared::default());
         let handler_state = Arc::clone(&shared);
-        let server = HttpServer::start(Arc::new(move |method: &str, target: &str| {
-            handler_state.handle(method, target)
-        }));
-        shared
-            .url
-            .set(format!("http://{}", server.addr()))
-            .expect("URL set once");
+        let router = Router::new().fallback(move |method: Method, uri: Uri| {
+            let state = Arc::clone(&handler_state);
+            async move { state.handle(&method, &uri) }
+        });
+        let server = HttpStub::start("oidc-issuer", router);
+        shared.url.set(server.url()).expect("URL set once");
         let issuer = Self {
             shared,
             alg,

@@ -7,21 +7,18 @@
 //! existing query survived, the bearer and the audience, mints the token
 //! for the audience asked, and records every request.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, Method, Uri, header};
+use axum::response::Response;
+
+use crate::http_stub::{self, HttpStub};
 
 /// The path the stub serves, shaped like the runner's.
 pub const REQUEST_PATH: &str = "/_apis/distributedtask/hubs/build/plans/p1/jobs/j1/idtoken";
 /// The query the runner's URL already carries.
 pub const API_VERSION: &str = "api-version=2.0";
-/// Largest request head read.
-const MAX_HEAD: usize = 16 * 1024;
-/// How long a connection may take to send its request.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Mints an ID token for an audience (`None`: the request named none).
 pub type Mint = dyn Fn(Option<&str>) -> String + Send + Sync;
@@ -49,16 +46,14 @@ struct State {
 
 /// The running stub; stops on drop.
 pub struct GithubActionsStub {
-    addr: SocketAddr,
+    server: HttpStub,
     state: Arc<State>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for GithubActionsStub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GithubActionsStub")
-            .field("addr", &self.addr)
+            .field("addr", &self.server.addr())
             .finish_non_exhaustive()
     }
 }
@@ -70,39 +65,25 @@ impl GithubActionsStub {
         request_token: &str,
         mint: impl Fn(Option<&str>) -> String + Send + Sync + 'static,
     ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the GitHub Actions stub");
-        let addr = listener.local_addr().expect("stub address");
         let state = Arc::new(State {
             request_token: request_token.to_owned(),
             mint: Box::new(mint),
             seen: Mutex::new(Vec::new()),
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let (serving, stopping) = (Arc::clone(&state), Arc::clone(&stop));
-        let thread = std::thread::Builder::new()
-            .name(format!("gha-stub-{}", addr.port()))
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if stopping.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    if let Ok(stream) = stream {
-                        serve(stream, &serving);
-                    }
-                }
-            })
-            .expect("spawn the GitHub Actions stub");
+        let serving = Arc::clone(&state);
+        let router = Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap| {
+            let state = Arc::clone(&serving);
+            async move { serve(&state, &method, &uri, &headers) }
+        });
         Self {
-            addr,
+            server: HttpStub::start("github-actions", router),
             state,
-            stop,
-            thread: Some(thread),
         }
     }
 
     /// `ACTIONS_ID_TOKEN_REQUEST_URL`: `http://127.0.0.1:PORT/…/idtoken?api-version=2.0`.
     pub fn request_url(&self) -> String {
-        format!("http://{}{REQUEST_PATH}?{API_VERSION}", self.addr)
+        format!("{}{REQUEST_PATH}?{API_VERSION}", self.server.url())
     }
 
     /// The two variables a runner exports for a job with `id-token: write`.
@@ -125,30 +106,13 @@ impl GithubActionsStub {
     }
 }
 
-impl Drop for GithubActionsStub {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn serve(mut stream: TcpStream, state: &State) {
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let Some(head) = read_head(&mut stream) else {
-        return;
-    };
-    let mut lines = head.lines();
-    let mut request_line = lines.next().unwrap_or_default().split_whitespace();
-    let method = request_line.next().unwrap_or_default().to_owned();
-    let target = request_line.next().unwrap_or_default().to_owned();
-    let authorization = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
-        .map(|(_, value)| value.trim().to_owned());
+fn serve(state: &State, method: &Method, uri: &Uri, headers: &HeaderMap) -> Response {
+    let method = method.as_str().to_owned();
+    let target = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned());
     let bearer_ok = authorization
         .as_deref()
         .and_then(|v| v.split_once(' '))
@@ -188,35 +152,7 @@ fn serve(mut stream: TcpStream, state: &State) {
         audience,
         status,
     });
-    let reason = match status {
-        200 => "OK",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        _ => "Method Not Allowed",
-    };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes());
-    let _ = stream.flush();
-    let _ = stream.shutdown(std::net::Shutdown::Both);
-}
-
-fn read_head(stream: &mut TcpStream) -> Option<String> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        if head.len() > MAX_HEAD {
-            return None;
-        }
-        let n = stream.read(&mut buf).ok()?;
-        if n == 0 {
-            return None;
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    Some(String::from_utf8_lossy(&head).into_owned())
+    http_stub::respond(status, "application/json; charset=utf-8", body)
 }
 
 /// Decodes `%XX` escapes and `+` (form encoding) in a query component.
@@ -258,7 +194,7 @@ mod tests {
         assert_eq!(ok.json()["value"], "jwt-for-Some(\"reg:auth\")");
         let wrong = send(http_client().get(&url).bearer_auth("other"));
         assert_eq!(wrong.status, 401);
-        let lost_query = format!("http://{}{REQUEST_PATH}?audience=x", stub.addr);
+        let lost_query = format!("{}{REQUEST_PATH}?audience=x", stub.server.url());
         assert_eq!(
             send(http_client().get(&lost_query).bearer_auth("req-token")).status,
             404
