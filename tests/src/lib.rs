@@ -19,7 +19,9 @@
 pub mod bins;
 pub mod containerd;
 pub mod credential_helper;
+pub mod http_stub;
 pub mod jwt;
+pub mod kube_api;
 pub mod kubelet_plugin;
 pub mod net;
 pub mod oci;
