@@ -1,0 +1,497 @@
+//! The controller's YAML config (normally mounted from a ConfigMap) and its
+//! validation into [`Settings`]. Unknown keys are errors; every problem is
+//! reported with its key and line, all at once.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::selection::{NamespaceSelection, ServiceAccountSelection};
+
+type S<T> = Spanned<T>;
+
+/// The API's minimum `TokenRequest` lifetime.
+pub(crate) const MIN_TOKEN_EXPIRATION: Duration = Duration::from_secs(600);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(300);
+const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_SECRET_NAME: &str = "regauth-pull";
+const DEFAULT_LEASE_NAME: &str = "regauth-pull-secrets";
+/// Longest prefix that still leaves room for `-<service account>`.
+const MAX_SECRET_PREFIX: usize = 200;
+
+/// Why the config cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not YAML of the expected shape (unknown keys included).
+    #[error("{path}: {source}")]
+    Syntax {
+        path: PathBuf,
+        #[source]
+        source: serde_saphyr::Error,
+    },
+    /// One or more values are wrong.
+    #[error("{path}:\n{}", issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, issues: Vec<Issue> },
+}
+
+/// One wrong value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Issue {
+    pub key: String,
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}: {}", self.line, self.key, self.message)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    token_server: TokenServerFile,
+    registries: Vec<RegistryFile>,
+    #[serde(default)]
+    audience: Option<S<String>>,
+    #[serde(default)]
+    namespaces: NamespacesFile,
+    #[serde(default)]
+    service_accounts: Option<S<Vec<String>>>,
+    #[serde(default)]
+    secret_name: Option<S<String>>,
+    #[serde(default)]
+    token_expiration: Option<S<String>>,
+    #[serde(default)]
+    refresh_threshold: Option<S<String>>,
+    #[serde(default)]
+    max_backoff: Option<S<String>>,
+    #[serde(default)]
+    leader_election: LeaderElectionFile,
+    #[serde(default)]
+    listen: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenServerFile {
+    url: S<String>,
+    #[serde(default)]
+    ca_file: Option<S<String>>,
+    #[serde(default)]
+    timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    hosts: S<Vec<String>>,
+    service: S<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamespacesFile {
+    #[serde(default)]
+    names: Option<S<Vec<String>>>,
+    #[serde(default)]
+    selector: Option<S<String>>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaderElectionFile {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    lease_name: Option<S<String>>,
+    #[serde(default)]
+    lease_duration: Option<S<String>>,
+    #[serde(default)]
+    renew_interval: Option<S<String>>,
+}
+
+/// The token server and how to reach it.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenServer {
+    /// Base URL, without a trailing slash; `/token` is appended.
+    pub url: String,
+    /// Extra CA bundle.
+    pub ca_file: Option<PathBuf>,
+    /// Bound on one exchange.
+    pub timeout: Duration,
+}
+
+/// One registry: the hosts its credential is written for, and its `service`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Registry {
+    /// `.dockerconfigjson` keys: `host`, `host:port` or `*.host` patterns.
+    pub hosts: Vec<String>,
+    /// The registry's `service` (the exchange's `audience`).
+    pub service: String,
+}
+
+/// Leader election on a Lease.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaderElection {
+    pub enabled: bool,
+    /// Namespace of the Lease (default: the pod's, from `POD_NAMESPACE`).
+    pub namespace: Option<String>,
+    pub lease_name: String,
+    /// How long a lease lasts without renewal.
+    pub lease_duration: Duration,
+    /// How often the leader renews (well inside `lease_duration`).
+    pub renew_interval: Duration,
+}
+
+/// The validated config.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub token_server: TokenServer,
+    pub registries: Vec<Registry>,
+    /// The audience of requested ServiceAccount tokens.
+    pub audience: String,
+    pub namespaces: NamespaceSelection,
+    pub service_accounts: ServiceAccountSelection,
+    /// Secrets are named `<secret_name>-<service account>`.
+    pub secret_name: String,
+    /// The requested ServiceAccount tokens' lifetime.
+    pub token_expiration: Duration,
+    /// Refresh when less than this remains; `None`: at half the remaining life.
+    pub refresh_threshold: Option<Duration>,
+    /// Longest wait between retries of a failing refresh.
+    pub max_backoff: Duration,
+    pub leader_election: LeaderElection,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub listen: std::net::SocketAddr,
+}
+
+/// Reads and validates `path`; relative paths in it resolve against its directory.
+pub(crate) fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, base).map_err(|e| match e {
+        Parse::Syntax(source) => ConfigError::Syntax {
+            path: path.to_owned(),
+            source,
+        },
+        Parse::Invalid(issues) => ConfigError::Invalid {
+            path: path.to_owned(),
+            issues,
+        },
+    })
+}
+
+#[derive(Debug)]
+enum Parse {
+    Syntax(serde_saphyr::Error),
+    Invalid(Vec<Issue>),
+}
+
+fn parse(text: &str, base: &Path) -> Result<Settings, Parse> {
+    let file: File = serde_saphyr::from_str(text).map_err(Parse::Syntax)?;
+    let mut check = Check::default();
+
+    let url = file.token_server.url.value.trim_end_matches('/').to_owned();
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        check.fail("token_server.url", &file.token_server.url, "must be an http:// or https:// URL");
+    }
+    let timeout = check.duration("token_server.timeout", &file.token_server.timeout, DEFAULT_TIMEOUT);
+    let token_server = TokenServer {
+        url,
+        ca_file: file.token_server.ca_file.as_ref().map(|p| base.join(&p.value)),
+        timeout,
+    };
+
+    let mut registries = Vec::new();
+    for (i, r) in file.registries.iter().enumerate() {
+        if r.hosts.value.is_empty() {
+            check.fail(format!("registries[{i}].hosts"), &r.hosts, "list at least one host");
+        }
+        for host in &r.hosts.value {
+            if let Err(message) = check_host(host) {
+                check.fail(format!("registries[{i}].hosts"), &r.hosts, message);
+            }
+        }
+        if r.service.value.trim().is_empty() {
+            check.fail(format!("registries[{i}].service"), &r.service, "must not be empty");
+        }
+        registries.push(Registry {
+            hosts: r.hosts.value.clone(),
+            service: r.service.value.clone(),
+        });
+    }
+    if registries.is_empty() {
+        check.issues.push(Issue {
+            key: "registries".into(),
+            line: 1,
+            message: "list at least one registry".into(),
+        });
+    }
+    let audience = match &file.audience {
+        Some(a) if a.value.trim().is_empty() => {
+            check.fail("audience", a, "must not be empty");
+            String::new()
+        }
+        Some(a) => a.value.clone(),
+        None => registries.first().map(|r| r.service.clone()).unwrap_or_default(),
+    };
+
+    let namespaces = match (&file.namespaces.names, &file.namespaces.selector) {
+        (Some(names), Some(_)) => {
+            check.fail("namespaces", names, "give either names or selector, not both");
+            NamespaceSelection::all(Vec::new())
+        }
+        (Some(names), None) => {
+            NamespaceSelection::names(names.value.clone(), file.namespaces.exclude.clone())
+        }
+        (None, Some(selector)) => {
+            match NamespaceSelection::selector(&selector.value, file.namespaces.exclude.clone()) {
+                Ok(s) => s,
+                Err(e) => {
+                    check.fail("namespaces.selector", selector, e);
+                    NamespaceSelection::all(Vec::new())
+                }
+            }
+        }
+        (None, None) => NamespaceSelection::all(file.namespaces.exclude.clone()),
+    };
+    let service_accounts = match &file.service_accounts {
+        Some(list) if list.value.is_empty() => {
+            check.fail("service_accounts", list, "list at least one name, or \"*\"");
+            ServiceAccountSelection::new(Vec::new())
+        }
+        Some(list) => ServiceAccountSelection::new(list.value.clone()),
+        None => ServiceAccountSelection::new(vec!["default".to_owned()]),
+    };
+
+    let secret_name = match &file.secret_name {
+        Some(name) => {
+            if let Err(message) = check_secret_prefix(&name.value) {
+                check.fail("secret_name", name, message);
+            }
+            name.value.clone()
+        }
+        None => DEFAULT_SECRET_NAME.to_owned(),
+    };
+    let token_expiration = check.duration("token_expiration", &file.token_expiration, MIN_TOKEN_EXPIRATION);
+    if token_expiration < MIN_TOKEN_EXPIRATION
+        && let Some(at) = &file.token_expiration
+    {
+        check.fail("token_expiration", at, "the Kubernetes API's minimum is 10m");
+    }
+    let refresh_threshold = file
+        .refresh_threshold
+        .as_ref()
+        .map(|_| check.duration("refresh_threshold", &file.refresh_threshold, Duration::ZERO));
+    let max_backoff = check.duration("max_backoff", &file.max_backoff, DEFAULT_MAX_BACKOFF);
+
+    let le = &file.leader_election;
+    let lease_duration = check.duration("leader_election.lease_duration", &le.lease_duration, DEFAULT_LEASE_DURATION);
+    let renew_interval = check.duration("leader_election.renew_interval", &le.renew_interval, DEFAULT_RENEW_INTERVAL);
+    if renew_interval * 2 > lease_duration
+        && let Some(at) = le.renew_interval.as_ref().or(le.lease_duration.as_ref())
+    {
+        check.fail(
+            "leader_election.renew_interval",
+            at,
+            "must be at most half of lease_duration, so a renewal can fail once without losing the lease",
+        );
+    }
+    let leader_election = LeaderElection {
+        enabled: le.enabled.unwrap_or(true),
+        namespace: le.namespace.clone(),
+        lease_name: le
+            .lease_name
+            .as_ref()
+            .map_or_else(|| DEFAULT_LEASE_NAME.to_owned(), |n| n.value.clone()),
+        lease_duration,
+        renew_interval,
+    };
+    let listen = match &file.listen {
+        Some(l) => l.value.parse().unwrap_or_else(|e| {
+            check.fail("listen", l, format!("not an address like 0.0.0.0:8080: {e}"));
+            default_listen()
+        }),
+        None => default_listen(),
+    };
+
+    if !check.issues.is_empty() {
+        return Err(Parse::Invalid(check.issues));
+    }
+    Ok(Settings {
+        token_server,
+        registries,
+        audience,
+        namespaces,
+        service_accounts,
+        secret_name,
+        token_expiration,
+        refresh_threshold,
+        max_backoff,
+        leader_election,
+        listen,
+    })
+}
+
+fn default_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+
+/// A `.dockerconfigjson` key: a host with an optional port, whose labels
+/// may be `*` globs (the kubelet matches them like `matchImages`).
+fn check_host(host: &str) -> Result<(), String> {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) => (n, Some(p)),
+        None => (host, None),
+    };
+    if let Some(port) = port
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!("{host:?}: the port must be a number"));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
+    };
+    if name.is_empty() || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "{host:?} is not a host like registry.example.com, registry:5000 or *.example.com"
+        ));
+    }
+    Ok(())
+}
+
+fn check_secret_prefix(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_SECRET_PREFIX
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} must be lowercase letters, digits, '-' and '.', start alphanumeric and be at most {MAX_SECRET_PREFIX} characters"
+        ))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Check {
+    issues: Vec<Issue>,
+}
+
+impl Check {
+    fn fail<T>(&mut self, key: impl Into<String>, at: &Spanned<T>, message: impl fmt::Display) {
+        self.issues.push(Issue {
+            key: key.into(),
+            line: at.referenced.line() as usize,
+            message: message.to_string(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, value: &Option<S<String>>, default: Duration) -> Duration {
+        let Some(value) = value else { return default };
+        match humantime::parse_duration(&value.value) {
+            Ok(d) if d.is_zero() => {
+                self.fail(key, value, "must be greater than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.fail(key, value, format!("invalid duration {:?} ({e}); write e.g. 30s, 10m, 1h", value.value));
+                default
+            }
+        }
+    }
+}
+
+/// Parses a config text, for other modules' tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    pub(crate) fn settings(text: &str) -> Settings {
+        parse(text, Path::new("/etc/regauth")).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+    const MINIMAL: &str = "token_server:\n  url: https://auth.example.com/\nregistries:\n  - hosts: [registry.example.com]\n    service: registry.example.com\n";
+
+    fn parsed(text: &str) -> Settings {
+        parse(text, Path::new("/etc/regauth")).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn issues(text: &str) -> Vec<Issue> {
+        match parse(text, Path::new("/etc/regauth")) {
+            Err(Parse::Invalid(issues)) => issues,
+            other => panic!("expected issues, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_the_defaults() {
+        let s = parsed(MINIMAL);
+        assert_eq!(s.token_server.url, "https://auth.example.com");
+        assert_eq!(s.audience, "registry.example.com");
+        assert_eq!(s.secret_name, DEFAULT_SECRET_NAME);
+        assert_eq!(s.token_expiration, MIN_TOKEN_EXPIRATION);
+        assert!(s.refresh_threshold.is_none());
+        assert!(s.service_accounts.selects("default") && !s.service_accounts.selects("builder"));
+        assert!(s.leader_election.enabled);
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn unknown_keys_are_syntax_errors() {
+        let err = parse(&format!("{MINIMAL}secretname: x\n"), Path::new("/")).unwrap_err();
+        assert!(matches!(err, Parse::Syntax(_)), "{err:?}");
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_with_its_line() {
+        let text = "token_server:\n  url: ftp://x\n  timeout: soon\nregistries:\n  - hosts: [\"bad host\"]\n    service: r\ntoken_expiration: 5m\nsecret_name: Not_Valid\nnamespaces:\n  selector: \"a b\"\n";
+        let found = issues(text);
+        let keys: Vec<&str> = found.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["token_server.url", "token_server.timeout", "registries[0].hosts", "namespaces.selector", "secret_name", "token_expiration"]
+        );
+        assert_eq!(found[0].line, 2);
+        assert_eq!(found[5].line, 7);
+    }
+
+    #[test]
+    fn renewal_must_fit_twice_in_the_lease() {
+        let found = issues(&format!("{MINIMAL}leader_election:\n  lease_duration: 10s\n  renew_interval: 6s\n"));
+        assert_eq!(found[0].key, "leader_election.renew_interval");
+    }
+}

@@ -1,0 +1,257 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease: only the holder
+//! writes.
+//!
+//! Expiry is judged by each replica's own monotonic clock, as client-go
+//! does: a lease is free once its record (holder and renew time) has not
+//! changed for `lease_duration` since this replica first saw it, so clock
+//! skew between nodes does not matter. The holder leads only until
+//! `lease_duration` after the start of its last successful renewal; that
+//! is always before any other replica could see the lease lapse, so a
+//! replica that fails to renew stops writing before anyone else starts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::LeaderElection;
+use crate::metrics::Metrics;
+
+/// Whether this replica may write now.
+#[derive(Debug)]
+pub(crate) struct Leadership {
+    /// `Some(deadline)` while leading.
+    until: watch::Sender<Option<Instant>>,
+}
+
+impl Leadership {
+    /// Not leading (yet).
+    pub(crate) fn new() -> Self {
+        Self {
+            until: watch::channel(None).0,
+        }
+    }
+
+    /// Leading for good: for a single replica without election.
+    pub(crate) fn always() -> Self {
+        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        Self {
+            until: watch::channel(Some(far)).0,
+        }
+    }
+
+    /// True while the lease is held and not past its deadline.
+    pub(crate) fn is_leading(&self) -> bool {
+        self.until.borrow().is_some_and(|deadline| Instant::now() < deadline)
+    }
+
+    /// Waits until this replica leads.
+    pub(crate) async fn acquired(&self) {
+        let mut rx = self.until.subscribe();
+        loop {
+            if self.is_leading() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Waits until this replica no longer leads: the lease went to another
+    /// replica, or its deadline passed without a renewal.
+    pub(crate) async fn lost(&self) {
+        let mut rx = self.until.subscribe();
+        loop {
+            let deadline = *rx.borrow_and_update();
+            let Some(deadline) = deadline.filter(|d| Instant::now() < *d) else {
+                return;
+            };
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { std::future::pending::<()>().await },
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+
+    fn lead_until(&self, deadline: Instant) {
+        self.until.send_replace(Some(deadline));
+    }
+
+    fn follow(&self) {
+        self.until.send_replace(None);
+    }
+}
+
+/// The last lease record this replica saw, and when it first saw it.
+#[derive(Debug, Clone, PartialEq)]
+struct Observed {
+    holder: Option<String>,
+    renew_time: Option<String>,
+    since: Instant,
+}
+
+/// Runs the election for `identity` until the task is dropped.
+pub(crate) async fn run(
+    api: Api<Lease>,
+    identity: String,
+    settings: LeaderElection,
+    leadership: Arc<Leadership>,
+    metrics: Arc<Metrics>,
+) {
+    let mut observed: Option<Observed> = None;
+    loop {
+        let attempt = Instant::now();
+        match try_lead(&api, &identity, &settings, &mut observed).await {
+            Ok(true) => {
+                if !leadership.is_leading() {
+                    tracing::info!(identity, lease = settings.lease_name, "leading");
+                }
+                leadership.lead_until(attempt + settings.lease_duration);
+            }
+            Ok(false) => {
+                if leadership.is_leading() {
+                    tracing::warn!(identity, lease = settings.lease_name, "lost the lease");
+                }
+                leadership.follow();
+            }
+            Err(error) => {
+                // Keep leading until the deadline: a renewal may fail once.
+                tracing::warn!(lease = settings.lease_name, error = %error_chain(&error), "lease update failed");
+            }
+        }
+        metrics.set_leader(leadership.is_leading());
+        tokio::time::sleep(settings.renew_interval).await;
+    }
+}
+
+/// Gives the lease up (on shutdown), so another replica takes over at once.
+pub(crate) async fn release(api: &Api<Lease>, identity: &str, settings: &LeaderElection) {
+    let Ok(mut lease) = api.get(&settings.lease_name).await else {
+        return;
+    };
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    if spec.holder_identity.as_deref() != Some(identity) {
+        return;
+    }
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    if let Err(error) = api.replace(&settings.lease_name, &PostParams::default(), &lease).await {
+        tracing::warn!(error = %error_chain(&error), "could not release the lease");
+    }
+}
+
+async fn try_lead(
+    api: &Api<Lease>,
+    identity: &str,
+    settings: &LeaderElection,
+    observed: &mut Option<Observed>,
+) -> Result<bool, kube::Error> {
+    let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+    let duration_seconds = i32::try_from(settings.lease_duration.as_secs()).unwrap_or(i32::MAX);
+    let Some(mut lease) = api.get_opt(&settings.lease_name).await? else {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(settings.lease_name.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(identity.to_owned()),
+                lease_duration_seconds: Some(duration_seconds),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            }),
+        };
+        return created_or_lost(api.create(&PostParams::default(), &lease).await);
+    };
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    let record = Observed {
+        holder: spec.holder_identity.clone().filter(|h| !h.is_empty()),
+        renew_time: spec.renew_time.as_ref().map(|t| t.0.to_string()),
+        since: Instant::now(),
+    };
+    let seen_since = match observed {
+        Some(o) if o.holder == record.holder && o.renew_time == record.renew_time => o.since,
+        _ => {
+            *observed = Some(record.clone());
+            record.since
+        }
+    };
+    let held_by_us = record.holder.as_deref() == Some(identity);
+    // The lease's own duration decides, as the holder wrote it.
+    let their_duration = spec
+        .lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(settings.lease_duration, Duration::from_secs);
+    let lapsed = record.holder.is_none() || seen_since.elapsed() >= their_duration;
+    if !held_by_us && !lapsed {
+        return Ok(false);
+    }
+    if !held_by_us {
+        spec.acquire_time = Some(now.clone());
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+    }
+    spec.holder_identity = Some(identity.to_owned());
+    spec.lease_duration_seconds = Some(duration_seconds);
+    spec.renew_time = Some(now);
+    // The resourceVersion read above makes this a compare-and-swap: if
+    // another replica wrote first, this is a 409 and we follow.
+    created_or_lost(api.replace(&settings.lease_name, &PostParams::default(), &lease).await)
+}
+
+fn created_or_lost(result: Result<Lease, kube::Error>) -> Result<bool, kube::Error> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// An error with its sources, for logs.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn leading_ends_at_the_deadline_without_a_renewal() {
+        let leadership = Leadership::new();
+        assert!(!leadership.is_leading());
+        let deadline = Instant::now() + Duration::from_millis(200);
+        leadership.lead_until(deadline);
+        assert!(leadership.is_leading());
+        leadership.lost().await;
+        assert!(Instant::now() >= deadline);
+        assert!(!leadership.is_leading());
+    }
+
+    #[tokio::test]
+    async fn following_is_noticed_at_once() {
+        let leadership = Arc::new(Leadership::new());
+        leadership.lead_until(Instant::now() + Duration::from_secs(60));
+        let waiter = {
+            let l = Arc::clone(&leadership);
+            tokio::spawn(async move { l.lost().await })
+        };
+        tokio::task::yield_now().await;
+        leadership.follow();
+        waiter.await.unwrap();
+        assert!(Leadership::always().is_leading());
+    }
+}
