@@ -214,19 +214,35 @@ fn parse(text: &str, base: &Path) -> Result<Settings, Parse> {
 
     let url = file.token_server.url.value.trim_end_matches('/').to_owned();
     if !(url.starts_with("https://") || url.starts_with("http://")) {
-        check.fail("token_server.url", &file.token_server.url, "must be an http:// or https:// URL");
+        check.fail(
+            "token_server.url",
+            &file.token_server.url,
+            "must be an http:// or https:// URL",
+        );
     }
-    let timeout = check.duration("token_server.timeout", &file.token_server.timeout, DEFAULT_TIMEOUT);
+    let timeout = check.duration(
+        "token_server.timeout",
+        &file.token_server.timeout,
+        DEFAULT_TIMEOUT,
+    );
     let token_server = TokenServer {
         url,
-        ca_file: file.token_server.ca_file.as_ref().map(|p| base.join(&p.value)),
+        ca_file: file
+            .token_server
+            .ca_file
+            .as_ref()
+            .map(|p| base.join(&p.value)),
         timeout,
     };
 
     let mut registries = Vec::new();
     for (i, r) in file.registries.iter().enumerate() {
         if r.hosts.value.is_empty() {
-            check.fail(format!("registries[{i}].hosts"), &r.hosts, "list at least one host");
+            check.fail(
+                format!("registries[{i}].hosts"),
+                &r.hosts,
+                "list at least one host",
+            );
         }
         for host in &r.hosts.value {
             if let Err(message) = check_host(host) {
@@ -234,7 +250,11 @@ fn parse(text: &str, base: &Path) -> Result<Settings, Parse> {
             }
         }
         if r.service.value.trim().is_empty() {
-            check.fail(format!("registries[{i}].service"), &r.service, "must not be empty");
+            check.fail(
+                format!("registries[{i}].service"),
+                &r.service,
+                "must not be empty",
+            );
         }
         registries.push(Registry {
             hosts: r.hosts.value.clone(),
@@ -254,12 +274,19 @@ fn parse(text: &str, base: &Path) -> Result<Settings, Parse> {
             String::new()
         }
         Some(a) => a.value.clone(),
-        None => registries.first().map(|r| r.service.clone()).unwrap_or_default(),
+        None => registries
+            .first()
+            .map(|r| r.service.clone())
+            .unwrap_or_default(),
     };
 
     let namespaces = match (&file.namespaces.names, &file.namespaces.selector) {
         (Some(names), Some(_)) => {
-            check.fail("namespaces", names, "give either names or selector, not both");
+            check.fail(
+                "namespaces",
+                names,
+                "give either names or selector, not both",
+            );
             NamespaceSelection::all(Vec::new())
         }
         (Some(names), None) => {
@@ -294,11 +321,19 @@ fn parse(text: &str, base: &Path) -> Result<Settings, Parse> {
         }
         None => DEFAULT_SECRET_NAME.to_owned(),
     };
-    let token_expiration = check.duration("token_expiration", &file.token_expiration, MIN_TOKEN_EXPIRATION);
+    let token_expiration = check.duration(
+        "token_expiration",
+        &file.token_expiration,
+        MIN_TOKEN_EXPIRATION,
+    );
     if token_expiration < MIN_TOKEN_EXPIRATION
         && let Some(at) = &file.token_expiration
     {
-        check.fail("token_expiration", at, "the Kubernetes API's minimum is 10m");
+        check.fail(
+            "token_expiration",
+            at,
+            "the Kubernetes API's minimum is 10m",
+        );
     }
     let refresh_threshold = file
         .refresh_threshold
@@ -307,8 +342,16 @@ fn parse(text: &str, base: &Path) -> Result<Settings, Parse> {
     let max_backoff = check.duration("max_backoff", &file.max_backoff, DEFAULT_MAX_BACKOFF);
 
     let le = &file.leader_election;
-    let lease_duration = check.duration("leader_election.lease_duration", &le.lease_duration, DEFAULT_LEASE_DURATION);
-    let renew_interval = check.duration("leader_election.renew_interval", &le.renew_interval, DEFAULT_RENEW_INTERVAL);
+    let lease_duration = check.duration(
+        "leader_election.lease_duration",
+        &le.lease_duration,
+        DEFAULT_LEASE_DURATION,
+    );
+    let renew_interval = check.duration(
+        "leader_election.renew_interval",
+        &le.renew_interval,
+        DEFAULT_RENEW_INTERVAL,
+    );
     if renew_interval * 2 > lease_duration
         && let Some(at) = le.renew_interval.as_ref().or(le.lease_duration.as_ref())
     {
@@ -330,7 +373,11 @@ fn parse(text: &str, base: &Path) -> Result<Settings, Parse> {
     };
     let listen = match &file.listen {
         Some(l) => l.value.parse().unwrap_or_else(|e| {
-            check.fail("listen", l, format!("not an address like 0.0.0.0:8080: {e}"));
+            check.fail(
+                "listen",
+                l,
+                format!("not an address like 0.0.0.0:8080: {e}"),
+            );
             default_listen()
         }),
         None => default_listen(),
@@ -422,7 +469,14 @@ impl Check {
             }
             Ok(d) => d,
             Err(e) => {
-                self.fail(key, value, format!("invalid duration {:?} ({e}); write e.g. 30s, 10m, 1h", value.value));
+                self.fail(
+                    key,
+                    value,
+                    format!(
+                        "invalid duration {:?} ({e}); write e.g. 30s, 10m, 1h",
+                        value.value
+                    ),
+                );
                 default
             }
         }
@@ -483,7 +537,14 @@ mod tests {
         let keys: Vec<&str> = found.iter().map(|i| i.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["token_server.url", "token_server.timeout", "registries[0].hosts", "namespaces.selector", "secret_name", "token_expiration"]
+            [
+                "token_server.url",
+                "token_server.timeout",
+                "registries[0].hosts",
+                "namespaces.selector",
+                "secret_name",
+                "token_expiration"
+            ]
         );
         assert_eq!(found[0].line, 2);
         assert_eq!(found[5].line, 7);
@@ -491,7 +552,9 @@ mod tests {
 
     #[test]
     fn renewal_must_fit_twice_in_the_lease() {
-        let found = issues(&format!("{MINIMAL}leader_election:\n  lease_duration: 10s\n  renew_interval: 6s\n"));
+        let found = issues(&format!(
+            "{MINIMAL}leader_election:\n  lease_duration: 10s\n  renew_interval: 6s\n"
+        ));
         assert_eq!(found[0].key, "leader_election.renew_interval");
     }
 }

@@ -46,7 +46,9 @@ impl Leadership {
 
     /// True while the lease is held and not past its deadline.
     pub(crate) fn is_leading(&self) -> bool {
-        self.until.borrow().is_some_and(|deadline| Instant::now() < deadline)
+        self.until
+            .borrow()
+            .is_some_and(|deadline| Instant::now() < deadline)
     }
 
     /// Waits until this replica leads.
@@ -140,7 +142,10 @@ pub(crate) async fn release(api: &Api<Lease>, identity: &str, settings: &LeaderE
     }
     spec.holder_identity = None;
     spec.lease_duration_seconds = Some(1);
-    if let Err(error) = api.replace(&settings.lease_name, &PostParams::default(), &lease).await {
+    if let Err(error) = api
+        .replace(&settings.lease_name, &PostParams::default(), &lease)
+        .await
+    {
         tracing::warn!(error = %error_chain(&error), "could not release the lease");
     }
 }
@@ -151,7 +156,12 @@ async fn try_lead(
     settings: &LeaderElection,
     observed: &mut Option<Observed>,
 ) -> Result<bool, kube::Error> {
-    let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+    let now = MicroTime(
+        i64::try_from(crate::clock::now())
+            .ok()
+            .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
+            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    );
     let duration_seconds = i32::try_from(settings.lease_duration.as_secs()).unwrap_or(i32::MAX);
     let Some(mut lease) = api.get_opt(&settings.lease_name).await? else {
         let lease = Lease {
@@ -202,7 +212,10 @@ async fn try_lead(
     spec.renew_time = Some(now);
     // The resourceVersion read above makes this a compare-and-swap: if
     // another replica wrote first, this is a 409 and we follow.
-    created_or_lost(api.replace(&settings.lease_name, &PostParams::default(), &lease).await)
+    created_or_lost(
+        api.replace(&settings.lease_name, &PostParams::default(), &lease)
+            .await,
+    )
 }
 
 fn created_or_lost(result: Result<Lease, kube::Error>) -> Result<bool, kube::Error> {

@@ -128,9 +128,12 @@ fn run_command(args: &RunArgs) -> ExitCode {
 }
 
 async fn execute(args: &RunArgs, settings: config::Settings) -> Result<(), String> {
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| format!("cannot configure the Kubernetes client: {}", error_chain(&e)))?;
+    let client = kube::Client::try_default().await.map_err(|e| {
+        format!(
+            "cannot configure the Kubernetes client: {}",
+            error_chain(&e)
+        )
+    })?;
     if args.cleanup {
         let cleaned = run::cleanup(&settings, client)
             .await
@@ -170,7 +173,15 @@ async fn execute(args: &RunArgs, settings: config::Settings) -> Result<(), Strin
             let _ = rx.wait_for(|stop| *stop).await;
         }
     }));
-    run::continuously(settings, client, exchange, identity(), health, shutdown_signal()).await;
+    run::continuously(
+        settings,
+        client,
+        exchange,
+        identity(),
+        health,
+        shutdown_signal(),
+    )
+    .await;
     let _ = stop_tx.send(true);
     let _ = ops.await;
     Ok(())

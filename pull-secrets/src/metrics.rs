@@ -34,15 +34,27 @@ impl Default for Metrics {
         let failures = Family::<Vec<(String, String)>, Counter>::default();
         let soonest_expiry = Gauge::<f64, AtomicU64>::default();
         let leader = Gauge::default();
-        registry.register("managed", "Pull Secrets this replica keeps fresh", managed.clone());
-        registry.register("refreshes", "Credentials exchanged and written", refreshes.clone());
+        registry.register(
+            "managed",
+            "Pull Secrets this replica keeps fresh",
+            managed.clone(),
+        );
+        registry.register(
+            "refreshes",
+            "Credentials exchanged and written",
+            refreshes.clone(),
+        );
         registry.register("failures", "Failed reconciles, by reason", failures.clone());
         registry.register(
             "soonest_expiry_seconds",
             "Seconds until the soonest credential expiry among managed Secrets (negative: expired)",
             soonest_expiry.clone(),
         );
-        registry.register("leader", "1 while this replica holds the lease", leader.clone());
+        registry.register(
+            "leader",
+            "1 while this replica holds the lease",
+            leader.clone(),
+        );
         Self {
             registry,
             managed,
@@ -59,15 +71,20 @@ impl Metrics {
     /// A Secret is managed, its credential expiring at `expires_at`.
     pub(crate) fn track(&self, namespace: &str, service_account: &str, expires_at: u64) {
         let mut expiries = self.lock();
-        expiries.insert((namespace.to_owned(), service_account.to_owned()), expires_at);
-        self.managed.set(i64::try_from(expiries.len()).unwrap_or(i64::MAX));
+        expiries.insert(
+            (namespace.to_owned(), service_account.to_owned()),
+            expires_at,
+        );
+        self.managed
+            .set(i64::try_from(expiries.len()).unwrap_or(i64::MAX));
     }
 
     /// A Secret is no longer managed.
     pub(crate) fn forget(&self, namespace: &str, service_account: &str) {
         let mut expiries = self.lock();
         expiries.remove(&(namespace.to_owned(), service_account.to_owned()));
-        self.managed.set(i64::try_from(expiries.len()).unwrap_or(i64::MAX));
+        self.managed
+            .set(i64::try_from(expiries.len()).unwrap_or(i64::MAX));
     }
 
     /// A credential was exchanged and written.
@@ -102,7 +119,9 @@ impl Metrics {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, u64>> {
         // A poisoned map still holds valid numbers.
-        self.expiries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.expiries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -126,9 +145,15 @@ mod tests {
             "regauth_pull_secrets_soonest_expiry_seconds 100.0",
             "regauth_pull_secrets_leader 1",
         ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
         }
         m.forget("a", "default");
-        assert!(m.render(900).contains("regauth_pull_secrets_soonest_expiry_seconds 200.0"));
+        assert!(
+            m.render(900)
+                .contains("regauth_pull_secrets_soonest_expiry_seconds 200.0")
+        );
     }
 }

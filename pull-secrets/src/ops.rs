@@ -29,13 +29,19 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
     if health.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ok")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "the Kubernetes API has not answered yet")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the Kubernetes API has not answered yet",
+        )
     }
 }
 
 async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         health.metrics.render(clock::now()),
     )
 }
@@ -51,7 +57,9 @@ pub(crate) async fn serve(
         StatusCode::REQUEST_TIMEOUT,
         REQUEST_TIMEOUT,
     ));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 #[cfg(test)]
@@ -77,7 +85,9 @@ mod tests {
                     .await
                     .unwrap();
                 let status = response.status();
-                let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
                 (status, String::from_utf8(body.to_vec()).unwrap())
             }
         };

@@ -47,7 +47,10 @@ pub(crate) fn secret_name(prefix: &str, service_account: &str) -> String {
         return name;
     }
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, service_account.as_bytes());
-    let hash: String = digest.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let hash: String = digest.as_ref()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let keep = MAX_NAME - prefix.len() - hash.len() - 2;
     let mut cut = service_account[..keep.min(service_account.len())].to_owned();
     while cut.ends_with(['-', '.']) {
@@ -69,7 +72,10 @@ pub(crate) fn registries_fingerprint(settings: &Settings) -> String {
         }
     }
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
-    digest.as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect()
+    digest.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// One registry's credential, for the `auths` map.
@@ -107,7 +113,11 @@ pub(crate) fn docker_config_json(entries: &[(&str, &str)]) -> Vec<u8> {
 
 /// The Secret for `sa`, holding one credential per configured registry
 /// (`credentials` in the order of `settings.registries`).
-pub(crate) fn build(settings: &Settings, sa: &ServiceAccount, credentials: &[Credential]) -> Secret {
+pub(crate) fn build(
+    settings: &Settings,
+    sa: &ServiceAccount,
+    credentials: &[Credential],
+) -> Secret {
     let sa_name = sa.metadata.name.clone().unwrap_or_default();
     let mut entries = Vec::new();
     for (registry, credential) in settings.registries.iter().zip(credentials) {
@@ -115,13 +125,24 @@ pub(crate) fn build(settings: &Settings, sa: &ServiceAccount, credentials: &[Cre
             entries.push((host.as_str(), credential.refresh_token.expose()));
         }
     }
-    let issued_at = credentials.iter().map(|c| c.issued_at).min().unwrap_or_default();
-    let expires_at = credentials.iter().map(|c| c.expires_at).min().unwrap_or_default();
+    let issued_at = credentials
+        .iter()
+        .map(|c| c.issued_at)
+        .min()
+        .unwrap_or_default();
+    let expires_at = credentials
+        .iter()
+        .map(|c| c.expires_at)
+        .min()
+        .unwrap_or_default();
     let annotations = BTreeMap::from([
         (SERVICE_ACCOUNT_ANNOTATION.to_owned(), sa_name.clone()),
         (ISSUED_ANNOTATION.to_owned(), rfc3339(issued_at)),
         (EXPIRES_ANNOTATION.to_owned(), rfc3339(expires_at)),
-        (REGISTRIES_ANNOTATION.to_owned(), registries_fingerprint(settings)),
+        (
+            REGISTRIES_ANNOTATION.to_owned(),
+            registries_fingerprint(settings),
+        ),
     ]);
     let owner = sa.metadata.uid.clone().map(|uid| OwnerReference {
         api_version: "v1".to_owned(),
@@ -134,7 +155,10 @@ pub(crate) fn build(settings: &Settings, sa: &ServiceAccount, credentials: &[Cre
         metadata: ObjectMeta {
             name: Some(secret_name(&settings.secret_name, &sa_name)),
             namespace: sa.metadata.namespace.clone(),
-            labels: Some(BTreeMap::from([(MANAGED_BY_LABEL.to_owned(), MANAGER.to_owned())])),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY_LABEL.to_owned(),
+                MANAGER.to_owned(),
+            )])),
             annotations: Some(annotations),
             owner_references: owner.map(|o| vec![o]),
             ..ObjectMeta::default()
@@ -167,7 +191,10 @@ pub(crate) fn written(settings: &Settings, secret: &Secret) -> Option<Written> {
         return None;
     }
     if secret.type_.as_deref() != Some(DOCKER_CONFIG_JSON)
-        || !secret.data.as_ref().is_some_and(|d| d.contains_key(DOCKER_CONFIG_KEY))
+        || !secret
+            .data
+            .as_ref()
+            .is_some_and(|d| d.contains_key(DOCKER_CONFIG_KEY))
     {
         return None;
     }
@@ -229,7 +256,10 @@ mod tests {
             expires_at: 1_700_003_600,
         };
         let secret = build(&settings, &sa(), &[credential]);
-        assert_eq!(secret.metadata.name.as_deref(), Some("regauth-pull-default"));
+        assert_eq!(
+            secret.metadata.name.as_deref(),
+            Some("regauth-pull-default")
+        );
         assert_eq!(secret.type_.as_deref(), Some(DOCKER_CONFIG_JSON));
         let data = &secret.data.as_ref().unwrap()[DOCKER_CONFIG_KEY].0;
         let parsed: serde_json::Value = serde_json::from_slice(data).unwrap();

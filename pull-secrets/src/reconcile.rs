@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{LocalObjectReference, Namespace, Secret, ServiceAccount};
@@ -34,6 +34,9 @@ use crate::pull_secret::{self, MANAGER, Written};
 /// The shortest wait before a refresh, so a credential with a tiny lifetime
 /// cannot spin the controller.
 const MIN_REQUEUE: Duration = Duration::from_secs(1);
+/// How long this replica trusts its own write over a Secret watch that
+/// has not shown it yet.
+const WATCH_LAG_GRACE: Duration = Duration::from_secs(10);
 /// The first retry after a failure; doubled each time up to `max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -80,7 +83,10 @@ impl Error {
             Error::StoresClosed => "shutdown",
             Error::TokenRequest { .. } => "token_request",
             Error::Exchange { source, .. } => source.reason(),
-            Error::Write { source: kube::Error::Api(s), .. } if s.code == 409 => "conflict",
+            Error::Write {
+                source: kube::Error::Api(s),
+                ..
+            } if s.code == 409 => "conflict",
             Error::Write { .. } => "api_write",
         }
     }
@@ -101,6 +107,10 @@ pub(crate) struct Context<E> {
     pub dry_run: Option<Mutex<Vec<Secret>>>,
     /// Consecutive failures per ServiceAccount, for the backoff.
     pub failures: Mutex<HashMap<ObjectRef<ServiceAccount>, u32>>,
+    /// What this replica last wrote per ServiceAccount. The Secret watch
+    /// may lag behind our own write; without this, a reconcile triggered by
+    /// the ServiceAccount patch would see no Secret yet and exchange again.
+    pub written: Mutex<HashMap<ObjectRef<ServiceAccount>, (Written, Instant)>>,
 }
 
 /// Reconciles one ServiceAccount, and records a failure as a Warning Event
@@ -112,7 +122,8 @@ pub(crate) async fn reconcile<E: Exchange>(
     let result = reconcile_service_account(&sa, &ctx, clock::now()).await;
     match &result {
         Ok(_) => {
-            ctx.lock_failures().remove(&ObjectRef::from_obj(sa.as_ref()));
+            ctx.lock_failures()
+                .remove(&ObjectRef::from_obj(sa.as_ref()));
         }
         Err(Error::NotLeader | Error::StoresClosed) => {}
         Err(error) => report(&sa, &ctx, error).await,
@@ -121,15 +132,25 @@ pub(crate) async fn reconcile<E: Exchange>(
 }
 
 /// Retries with a jittered, doubling backoff per ServiceAccount.
-pub(crate) fn error_policy<E: Exchange>(sa: Arc<ServiceAccount>, error: &Error, ctx: Arc<Context<E>>) -> Action {
+pub(crate) fn error_policy<E: Exchange>(
+    sa: Arc<ServiceAccount>,
+    error: &Error,
+    ctx: Arc<Context<E>>,
+) -> Action {
     ctx.metrics.failed(error.reason());
     let attempts = {
         let mut failures = ctx.lock_failures();
-        let n = failures.entry(ObjectRef::from_obj(sa.as_ref())).or_insert(0);
+        let n = failures
+            .entry(ObjectRef::from_obj(sa.as_ref()))
+            .or_insert(0);
         *n = n.saturating_add(1);
         *n
     };
-    Action::requeue(backoff(attempts, ctx.settings.max_backoff, random_fraction()))
+    Action::requeue(backoff(
+        attempts,
+        ctx.settings.max_backoff,
+        random_fraction(),
+    ))
 }
 
 /// `FIRST_BACKOFF * 2^(attempts-1)`, capped at `max`, scaled into
@@ -149,8 +170,19 @@ fn random_fraction() -> f64 {
 }
 
 impl<E> Context<E> {
+    #[allow(clippy::type_complexity)] // a map guard, named once here
+    fn lock_written(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ServiceAccount>, (Written, Instant)>> {
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn lock_failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ServiceAccount>, u32>> {
-        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn may_write(&self) -> Result<(), Error> {
@@ -176,8 +208,14 @@ async fn reconcile_service_account<E: Exchange>(
     ctx: &Context<E>,
     now: u64,
 ) -> Result<Action, Error> {
-    ctx.namespaces.wait_until_ready().await.map_err(|_| Error::StoresClosed)?;
-    ctx.secrets.wait_until_ready().await.map_err(|_| Error::StoresClosed)?;
+    ctx.namespaces
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::StoresClosed)?;
+    ctx.secrets
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::StoresClosed)?;
     let namespace = sa.namespace().unwrap_or_default();
     let name = sa.name_any();
     let settings = &ctx.settings;
@@ -192,16 +230,31 @@ async fn reconcile_service_account<E: Exchange>(
         .secrets
         .get(&ObjectRef::new(&secret_name).within(&namespace));
 
+    let key = ObjectRef::from_obj(sa);
     if !selected {
+        ctx.lock_written().remove(&key);
         remove(ctx, sa, &secret_name, existing.as_deref()).await?;
         ctx.metrics.forget(&namespace, &name);
         return Ok(Action::await_change());
     }
 
-    let fresh = existing
+    let stored = existing
         .as_deref()
-        .and_then(|s| pull_secret::written(settings, s))
-        .filter(|w| now < refresh_at(*w, settings.refresh_threshold) && now < w.expires_at);
+        .and_then(|s| pull_secret::written(settings, s));
+    // Our own recent write counts until the watch shows it; past the grace
+    // a Secret still missing from the store was deleted, and is rewritten.
+    let recent = ctx
+        .lock_written()
+        .get(&key)
+        .filter(|(_, at)| at.elapsed() < WATCH_LAG_GRACE)
+        .map(|(w, at)| (*w, WATCH_LAG_GRACE.saturating_sub(at.elapsed())));
+    let (latest, recheck) = match (stored, recent) {
+        (Some(s), Some((r, left))) if r.expires_at > s.expires_at => (Some(r), Some(left)),
+        (None, Some((r, left))) => (Some(r), Some(left)),
+        (s, _) => (s, None),
+    };
+    let fresh =
+        latest.filter(|w| now < refresh_at(*w, settings.refresh_threshold) && now < w.expires_at);
     let written = match fresh {
         Some(written) => written,
         None => {
@@ -210,16 +263,28 @@ async fn reconcile_service_account<E: Exchange>(
             let secret = pull_secret::build(settings, sa, &credentials);
             apply(ctx, &namespace, &secret_name, secret).await?;
             ctx.metrics.refreshed();
-            Written {
+            let written = Written {
                 issued_at: credentials.iter().map(|c| c.issued_at).min().unwrap_or(now),
-                expires_at: credentials.iter().map(|c| c.expires_at).min().unwrap_or(now),
-            }
+                expires_at: credentials
+                    .iter()
+                    .map(|c| c.expires_at)
+                    .min()
+                    .unwrap_or(now),
+            };
+            ctx.lock_written().insert(key, (written, Instant::now()));
+            written
         }
     };
     attach(ctx, sa, &secret_name).await?;
     ctx.metrics.track(&namespace, &name, written.expires_at);
     let due = refresh_at(written, settings.refresh_threshold);
-    Ok(Action::requeue(Duration::from_secs(due.saturating_sub(now)).max(MIN_REQUEUE)))
+    let mut wait = Duration::from_secs(due.saturating_sub(now));
+    if fresh.is_some()
+        && let Some(left) = recheck
+    {
+        wait = wait.min(left);
+    }
+    Ok(Action::requeue(wait.max(MIN_REQUEUE)))
 }
 
 /// A token for the ServiceAccount, then one credential per registry.
@@ -265,7 +330,12 @@ async fn obtain<E: Exchange>(
 }
 
 /// Writes the Secret by server-side apply, taking every field it sets.
-async fn apply<E>(ctx: &Context<E>, namespace: &str, name: &str, secret: Secret) -> Result<(), Error> {
+async fn apply<E>(
+    ctx: &Context<E>,
+    namespace: &str,
+    name: &str,
+    secret: Secret,
+) -> Result<(), Error> {
     if let Some(collected) = &ctx.dry_run {
         collected
             .lock()
@@ -326,16 +396,26 @@ async fn remove<E>(
             .filter(|r| r.name != secret_name)
             .cloned()
             .collect();
-        patch_pull_secrets(ctx, sa, kept, "removing the pull Secret from ServiceAccount").await?;
+        patch_pull_secrets(
+            ctx,
+            sa,
+            kept,
+            "removing the pull Secret from ServiceAccount",
+        )
+        .await?;
     }
     if let Some(secret) = existing.filter(|s| pull_secret::is_ours(s)) {
         let namespace = sa.namespace().unwrap_or_default();
         let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
         let params = DeleteParams {
-            preconditions: secret.meta().uid.clone().map(|uid| kube::api::Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
+            preconditions: secret
+                .meta()
+                .uid
+                .clone()
+                .map(|uid| kube::api::Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
             ..DeleteParams::default()
         };
         match api.delete(secret_name, &params).await {
@@ -395,7 +475,9 @@ async fn report<E>(sa: &ServiceAccount, ctx: &Context<E>, error: &Error) {
         error = %detail,
         "refresh failed"
     );
-    let Some(recorder) = &ctx.recorder else { return };
+    let Some(recorder) = &ctx.recorder else {
+        return;
+    };
     let event = Event {
         type_: EventType::Warning,
         reason: "RefreshFailed".to_owned(),

@@ -182,6 +182,7 @@ async fn control<E: Exchange>(
         recorder: Some(recorder),
         dry_run: None,
         failures: Mutex::new(HashMap::new()),
+        written: Mutex::new(HashMap::new()),
     });
     controller
         .owns_stream(secret_events)
@@ -221,15 +222,24 @@ pub(crate) async fn once<E: Exchange>(
     let namespaces = Api::<Namespace>::all(client.clone())
         .list(&namespace_list)
         .await
-        .map_err(|source| RunError::List { what: "namespaces", source })?;
+        .map_err(|source| RunError::List {
+            what: "namespaces",
+            source,
+        })?;
     let secrets = Api::<Secret>::all(client.clone())
         .list(&ListParams::default().labels(MANAGED_SELECTOR))
         .await
-        .map_err(|source| RunError::List { what: "Secrets", source })?;
+        .map_err(|source| RunError::List {
+            what: "Secrets",
+            source,
+        })?;
     let service_accounts = Api::<ServiceAccount>::all(client.clone())
         .list(&ListParams::default())
         .await
-        .map_err(|source| RunError::List { what: "ServiceAccounts", source })?;
+        .map_err(|source| RunError::List {
+            what: "ServiceAccounts",
+            source,
+        })?;
     let ctx = Arc::new(Context {
         settings,
         client,
@@ -241,11 +251,15 @@ pub(crate) async fn once<E: Exchange>(
         recorder: None,
         dry_run: dry_run.then(|| Mutex::new(Vec::new())),
         failures: Mutex::new(HashMap::new()),
+        written: Mutex::new(HashMap::new()),
     });
     let total = service_accounts.items.len();
     let mut failed = 0;
     for sa in service_accounts.items {
-        if reconcile::reconcile(Arc::new(sa), Arc::clone(&ctx)).await.is_err() {
+        if reconcile::reconcile(Arc::new(sa), Arc::clone(&ctx))
+            .await
+            .is_err()
+        {
             failed += 1;
         }
     }
@@ -284,12 +298,18 @@ pub(crate) struct Cleaned {
 
 /// Removes every Secret carrying our label and every `imagePullSecrets`
 /// entry that names our Secret for that ServiceAccount; nothing else.
-pub(crate) async fn cleanup(settings: &Settings, client: kube::Client) -> Result<Cleaned, RunError> {
+pub(crate) async fn cleanup(
+    settings: &Settings,
+    client: kube::Client,
+) -> Result<Cleaned, RunError> {
     let mut cleaned = Cleaned::default();
     let service_accounts = Api::<ServiceAccount>::all(client.clone())
         .list(&ListParams::default())
         .await
-        .map_err(|source| RunError::List { what: "ServiceAccounts", source })?;
+        .map_err(|source| RunError::List {
+            what: "ServiceAccounts",
+            source,
+        })?;
     for sa in service_accounts.items {
         let ours = pull_secret::secret_name(&settings.secret_name, &sa.name_any());
         if detach(&client, sa, &ours).await? {
@@ -299,7 +319,10 @@ pub(crate) async fn cleanup(settings: &Settings, client: kube::Client) -> Result
     let secrets = Api::<Secret>::all(client.clone())
         .list(&ListParams::default().labels(MANAGED_SELECTOR))
         .await
-        .map_err(|source| RunError::List { what: "Secrets", source })?;
+        .map_err(|source| RunError::List {
+            what: "Secrets",
+            source,
+        })?;
     for secret in secrets.items.iter().filter(|s| pull_secret::is_ours(s)) {
         let namespace = secret.namespace().unwrap_or_default();
         let name = secret.name_any();
@@ -309,7 +332,13 @@ pub(crate) async fn cleanup(settings: &Settings, client: kube::Client) -> Result
         {
             Ok(_) => cleaned.secrets += 1,
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(source) => return Err(RunError::Cleanup { namespace, name, source }),
+            Err(source) => {
+                return Err(RunError::Cleanup {
+                    namespace,
+                    name,
+                    source,
+                });
+            }
         }
     }
     Ok(cleaned)
@@ -317,7 +346,11 @@ pub(crate) async fn cleanup(settings: &Settings, client: kube::Client) -> Result
 
 /// Drops `secret_name` from the ServiceAccount's `imagePullSecrets`,
 /// re-reading it after a conflict. Returns whether it was listed.
-async fn detach(client: &kube::Client, mut sa: ServiceAccount, secret_name: &str) -> Result<bool, RunError> {
+async fn detach(
+    client: &kube::Client,
+    mut sa: ServiceAccount,
+    secret_name: &str,
+) -> Result<bool, RunError> {
     let namespace = sa.namespace().unwrap_or_default();
     let name = sa.name_any();
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
@@ -331,7 +364,10 @@ async fn detach(client: &kube::Client, mut sa: ServiceAccount, secret_name: &str
             "metadata": {"resourceVersion": sa.resource_version()},
             "imagePullSecrets": kept,
         });
-        match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => return Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 && attempt < CLEANUP_ATTEMPTS => {
                 sa = api.get(&name).await.map_err(|source| RunError::Cleanup {
@@ -341,7 +377,13 @@ async fn detach(client: &kube::Client, mut sa: ServiceAccount, secret_name: &str
                 })?;
             }
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(false),
-            Err(source) => return Err(RunError::Cleanup { namespace, name, source }),
+            Err(source) => {
+                return Err(RunError::Cleanup {
+                    namespace,
+                    name,
+                    source,
+                });
+            }
         }
     }
     Ok(false)

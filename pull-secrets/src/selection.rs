@@ -189,17 +189,33 @@ mod tests {
         assert!(named.selects(&namespace("team-a")) && !named.selects(&namespace("team-b")));
         let mut going = namespace("team-a");
         going.metadata.deletion_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
         assert!(!all.selects(&going));
     }
 
     #[test]
     fn selector_grammar() {
-        for good in ["a=b", "a==b", "a!=b", "a", "!a", "env in (prod, dev)", "example.com/team notin (x),z"] {
-            assert!(NamespaceSelection::selector(good, Vec::new()).is_ok(), "{good}");
+        for good in [
+            "a=b",
+            "a==b",
+            "a!=b",
+            "a",
+            "!a",
+            "env in (prod, dev)",
+            "example.com/team notin (x),z",
+        ] {
+            assert!(
+                NamespaceSelection::selector(good, Vec::new()).is_ok(),
+                "{good}"
+            );
         }
         for bad in ["", "a b", "=b", "a in x", "a in (x", "a)", "-a", "x/=y"] {
-            assert!(NamespaceSelection::selector(bad, Vec::new()).is_err(), "{bad:?}");
+            assert!(
+                NamespaceSelection::selector(bad, Vec::new()).is_err(),
+                "{bad:?}"
+            );
         }
     }
 

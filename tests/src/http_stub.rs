@@ -46,7 +46,9 @@ impl HttpStub {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap_or_else(|e| panic!("bind the {name} stub: {e}"));
-        let addr = listener.local_addr().expect("a bound listener has an address");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
         runtime.spawn(async move {
             // Errors here are accept failures on a test socket; the test sees
             // them as refused connections.
@@ -90,7 +92,8 @@ impl Drop for HttpStub {
 /// `Cache-Control: no-store` so no client caches a test's answer.
 pub fn respond(status: u16, content_type: &str, body: impl Into<Body>) -> Response {
     let mut response = Response::new(body.into());
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(content_type) {
         headers.insert(header::CONTENT_TYPE, value);

@@ -40,7 +40,9 @@
 //!   through `/.well-known/openid-configuration` and `/openid/v1/jwks`
 //!   (unauthenticated, as with the issuer-discovery role bound to everyone).
 //! - Bearer-token authentication: every user has its own token, and
-//!   [`KubeApi::requests`] records who did what, with what status.
+//!   [`KubeApi::requests`] records who did what, with what status;
+//!   optionally anonymous requests (for kubectl, which sends no token over
+//!   plain HTTP).
 //! - Legacy discovery (`/api`, `/apis`, `/api/v1`, `/apis/G/V`, `/version`),
 //!   enough for kubectl.
 //! - Fault injection: the next N matching requests answer a given status.
@@ -88,6 +90,8 @@ use crate::secrets::random_hex;
 pub const DEFAULT_HISTORY: usize = 100_000;
 /// How often watches that allow them get a `BOOKMARK` by default.
 pub const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_secs(2);
+/// The user of requests without credentials, when they are allowed.
+pub const ANONYMOUS: &str = "system:anonymous";
 /// The field manager the tests' own writes use.
 pub const TEST_MANAGER: &str = "regauth-e2e";
 
@@ -149,6 +153,7 @@ pub struct State {
     requests: Mutex<Vec<RequestRecord>>,
     expire: broadcast::Sender<()>,
     bookmark_interval: Duration,
+    anonymous: std::sync::atomic::AtomicBool,
 }
 
 impl State {
@@ -157,14 +162,19 @@ impl State {
     }
 
     fn now_rfc3339(&self) -> String {
-        let now = k8s_openapi::jiff::Timestamp::now();
-        k8s_openapi::jiff::Timestamp::from_second(now.as_second())
-            .unwrap_or(now)
-            .to_string()
+        let seconds = crate::oidc_issuer::claims::now();
+        k8s_openapi::jiff::Timestamp::from_second(seconds)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
     }
 
     /// The user whose bearer token the request carries.
     fn authenticate(&self, headers: &HeaderMap) -> Option<String> {
+        if !headers.contains_key(header::AUTHORIZATION)
+            && self.anonymous.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Some(ANONYMOUS.to_owned());
+        }
         let token = headers
             .get(header::AUTHORIZATION)?
             .to_str()
@@ -184,7 +194,9 @@ impl State {
             f.times > 0
                 && f.verb == request.verb
                 && f.resource == request.resource
-                && f.namespace.as_deref().is_none_or(|n| n == request.namespace)
+                && f.namespace
+                    .as_deref()
+                    .is_none_or(|n| n == request.namespace)
         })?;
         fault.times -= 1;
         Some(match fault.status {
@@ -195,7 +207,10 @@ impl State {
 
     fn record(&self, mut record: RequestRecord, status: u16, response: Response) -> Response {
         record.status = status;
-        self.requests.lock().expect("stub requests lock").push(record);
+        self.requests
+            .lock()
+            .expect("stub requests lock")
+            .push(record);
         response
     }
 }
@@ -242,6 +257,7 @@ impl KubeApi {
             requests: Mutex::new(Vec::new()),
             expire: broadcast::channel(4).0,
             bookmark_interval: options.bookmark_interval,
+            anonymous: std::sync::atomic::AtomicBool::new(false),
         });
         let serving = Arc::clone(&state);
         let router = Router::new().fallback(
@@ -270,6 +286,15 @@ impl KubeApi {
         token
     }
 
+    /// Lets requests without credentials in as `system:anonymous`, as an
+    /// API server with anonymous authentication does. kubectl does not send
+    /// a bearer token to a plain-HTTP server, so its checks need this.
+    pub fn allow_anonymous(&self) {
+        self.state
+            .anonymous
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Writes a kubeconfig for a new user `name` to `path` and returns it.
     pub fn write_kubeconfig(&self, path: &Path, user: &str) {
         let token = self.add_user(user);
@@ -281,8 +306,11 @@ impl KubeApi {
             "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": user, "namespace": "default"}}],
             "current-context": "stub",
         });
-        std::fs::write(path, serde_json::to_vec_pretty(&config).expect("kubeconfig JSON"))
-            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        std::fs::write(
+            path,
+            serde_json::to_vec_pretty(&config).expect("kubeconfig JSON"),
+        )
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     }
 
     /// The issuer's public key set.
@@ -296,7 +324,10 @@ impl KubeApi {
         K: k8s_openapi::Resource + Serialize + DeserializeOwned,
     {
         let value = serde_json::to_value(object).expect("serialize a k8s-openapi object");
-        let ns = value["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+        let ns = value["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let now = self.state.now_rfc3339();
         let created = self
             .store()
@@ -308,14 +339,23 @@ impl KubeApi {
     /// Replaces an object unconditionally, as the test.
     pub fn update<K>(&self, object: &K) -> K
     where
-        K: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta> + Serialize + DeserializeOwned,
+        K: k8s_openapi::Resource
+            + k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>
+            + Serialize
+            + DeserializeOwned,
     {
         let mut value = serde_json::to_value(object).expect("serialize a k8s-openapi object");
         if let Some(meta) = value["metadata"].as_object_mut() {
             meta.remove("resourceVersion");
         }
-        let ns = value["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
-        let name = value["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let ns = value["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let name = value["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let now = self.state.now_rfc3339();
         let updated = self
             .store()
@@ -341,7 +381,13 @@ impl KubeApi {
         K: k8s_openapi::Resource + DeserializeOwned,
     {
         self.store()
-            .list(resources::of::<K>(), None, &Default::default(), &Default::default(), None)
+            .list(
+                resources::of::<K>(),
+                None,
+                &Default::default(),
+                &Default::default(),
+                None,
+            )
             .into_iter()
             .map(|(_, v)| typed(v))
             .collect()
@@ -381,7 +427,11 @@ impl KubeApi {
 
     /// Fails the next requests that match (see [`Fault`]).
     pub fn inject(&self, fault: Fault) {
-        self.state.faults.lock().expect("stub faults lock").push(fault);
+        self.state
+            .faults
+            .lock()
+            .expect("stub faults lock")
+            .push(fault);
     }
 
     /// How many injected failures are still pending.
@@ -404,7 +454,11 @@ impl KubeApi {
 
     /// Every request so far, oldest first.
     pub fn requests(&self) -> Vec<RequestRecord> {
-        self.state.requests.lock().expect("stub requests lock").clone()
+        self.state
+            .requests
+            .lock()
+            .expect("stub requests lock")
+            .clone()
     }
 
     /// The current resource version.
@@ -431,7 +485,10 @@ mod tests {
         let api = KubeApi::start();
         let token = api.add_user("alice");
         api.create_namespace("team-a", &[("env", "prod")]);
-        let url = format!("{}/api/v1/namespaces/team-a/serviceaccounts/default", api.url());
+        let url = format!(
+            "{}/api/v1/namespaces/team-a/serviceaccounts/default",
+            api.url()
+        );
         assert_eq!(send(http_client().get(&url)).status, 401);
         let reply = send(http_client().get(&url).bearer_auth(&token));
         assert_eq!(reply.status, 200, "{}", reply.body);
@@ -446,6 +503,9 @@ mod tests {
         assert_eq!(missing.json()["reason"], "NotFound");
         let seen = api.requests();
         assert_eq!(seen.len(), 2, "the unauthenticated request is not recorded");
-        assert_eq!((seen[0].user.as_str(), seen[0].verb.as_str()), ("alice", "get"));
+        assert_eq!(
+            (seen[0].user.as_str(), seen[0].verb.as_str()),
+            ("alice", "get")
+        );
     }
 }

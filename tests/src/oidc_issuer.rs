@@ -31,8 +31,8 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use self::claims::{GithubWorkflow, ServiceAccount};
-use crate::http_stub::{self, HttpStub};
 pub use self::keys::{IssuerKey, KeyAlg};
+use crate::http_stub::{self, HttpStub};
 
 /// Path of the JWKS the issuer serves.
 pub const JWKS_PATH: &str = "/jwks";

@@ -291,7 +291,12 @@ mod tests {
     fn apply_creates_and_owns_then_drops_what_it_no_longer_applies() {
         let mut owned = Ownership::default();
         let first = owned
-            .apply(&Value::Null, &secret(json!({"a": "1", "b": "2"})), "ctl", false)
+            .apply(
+                &Value::Null,
+                &secret(json!({"a": "1", "b": "2"})),
+                "ctl",
+                false,
+            )
             .unwrap();
         assert_eq!(first["data"], json!({"a": "1", "b": "2"}));
         let second = owned

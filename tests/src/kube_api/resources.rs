@@ -175,7 +175,12 @@ mod tests {
         assert!(folded.get("stringData").is_none());
         let bad = json!({"metadata": {"name": "s"}, "type": "kubernetes.io/dockerconfigjson",
             "data": {".dockerconfigjson": STANDARD.encode("{not json")}});
-        assert!(secrets.normalize(&bad).unwrap_err().contains("invalid JSON"));
+        assert!(
+            secrets
+                .normalize(&bad)
+                .unwrap_err()
+                .contains("invalid JSON")
+        );
     }
 
     #[test]

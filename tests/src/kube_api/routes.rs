@@ -46,7 +46,11 @@ pub async fn handle(
     // system:service-account-issuer-discovery role bound to everyone.
     match (method.clone(), path.as_str()) {
         (Method::GET, tokens::DISCOVERY_PATH) => {
-            return http_stub::json(200, "application/json", &tokens::discovery(&state.url(), &state.key));
+            return http_stub::json(
+                200,
+                "application/json",
+                &tokens::discovery(&state.url(), &state.key),
+            );
         }
         (Method::GET, tokens::JWKS_PATH) => {
             return http_stub::json(200, "application/jwk-set+json", &tokens::jwks(&state.key));
@@ -77,7 +81,9 @@ pub async fn handle(
     };
     let response = match state.take_fault(&record) {
         Some(fault) => Err(fault),
-        None if verb == "watch" => return state.record(record, 200, watch_response(&state, &target, &query)),
+        None if verb == "watch" => {
+            return state.record(record, 200, watch_response(&state, &target, &query));
+        }
         None => serve(&state, &target, verb, &query, &headers, &body),
     };
     let (status, response) = match response {
@@ -124,7 +130,9 @@ fn serve(
         ("get", Some(name), None) => store.get(rt, ns, name).map(|v| (200, v)),
         ("create", None, None) => {
             let object = json_body(body)?;
-            store.create(rt, ns, &object, &manager, &now).map(|v| (201, v))
+            store
+                .create(rt, ns, &object, &manager, &now)
+                .map(|v| (201, v))
         }
         ("create", Some(name), Some("token")) if rt.kind == "ServiceAccount" => {
             let sa = store.get(rt, ns, name)?;
@@ -135,7 +143,9 @@ fn serve(
         }
         ("update", Some(name), None) => {
             let object = json_body(body)?;
-            store.replace(rt, ns, name, &object, &manager, &now).map(|v| (200, v))
+            store
+                .replace(rt, ns, name, &object, &manager, &now)
+                .map(|v| (200, v))
         }
         ("patch", Some(name), None) => {
             let content_type = headers
@@ -152,7 +162,9 @@ fn serve(
                 ));
             }
             let patch = json_body(body)?;
-            store.merge_patch(rt, ns, name, &patch, &manager, &now).map(|v| (200, v))
+            store
+                .merge_patch(rt, ns, name, &patch, &manager, &now)
+                .map(|v| (200, v))
         }
         ("apply", Some(name), None) => {
             // YAML is a superset of JSON; clients (kube-rs, kubectl) send JSON.
@@ -172,7 +184,9 @@ fn serve(
                     .as_str()
                     .map(str::to_owned)
             };
-            store.delete(rt, ns, name, precondition.as_deref()).map(|v| (200, v))
+            store
+                .delete(rt, ns, name, precondition.as_deref())
+                .map(|v| (200, v))
         }
         _ => Err(ApiError::new(
             405,
@@ -321,7 +335,9 @@ fn watch_response(state: &Arc<State>, target: &Target, query: &Query) -> Respons
         labels,
         fields,
     };
-    let bookmarks = query.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true");
     let timeout = query
         .get("timeoutSeconds")
         .and_then(|t| t.parse().ok())
@@ -341,7 +357,11 @@ fn watch_response(state: &Arc<State>, target: &Target, query: &Query) -> Respons
                     (last, events, feed)
                 }
                 // The API answers an expired version inside the stream.
-                Err(e) => (rv, vec![json!({"type": "ERROR", "object": e.status()})], store.subscribe()),
+                Err(e) => (
+                    rv,
+                    vec![json!({"type": "ERROR", "object": e.status()})],
+                    store.subscribe(),
+                ),
             },
             None => {
                 let (rv, objects, feed) = store.snapshot_and_feed(
@@ -405,9 +425,7 @@ async fn stream_watch(
     if ended_by_error {
         return;
     }
-    let expired = |rv: u64| {
-        json!({"type": "ERROR", "object": ApiError::expired(format!("too old resource version: {rv}")).status()})
-    };
+    let expired = |rv: u64| json!({"type": "ERROR", "object": ApiError::expired(format!("too old resource version: {rv}")).status()});
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     let mut ticker = tokio::time::interval(bookmarks.unwrap_or(MAX_WATCH));
@@ -455,7 +473,13 @@ async fn stream_watch(
 /// `/api/v1/...` or `/apis/GROUP/VERSION/...` to a resource, namespace,
 /// name and subresource.
 fn parse_path(path: &str) -> Result<Target, ApiError> {
-    let not_found = || ApiError::new(404, "NotFound", format!("the server could not find the requested resource ({path})"));
+    let not_found = || {
+        ApiError::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
+    };
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segments.as_slice() {
         ["api", version, rest @ ..] => ("", *version, rest),
@@ -465,11 +489,36 @@ fn parse_path(path: &str) -> Result<Target, ApiError> {
     let resource = |plural: &str| resources::find(group, version, plural).ok_or_else(not_found);
     let owned = |s: &&str| Some((*s).to_owned());
     let target = match rest {
-        [plural] => Target { rt: resource(plural)?, namespace: None, name: None, subresource: None },
-        ["namespaces", ns, plural] => Target { rt: resource(plural)?, namespace: owned(ns), name: None, subresource: None },
-        ["namespaces", ns, plural, name] => Target { rt: resource(plural)?, namespace: owned(ns), name: owned(name), subresource: None },
-        ["namespaces", ns, plural, name, sub] => Target { rt: resource(plural)?, namespace: owned(ns), name: owned(name), subresource: owned(sub) },
-        [plural, name] => Target { rt: resource(plural)?, namespace: None, name: owned(name), subresource: None },
+        [plural] => Target {
+            rt: resource(plural)?,
+            namespace: None,
+            name: None,
+            subresource: None,
+        },
+        ["namespaces", ns, plural] => Target {
+            rt: resource(plural)?,
+            namespace: owned(ns),
+            name: None,
+            subresource: None,
+        },
+        ["namespaces", ns, plural, name] => Target {
+            rt: resource(plural)?,
+            namespace: owned(ns),
+            name: owned(name),
+            subresource: None,
+        },
+        ["namespaces", ns, plural, name, sub] => Target {
+            rt: resource(plural)?,
+            namespace: owned(ns),
+            name: owned(name),
+            subresource: owned(sub),
+        },
+        [plural, name] => Target {
+            rt: resource(plural)?,
+            namespace: None,
+            name: owned(name),
+            subresource: None,
+        },
         _ => return Err(not_found()),
     };
     if target.rt.namespaced != target.namespace.is_some() && target.name.is_some() {
@@ -524,7 +573,9 @@ fn discovery(path: &str, url: &str) -> Option<Value> {
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": list})
     };
     match path.trim_end_matches('/') {
-        "/version" => Some(json!({"major": "1", "minor": "37", "gitVersion": "v1.37.0-regauth-stub", "platform": "linux/amd64"})),
+        "/version" => Some(
+            json!({"major": "1", "minor": "37", "gitVersion": "v1.37.0-regauth-stub", "platform": "linux/amd64"}),
+        ),
         "/api" => Some(json!({"kind": "APIVersions", "versions": ["v1"],
             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}]})),
         "/apis" => Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups":
@@ -594,10 +645,25 @@ mod tests {
     #[test]
     fn paths_map_to_resources() {
         let t = parse_path("/api/v1/namespaces/team-a/serviceaccounts/default/token").unwrap();
-        assert_eq!((t.rt.plural, t.namespace.as_deref(), t.name.as_deref(), t.subresource.as_deref()),
-            ("serviceaccounts", Some("team-a"), Some("default"), Some("token")));
+        assert_eq!(
+            (
+                t.rt.plural,
+                t.namespace.as_deref(),
+                t.name.as_deref(),
+                t.subresource.as_deref()
+            ),
+            (
+                "serviceaccounts",
+                Some("team-a"),
+                Some("default"),
+                Some("token")
+            )
+        );
         let t = parse_path("/api/v1/namespaces/team-a").unwrap();
-        assert_eq!((t.rt.plural, t.name.as_deref()), ("namespaces", Some("team-a")));
+        assert_eq!(
+            (t.rt.plural, t.name.as_deref()),
+            ("namespaces", Some("team-a"))
+        );
         let t = parse_path("/apis/coordination.k8s.io/v1/namespaces/x/leases").unwrap();
         assert_eq!(t.rt.kind, "Lease");
         assert_eq!(parse_path("/api/v1/secrets/x").unwrap_err().code, 404);

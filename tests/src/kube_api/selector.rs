@@ -70,7 +70,9 @@ fn split_top_level(text: &str) -> Vec<&str> {
 fn parse_requirement(part: &str) -> Result<Requirement, String> {
     let bad = || format!("unable to parse requirement: {part:?}");
     if let Some(key) = part.strip_prefix('!') {
-        return Ok(Requirement::NotExists(label_key(key.trim()).ok_or_else(bad)?));
+        return Ok(Requirement::NotExists(
+            label_key(key.trim()).ok_or_else(bad)?,
+        ));
     }
     if let Some((key, value)) = part.split_once("!=") {
         return Ok(Requirement::NotEquals(
@@ -221,7 +223,15 @@ mod tests {
     #[test]
     fn field_selectors_on_name_and_namespace() {
         let obj = json!({"metadata": {"name": "n", "namespace": "ns"}});
-        assert!(FieldSelector::parse("metadata.name=n").unwrap().matches(&obj));
-        assert!(!FieldSelector::parse("metadata.namespace=other").unwrap().matches(&obj));
+        assert!(
+            FieldSelector::parse("metadata.name=n")
+                .unwrap()
+                .matches(&obj)
+        );
+        assert!(
+            !FieldSelector::parse("metadata.namespace=other")
+                .unwrap()
+                .matches(&obj)
+        );
     }
 }

@@ -174,7 +174,9 @@ impl Store {
         if meta["name"].as_str().is_none_or(str::is_empty) {
             let prefix = meta["generateName"].as_str().unwrap_or_default().to_owned();
             if prefix.is_empty() {
-                return Err(ApiError::invalid("metadata.name: Required value: name or generateName is required"));
+                return Err(ApiError::invalid(
+                    "metadata.name: Required value: name or generateName is required",
+                ));
             }
             meta["name"] = format!("{prefix}{}", &random_uuid()[..5]).into();
         }
@@ -376,11 +378,19 @@ impl Store {
         ))
     }
 
-    fn check_namespace(&self, rt: ResourceType, ns: &str, meta: &mut Value) -> Result<(), ApiError> {
+    fn check_namespace(
+        &self,
+        rt: ResourceType,
+        ns: &str,
+        meta: &mut Value,
+    ) -> Result<(), ApiError> {
         let given = meta["namespace"].as_str().unwrap_or_default();
         if !rt.namespaced {
             if !given.is_empty() {
-                return Err(ApiError::bad_request(format!("{} is not namespaced", rt.plural)));
+                return Err(ApiError::bad_request(format!(
+                    "{} is not namespaced",
+                    rt.plural
+                )));
             }
             return Ok(());
         }
@@ -462,9 +472,16 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 }
 
 /// A `metadata.resourceVersion` in `request` must match the stored one.
-fn check_version(rt: ResourceType, name: &str, current: &Value, request: &Value) -> Result<(), ApiError> {
+fn check_version(
+    rt: ResourceType,
+    name: &str,
+    current: &Value,
+    request: &Value,
+) -> Result<(), ApiError> {
     match request["metadata"]["resourceVersion"].as_str() {
-        Some(rv) if !rv.is_empty() && current["metadata"]["resourceVersion"].as_str() != Some(rv) => {
+        Some(rv)
+            if !rv.is_empty() && current["metadata"]["resourceVersion"].as_str() != Some(rv) =>
+        {
             Err(ApiError::stale(rt.plural, name))
         }
         _ => Ok(()),
@@ -540,7 +557,13 @@ mod tests {
     fn with_namespace() -> Store {
         let mut store = Store::new(8);
         store
-            .create(of::<Namespace>(), "", &json!({"metadata": {"name": "team-a"}}), "test", NOW)
+            .create(
+                of::<Namespace>(),
+                "",
+                &json!({"metadata": {"name": "team-a"}}),
+                "test",
+                NOW,
+            )
             .unwrap();
         store
     }
@@ -550,25 +573,54 @@ mod tests {
         let mut store = with_namespace();
         let sa = of::<ServiceAccount>();
         let created = store
-            .create(sa, "team-a", &json!({"metadata": {"name": "default"}}), "test", NOW)
+            .create(
+                sa,
+                "team-a",
+                &json!({"metadata": {"name": "default"}}),
+                "test",
+                NOW,
+            )
             .unwrap();
-        let rv1 = created["metadata"]["resourceVersion"].as_str().unwrap().to_owned();
+        let rv1 = created["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let mut changed = created.clone();
         changed["imagePullSecrets"] = json!([{"name": "x"}]);
-        let updated = store.replace(sa, "team-a", "default", &changed, "test", NOW).unwrap();
-        assert_ne!(updated["metadata"]["resourceVersion"].as_str(), Some(rv1.as_str()));
+        let updated = store
+            .replace(sa, "team-a", "default", &changed, "test", NOW)
+            .unwrap();
+        assert_ne!(
+            updated["metadata"]["resourceVersion"].as_str(),
+            Some(rv1.as_str())
+        );
         // The old version is stale now.
-        let err = store.replace(sa, "team-a", "default", &changed, "test", NOW).unwrap_err();
+        let err = store
+            .replace(sa, "team-a", "default", &changed, "test", NOW)
+            .unwrap_err();
         assert_eq!((err.code, err.reason), (409, "Conflict"));
         let err = store
-            .merge_patch(sa, "team-a", "default",
-                &json!({"metadata": {"resourceVersion": rv1}, "imagePullSecrets": []}), "test", NOW)
+            .merge_patch(
+                sa,
+                "team-a",
+                "default",
+                &json!({"metadata": {"resourceVersion": rv1}, "imagePullSecrets": []}),
+                "test",
+                NOW,
+            )
             .unwrap_err();
         assert_eq!(err.code, 409);
         // A no-op write commits nothing.
         let before = store.resource_version();
         store
-            .merge_patch(sa, "team-a", "default", &json!({"imagePullSecrets": [{"name": "x"}]}), "test", NOW)
+            .merge_patch(
+                sa,
+                "team-a",
+                "default",
+                &json!({"imagePullSecrets": [{"name": "x"}]}),
+                "test",
+                NOW,
+            )
             .unwrap();
         assert_eq!(store.resource_version(), before);
     }
@@ -578,11 +630,23 @@ mod tests {
         let mut store = with_namespace();
         let sa = of::<ServiceAccount>();
         let err = store
-            .create(sa, "nope", &json!({"metadata": {"name": "default"}}), "test", NOW)
+            .create(
+                sa,
+                "nope",
+                &json!({"metadata": {"name": "default"}}),
+                "test",
+                NOW,
+            )
             .unwrap_err();
         assert_eq!(err.code, 404);
         store
-            .create(sa, "team-a", &json!({"metadata": {"name": "default"}}), "test", NOW)
+            .create(
+                sa,
+                "team-a",
+                &json!({"metadata": {"name": "default"}}),
+                "test",
+                NOW,
+            )
             .unwrap();
         store.delete(of::<Namespace>(), "", "team-a", None).unwrap();
         assert_eq!(store.get(sa, "team-a", "default").unwrap_err().code, 404);
@@ -595,7 +659,13 @@ mod tests {
         assert!(store.watch_from(start).is_ok());
         for i in 0..20 {
             store
-                .create(of::<ServiceAccount>(), "team-a", &json!({"metadata": {"name": format!("sa-{i}")}}), "test", NOW)
+                .create(
+                    of::<ServiceAccount>(),
+                    "team-a",
+                    &json!({"metadata": {"name": format!("sa-{i}")}}),
+                    "test",
+                    NOW,
+                )
                 .unwrap();
         }
         assert_eq!(store.watch_from(start).unwrap_err().code, 410);

@@ -132,7 +132,10 @@ mod tests {
         assert_eq!(claims["sub"], "system:serviceaccount:team-a:default");
         assert_eq!(claims["aud"], json!(["registry.test"]));
         assert_eq!(claims["kubernetes.io"]["serviceaccount"]["uid"], "u-1");
-        assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 600);
+        assert_eq!(
+            claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+            600
+        );
         let err = token_request(&key, "http://issuer", &sa, &request(599), SystemTime::now())
             .unwrap_err();
         assert_eq!(err.code, 422);

@@ -1,0 +1,292 @@
+//! A cluster for the pull-secret controller's tests: the Kubernetes API
+//! stub as the cluster and its token issuer, the real token server trusting
+//! that issuer, a real registry, and `regauth-pull-secrets` processes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use regauth_e2e::World;
+use regauth_e2e::bins::workspace_bin;
+use regauth_e2e::kube_api::KubeApi;
+use regauth_e2e::net::free_port;
+use regauth_e2e::oidc_issuer::config::{IssuerConfig, issuers_yaml};
+use regauth_e2e::process::{ChildGuard, CmdOutput, Readiness, run, wait_ready};
+use regauth_e2e::secrets::random_password;
+use regauth_e2e::token_client::{http_client, try_send};
+use serde_json::Value;
+
+/// The controller binary.
+pub const BINARY: &str = "regauth-pull-secrets";
+/// The audience the controller requests tokens for, which the token server accepts.
+pub const AUDIENCE: &str = "regauth";
+/// The namespace of the controller's Lease.
+pub const SYSTEM_NAMESPACE: &str = "regauth-system";
+/// The Secret name prefix in the tests' configs.
+pub const PREFIX: &str = "regauth-pull";
+/// Generous bound for anything the controller should do "within seconds"
+/// on a loaded machine.
+pub const SOON: Duration = Duration::from_secs(45);
+
+/// Each namespace owns its area; the `admin` account may push anywhere.
+pub const POLICY: &str = r#"policy:
+  - comment: every namespace pulls and pushes its own area
+    kind: kubernetes
+    resource: "${namespace}/**"
+    actions: [pull, push]
+  - comment: the test's admin seeds images
+    kind: account
+    name: admin
+    resource: "**"
+    actions: ["*"]
+"#;
+
+/// The API stub, a token server trusting it, and a registry.
+pub struct Cluster {
+    /// The world: drops the token server and registry before the directory.
+    pub world: World,
+    /// The Kubernetes API stub.
+    pub api: KubeApi,
+}
+
+impl Cluster {
+    /// Starts a cluster whose exchanged credentials live `credential_ttl`.
+    pub fn start(credential_ttl: &str) -> Self {
+        let api = KubeApi::start();
+        let issuer = IssuerConfig::kubernetes("cluster", &api.url())
+            .audiences(&[AUDIENCE])
+            .credential_ttl(credential_ttl);
+        let world = World::builder()
+            .server(|s| {
+                s.account("admin", &random_password(), &[])
+                    .policy(POLICY)
+                    .extra_config(&issuers_yaml(&[issuer]))
+            })
+            .start();
+        api.create_namespace(SYSTEM_NAMESPACE, &[]);
+        Self { world, api }
+    }
+
+    /// The registry host, the `.dockerconfigjson` key.
+    pub fn registry_host(&self) -> String {
+        self.world.registry.host()
+    }
+
+    /// A controller config: `namespaces_yaml` is the `namespaces:` block
+    /// (or empty), `extra` more top-level keys.
+    pub fn config(&self, namespaces_yaml: &str, extra: &str) -> String {
+        format!(
+            "token_server:\n  url: {url}\n  timeout: 5s\n\
+             registries:\n  - hosts: [\"{host}\"]\n    service: {service}\n\
+             audience: {AUDIENCE}\n\
+             secret_name: {PREFIX}\n\
+             max_backoff: 2s\n\
+             leader_election:\n  namespace: {SYSTEM_NAMESPACE}\n  lease_duration: 4s\n  renew_interval: 1s\n\
+             listen: 127.0.0.1:{port}\n\
+             {namespaces_yaml}{extra}",
+            url = self.world.server.url(),
+            host = self.registry_host(),
+            service = regauth_e2e::token_server::SERVICE,
+            port = free_port(),
+        )
+    }
+
+    /// Writes `config` and a kubeconfig for user `name` under a new
+    /// directory; returns the directory.
+    fn prepare(&self, name: &str, config: &str) -> PathBuf {
+        let dir = self.world.new_dir(name);
+        std::fs::write(dir.join("config.yaml"), config).expect("write controller config");
+        self.api.write_kubeconfig(&dir.join("kubeconfig"), name);
+        dir
+    }
+
+    /// Starts a controller replica named `name` (its API user and pod name).
+    pub fn start_controller(&self, name: &str, config: &str) -> Controller {
+        let dir = self.prepare(name, config);
+        let mut cmd = command(&dir, name);
+        cmd.args(["--log-format", "json"]);
+        let process = ChildGuard::spawn(cmd, &dir, name);
+        let listen = config
+            .lines()
+            .find_map(|l| l.strip_prefix("listen: "))
+            .expect("the config sets listen")
+            .to_owned();
+        let mut controller = Controller {
+            process,
+            url: format!("http://{listen}"),
+            name: name.to_owned(),
+        };
+        let url = controller.url.clone();
+        match wait_ready(&mut controller.process, SOON, || {
+            try_send(http_client().get(format!("{url}/healthz")))
+                .ok()
+                .filter(|r| r.status == 200)
+        }) {
+            Readiness::Ready(_) => controller,
+            Readiness::Exited(status) => panic!(
+                "{name} exited early ({status})\n{}",
+                controller.process.logs()
+            ),
+            Readiness::TimedOut => panic!(
+                "{name} did not serve /healthz within {SOON:?}\n{}",
+                controller.process.logs()
+            ),
+        }
+    }
+
+    /// Runs the controller with `args` (`--once`, `--cleanup`…) to the end.
+    pub fn run_controller(&self, name: &str, config: &str, args: &[&str]) -> CmdOutput {
+        let dir = self.prepare(name, config);
+        let mut cmd = command(&dir, name);
+        cmd.args(args);
+        run(cmd, Duration::from_secs(120))
+    }
+
+    /// Our Secret for ServiceAccount `sa` in `namespace`, if it exists.
+    pub fn pull_secret(&self, namespace: &str, sa: &str) -> Option<Secret> {
+        self.api.get::<Secret>(namespace, &format!("{PREFIX}-{sa}"))
+    }
+
+    /// Waits for our Secret, returning it.
+    pub fn wait_pull_secret(&self, namespace: &str, sa: &str) -> Secret {
+        eventually(&format!("a pull Secret in {namespace} for {sa}"), || {
+            self.pull_secret(namespace, sa)
+        })
+    }
+
+    /// The names in a ServiceAccount's `imagePullSecrets`.
+    pub fn pull_secret_names(&self, namespace: &str, sa: &str) -> Vec<String> {
+        self.api
+            .get::<ServiceAccount>(namespace, sa)
+            .and_then(|s| s.image_pull_secrets)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
+    }
+
+    /// Waits until the ServiceAccount lists our Secret.
+    pub fn wait_attached(&self, namespace: &str, sa: &str) {
+        let ours = format!("{PREFIX}-{sa}");
+        eventually(&format!("{namespace}/{sa} to list {ours}"), || {
+            self.pull_secret_names(namespace, sa)
+                .contains(&ours)
+                .then_some(())
+        });
+    }
+
+    /// The holder of the controller's Lease.
+    pub fn lease_holder(&self) -> Option<String> {
+        self.api
+            .get::<Lease>(SYSTEM_NAMESPACE, "regauth-pull-secrets")
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+    }
+
+    /// Writes `secret`'s `.dockerconfigjson` as an auth file and returns its path.
+    pub fn write_authfile(&self, secret: &Secret, label: &str) -> PathBuf {
+        let path = self.world.new_dir(label).join("auth.json");
+        std::fs::write(&path, docker_config_bytes(secret)).expect("write auth file");
+        path
+    }
+}
+
+fn command(dir: &Path, name: &str) -> Command {
+    let mut cmd = Command::new(workspace_bin(BINARY));
+    cmd.arg("--config")
+        .arg(dir.join("config.yaml"))
+        .current_dir(dir)
+        .env("KUBECONFIG", dir.join("kubeconfig"))
+        .env("POD_NAME", name)
+        .env("REGAUTH_LOG", "info,regauth_pull_secrets=debug")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("REGAUTH_PULL_SECRETS_CONFIG");
+    for proxy in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        cmd.env_remove(proxy);
+    }
+    cmd
+}
+
+/// A running controller replica; killed (SIGKILL) on drop.
+pub struct Controller {
+    process: ChildGuard,
+    url: String,
+    /// Its name: API user and pod name.
+    pub name: String,
+}
+
+impl Controller {
+    /// `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        let reply = try_send(http_client().get(format!("{}/metrics", self.url)))
+            .unwrap_or_else(|e| panic!("GET /metrics of {}: {e}\n{}", self.name, self.logs()));
+        assert_eq!(reply.status, 200);
+        reply.body
+    }
+
+    /// Both output streams.
+    pub fn logs(&self) -> String {
+        self.process.logs()
+    }
+}
+
+/// Polls `probe` every 100 ms until it yields a value; panics naming
+/// `what` after [`SOON`].
+pub fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + SOON;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {SOON:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The raw `.dockerconfigjson` of a Secret.
+pub fn docker_config_bytes(secret: &Secret) -> Vec<u8> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(".dockerconfigjson"))
+        .map(|b| b.0.clone())
+        .expect("the Secret has .dockerconfigjson")
+}
+
+/// The parsed `.dockerconfigjson`.
+pub fn docker_config(secret: &Secret) -> Value {
+    serde_json::from_slice(&docker_config_bytes(secret)).expect(".dockerconfigjson is JSON")
+}
+
+/// The password written for `host`.
+pub fn password(secret: &Secret, host: &str) -> String {
+    let config = docker_config(secret);
+    let entry = &config["auths"][host];
+    let password = entry["password"].as_str().expect("a password").to_owned();
+    let username = entry["username"].as_str().expect("a username");
+    assert_eq!(
+        entry["auth"].as_str(),
+        Some(STANDARD.encode(format!("{username}:{password}")).as_str()),
+        "auth is base64(username:password)"
+    );
+    password
+}
+
+/// The value of one sample in a metrics text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    regauth_e2e::ops::metric(text, series)
+}
