@@ -14,6 +14,7 @@ declare -A needed=(
     [ctr]=containerd
     [htpasswd]=apache2-utils
     [openssl]=openssl
+    [kubectl]=kubernetes-client
 )
 missing=()
 for cmd in "${!needed[@]}"; do

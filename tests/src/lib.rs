@@ -7,8 +7,8 @@
 //! tests can run in parallel and leave nothing behind.
 //!
 //! Tools the tests need (a missing one fails the test, naming the Debian
-//! package): `docker-registry`, `skopeo`, `containerd` (also `ctr`) and
-//! `apache2-utils` (`htpasswd`). The workspace binaries are built on first
+//! package): `docker-registry`, `skopeo`, `containerd` (also `ctr`),
+//! `apache2-utils` (`htpasswd`) and `kubernetes-client` (`kubectl`). The workspace binaries are built on first
 //! use with `$CARGO build --workspace --bins`.
 //!
 //! Set `REGAUTH_E2E_KEEP=1` to keep each test's directory (configs, logs,

@@ -19,6 +19,7 @@ mod node_identity;
 mod oauth2_client;
 mod operations;
 mod pull_secrets;
+mod pull_secrets_deploy;
 mod pull_secrets_kube_api;
 mod pull_secrets_support;
 mod push_pull;
