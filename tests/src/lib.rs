@@ -8,8 +8,9 @@
 //!
 //! Tools the tests need (a missing one fails the test, naming the Debian
 //! package): `docker-registry`, `skopeo`, `containerd` (also `ctr`),
-//! `apache2-utils` (`htpasswd`) and `kubernetes-client` (`kubectl`). The workspace binaries are built on first
-//! use with `$CARGO build --workspace --bins`.
+//! `apache2-utils` (`htpasswd`) and `kubernetes-client` (`kubectl`). The
+//! workspace binaries are built on first use with
+//! `$CARGO build --workspace --bins`.
 //!
 //! Set `REGAUTH_E2E_KEEP=1` to keep each test's directory (configs, logs,
 //! images) for inspection; its path is printed to stderr.
@@ -29,6 +30,7 @@ pub mod oidc_issuer;
 pub mod ops;
 pub mod pki;
 pub mod process;
+pub mod pull_secrets;
 pub mod registry;
 pub mod secrets;
 pub mod skopeo;

@@ -21,7 +21,6 @@ mod operations;
 mod pull_secrets;
 mod pull_secrets_deploy;
 mod pull_secrets_kube_api;
-mod pull_secrets_support;
 mod push_pull;
 mod refresh_tokens;
 mod registry_tokens;

@@ -18,7 +18,7 @@ use regauth_e2e::process::run;
 use regauth_e2e::skopeo::Auth;
 use regauth_e2e::tools::require_tool;
 
-use crate::pull_secrets_support::{
+use regauth_e2e::pull_secrets::{
     Cluster, PREFIX, docker_config, docker_config_bytes, eventually, metric, password,
 };
 

@@ -6,18 +6,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::World;
+use crate::bins::workspace_bin;
+use crate::kube_api::KubeApi;
+use crate::net::free_port;
+use crate::oidc_issuer::config::{IssuerConfig, issuers_yaml};
+use crate::process::{ChildGuard, CmdOutput, Readiness, run, wait_ready};
+use crate::secrets::random_password;
+use crate::token_client::{http_client, try_send};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use regauth_e2e::World;
-use regauth_e2e::bins::workspace_bin;
-use regauth_e2e::kube_api::KubeApi;
-use regauth_e2e::net::free_port;
-use regauth_e2e::oidc_issuer::config::{IssuerConfig, issuers_yaml};
-use regauth_e2e::process::{ChildGuard, CmdOutput, Readiness, run, wait_ready};
-use regauth_e2e::secrets::random_password;
-use regauth_e2e::token_client::{http_client, try_send};
 use serde_json::Value;
 
 /// The controller binary.
@@ -90,7 +90,7 @@ impl Cluster {
              {namespaces_yaml}{extra}",
             url = self.world.server.url(),
             host = self.registry_host(),
-            service = regauth_e2e::token_server::SERVICE,
+            service = crate::token_server::SERVICE,
             port = free_port(),
         )
     }
@@ -288,5 +288,5 @@ pub fn password(secret: &Secret, host: &str) -> String {
 
 /// The value of one sample in a metrics text.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    regauth_e2e::ops::metric(text, series)
+    crate::ops::metric(text, series)
 }
