@@ -17,6 +17,8 @@ mod authenticate;
 pub mod clock;
 pub mod config;
 pub mod defaults;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod identity;
 pub mod keys;

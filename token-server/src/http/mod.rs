@@ -3,8 +3,8 @@
 mod ask;
 mod audit;
 mod error;
-mod form;
-mod request;
+pub(crate) mod form;
+pub(crate) mod request;
 mod token;
 
 use std::sync::Arc;

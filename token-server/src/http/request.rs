@@ -139,7 +139,7 @@ fn is_length_limit(e: &axum::Error) -> bool {
     false
 }
 
-fn parse_post(form: &Form) -> Result<TokenRequest, RequestError> {
+pub(crate) fn parse_post(form: &Form) -> Result<TokenRequest, RequestError> {
     let required = |key: &'static str| form.get(key).ok_or(RequestError::Missing(key));
     let secret = |key: &'static str| required(key).map(|v| Secret::new(v.to_owned()));
     let grant_type = required("grant_type")?;

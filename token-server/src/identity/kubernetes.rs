@@ -32,7 +32,7 @@ pub(crate) fn principal(
         .ok_or(SubjectTokenError::Claim("sub"))?;
     let expected = format!("system:serviceaccount:{namespace}:{sa}");
     if sub != expected {
-        return Err(SubjectTokenError::Claim("sub"));
+        return Err(SubjectTokenError::SubjectMismatch);
     }
     let mut attributes = BTreeMap::new();
     attributes.insert("issuer".to_owned(), issuer_name.to_owned());

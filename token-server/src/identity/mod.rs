@@ -4,6 +4,7 @@ pub mod account;
 pub mod certificate;
 pub mod issuers;
 pub mod jwks;
+pub mod jws;
 mod kubernetes;
 mod oidc;
 pub mod password_cache;

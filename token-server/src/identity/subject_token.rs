@@ -9,6 +9,12 @@ pub enum SubjectTokenError {
     /// Not a compact JWS, or its parts do not decode.
     #[error("subject token is not a well-formed JWT")]
     Malformed,
+    /// The header or claims name a member twice, at any depth.
+    #[error("subject token names a JSON member twice")]
+    DuplicateMember,
+    /// The header lists critical extensions (`crit`); none are understood.
+    #[error("subject token header has `crit`; no critical extension is supported")]
+    CriticalHeader,
     /// `alg` is `none`, symmetric, or otherwise not accepted.
     #[error("subject token algorithm is not accepted; use RS256, ES256, PS256 or EdDSA")]
     Algorithm,
@@ -36,6 +42,10 @@ pub enum SubjectTokenError {
     /// A claim the issuer kind needs is missing or malformed.
     #[error("subject token lacks a valid `{0}` claim")]
     Claim(&'static str),
+    /// A Kubernetes token whose `sub` names another service account than its
+    /// `kubernetes.io` claim.
+    #[error("subject token `sub` does not match its kubernetes.io namespace and service account")]
+    SubjectMismatch,
     /// The issuer's keys could not be fetched.
     #[error("the issuer's keys are unavailable; retry later")]
     Keys(#[from] JwksError),
@@ -55,6 +65,9 @@ impl SubjectTokenError {
             SubjectTokenError::NotYetValid => "not_yet_valid",
             SubjectTokenError::TooOld => "too_old",
             SubjectTokenError::Claim(_) => "claim",
+            SubjectTokenError::SubjectMismatch => "subject_mismatch",
+            SubjectTokenError::DuplicateMember => "duplicate_member",
+            SubjectTokenError::CriticalHeader => "critical_header",
             SubjectTokenError::Keys(_) => "keys_unavailable",
         }
     }
