@@ -241,8 +241,8 @@ async fn request_span(State(state): State<Arc<AppState>>, req: Request, next: Ne
     let span = tracing::info_span!(
         "request",
         id,
-        method = %req.method(),
-        path = %req.uri().path(),
+        method = req.method().as_str(),
+        path = req.uri().path(),
         status = tracing::field::Empty,
     );
     async move {
