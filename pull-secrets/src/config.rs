@@ -39,7 +39,7 @@ pub(crate) enum ConfigError {
     Syntax {
         path: PathBuf,
         #[source]
-        source: serde_saphyr::Error,
+        source: Box<serde_saphyr::Error>,
     },
     /// One or more values are wrong.
     #[error("{path}:\n{}", issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
@@ -193,7 +193,7 @@ pub(crate) fn load(path: &Path) -> Result<Settings, ConfigError> {
     parse(&text, base).map_err(|e| match e {
         Parse::Syntax(source) => ConfigError::Syntax {
             path: path.to_owned(),
-            source,
+            source: Box::new(source),
         },
         Parse::Invalid(issues) => ConfigError::Invalid {
             path: path.to_owned(),

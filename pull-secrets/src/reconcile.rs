@@ -55,14 +55,14 @@ pub(crate) enum Error {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// The token server did not give a credential.
     #[error("exchange at the token server for {service} failed")]
     Exchange {
         service: String,
         #[source]
-        source: ExchangeError,
+        source: Box<ExchangeError>,
     },
     /// A write to the API failed.
     #[error("{action} {namespace}/{name} failed")]
@@ -71,7 +71,7 @@ pub(crate) enum Error {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 }
 
@@ -83,10 +83,9 @@ impl Error {
             Error::StoresClosed => "shutdown",
             Error::TokenRequest { .. } => "token_request",
             Error::Exchange { source, .. } => source.reason(),
-            Error::Write {
-                source: kube::Error::Api(s),
-                ..
-            } if s.code == 409 => "conflict",
+            Error::Write { source, .. } if matches!(source.as_ref(), kube::Error::Api(s) if s.code == 409) => {
+                "conflict"
+            }
             Error::Write { .. } => "api_write",
         }
     }
@@ -310,7 +309,7 @@ async fn obtain<E: Exchange>(
         .map_err(|source| Error::TokenRequest {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
     let token = Token::new(reply.status.and_then(|s| s.token).unwrap_or_default());
     let mut credentials = Vec::with_capacity(ctx.settings.registries.len());
@@ -321,7 +320,7 @@ async fn obtain<E: Exchange>(
             .await
             .map_err(|source| Error::Exchange {
                 service: registry.service.clone(),
-                source,
+                source: Box::new(source),
             })?;
         credentials.push(credential);
     }
@@ -352,7 +351,7 @@ async fn apply<E>(
             action: "applying Secret",
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -426,7 +425,7 @@ async fn remove<E>(
                     action: "deleting Secret",
                     namespace,
                     name: secret_name.to_owned(),
-                    source,
+                    source: Box::new(source),
                 });
             }
         }
@@ -460,7 +459,7 @@ async fn patch_pull_secrets<E>(
             action,
             namespace,
             name,
-            source,
+            source: Box::new(source),
         })
 }
 

@@ -187,7 +187,7 @@ impl Ownership {
 /// (scalars, lists) is a leaf. System metadata is left out.
 fn leaves(value: &Value, prefix: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
     match value {
-        Value::Object(map) if !(map.is_empty() && !prefix.is_empty()) => {
+        Value::Object(map) if !map.is_empty() || prefix.is_empty() => {
             for (key, child) in map {
                 let system = prefix.len() == 1
                     && prefix[0] == "metadata"

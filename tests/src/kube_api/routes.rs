@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, Uri, header};
@@ -138,8 +138,14 @@ fn serve(
             let sa = store.get(rt, ns, name)?;
             drop(store);
             let request = json_body(body)?;
-            tokens::token_request(&state.key, &state.url(), &sa, &request, SystemTime::now())
-                .map(|v| (201, v))
+            tokens::token_request(
+                &state.key,
+                &state.url(),
+                &sa,
+                &request,
+                crate::oidc_issuer::claims::now(),
+            )
+            .map(|v| (201, v))
         }
         ("update", Some(name), None) => {
             let object = json_body(body)?;

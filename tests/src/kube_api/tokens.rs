@@ -3,8 +3,6 @@
 //! signed with the stub's key, whose JWKS is published at
 //! `/openid/v1/jwks`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use serde_json::{Value, json};
 
 use super::status::ApiError;
@@ -40,13 +38,13 @@ pub fn jwks(key: &IssuerKey) -> Value {
 
 /// Answers a `TokenRequest` for the service account `sa` (as stored) in
 /// `namespace`: validates the spec, mints the token, and returns the
-/// `TokenRequest` with its `status`.
+/// `TokenRequest` with its `status`. `iat` is now, in seconds since the epoch.
 pub fn token_request(
     key: &IssuerKey,
     issuer: &str,
     sa: &Value,
     body: &Value,
-    now: SystemTime,
+    iat: i64,
 ) -> Result<Value, ApiError> {
     if body["apiVersion"] != "authentication.k8s.io/v1" || body["kind"] != "TokenRequest" {
         return Err(ApiError::bad_request(
@@ -81,10 +79,6 @@ pub fn token_request(
     let namespace = sa["metadata"]["namespace"].as_str().unwrap_or_default();
     let name = sa["metadata"]["name"].as_str().unwrap_or_default();
     let uid = sa["metadata"]["uid"].as_str().unwrap_or_default();
-    let iat = now
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs() as i64;
     let exp = iat + expiration;
     let claims = json!({
         "aud": audiences,
@@ -126,8 +120,14 @@ mod tests {
     fn mints_the_real_claim_shape_and_enforces_the_minimum_lifetime() {
         let key = IssuerKey::generate(KeyAlg::Es256);
         let sa = json!({"metadata": {"name": "default", "namespace": "team-a", "uid": "u-1"}});
-        let reply =
-            token_request(&key, "http://issuer", &sa, &request(600), SystemTime::now()).unwrap();
+        let reply = token_request(
+            &key,
+            "http://issuer",
+            &sa,
+            &request(600),
+            crate::oidc_issuer::claims::now(),
+        )
+        .unwrap();
         let claims = unverified_claims(reply["status"]["token"].as_str().unwrap());
         assert_eq!(claims["sub"], "system:serviceaccount:team-a:default");
         assert_eq!(claims["aud"], json!(["registry.test"]));
@@ -136,8 +136,14 @@ mod tests {
             claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
             600
         );
-        let err = token_request(&key, "http://issuer", &sa, &request(599), SystemTime::now())
-            .unwrap_err();
+        let err = token_request(
+            &key,
+            "http://issuer",
+            &sa,
+            &request(599),
+            crate::oidc_issuer::claims::now(),
+        )
+        .unwrap_err();
         assert_eq!(err.code, 422);
     }
 }

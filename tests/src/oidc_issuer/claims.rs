@@ -17,7 +17,8 @@ pub const KUBERNETES_FIXTURE: &str = "kubernetes-sa-token-claims.json";
 /// The GitHub Actions sample claim set in `fixtures/identity/`.
 pub const GITHUB_FIXTURE: &str = "github-actions-token-claims.json";
 
-/// Seconds since the epoch, now.
+/// Seconds since the epoch, now: the test support's one clock reader.
+#[allow(clippy::disallowed_methods)] // this is the one place that reads it
 pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
