@@ -219,32 +219,20 @@ pub(crate) async fn once<E: Exchange>(
     if let Some(selector) = settings.namespaces.label_selector() {
         namespace_list = namespace_list.labels(selector);
     }
-    let namespaces = Api::<Namespace>::all(client.clone())
-        .list(&namespace_list)
-        .await
-        .map_err(|source| RunError::List {
-            what: "namespaces",
-            source,
-        })?;
-    let secrets = Api::<Secret>::all(client.clone())
-        .list(&ListParams::default().labels(MANAGED_SELECTOR))
-        .await
-        .map_err(|source| RunError::List {
-            what: "Secrets",
-            source,
-        })?;
-    let service_accounts = Api::<ServiceAccount>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| RunError::List {
-            what: "ServiceAccounts",
-            source,
-        })?;
+    let namespaces = list_all::<Namespace>(&client, &namespace_list, "namespaces").await?;
+    let secrets = list_all::<Secret>(
+        &client,
+        &ListParams::default().labels(MANAGED_SELECTOR),
+        "Secrets",
+    )
+    .await?;
+    let service_accounts =
+        list_all::<ServiceAccount>(&client, &ListParams::default(), "ServiceAccounts").await?;
     let ctx = Arc::new(Context {
         settings,
         client,
-        namespaces: filled(namespaces.items),
-        secrets: filled(secrets.items),
+        namespaces: filled(namespaces),
+        secrets: filled(secrets),
         exchange,
         leadership: Arc::new(Leadership::always()),
         metrics: Arc::new(Metrics::default()),
@@ -253,9 +241,9 @@ pub(crate) async fn once<E: Exchange>(
         failures: Mutex::new(HashMap::new()),
         written: Mutex::new(HashMap::new()),
     });
-    let total = service_accounts.items.len();
+    let total = service_accounts.len();
     let mut failed = 0;
-    for sa in service_accounts.items {
+    for sa in service_accounts {
         if reconcile::reconcile(Arc::new(sa), Arc::clone(&ctx))
             .await
             .is_err()
@@ -272,6 +260,23 @@ pub(crate) async fn once<E: Exchange>(
         .map(|c| std::mem::take(&mut *c.lock().unwrap_or_else(std::sync::PoisonError::into_inner)))
         .unwrap_or_default();
     Ok(collected)
+}
+
+/// Every object of a type, cluster-wide, matching `params`.
+async fn list_all<K>(
+    client: &kube::Client,
+    params: &ListParams,
+    what: &'static str,
+) -> Result<Vec<K>, RunError>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::all(client.clone())
+        .list(params)
+        .await
+        .map(|list| list.items)
+        .map_err(|source| RunError::List { what, source })
 }
 
 /// A store holding exactly `items`, ready.
@@ -303,27 +308,21 @@ pub(crate) async fn cleanup(
     client: kube::Client,
 ) -> Result<Cleaned, RunError> {
     let mut cleaned = Cleaned::default();
-    let service_accounts = Api::<ServiceAccount>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| RunError::List {
-            what: "ServiceAccounts",
-            source,
-        })?;
-    for sa in service_accounts.items {
+    let service_accounts =
+        list_all::<ServiceAccount>(&client, &ListParams::default(), "ServiceAccounts").await?;
+    for sa in service_accounts {
         let ours = pull_secret::secret_name(&settings.secret_name, &sa.name_any());
         if detach(&client, sa, &ours).await? {
             cleaned.service_accounts += 1;
         }
     }
-    let secrets = Api::<Secret>::all(client.clone())
-        .list(&ListParams::default().labels(MANAGED_SELECTOR))
-        .await
-        .map_err(|source| RunError::List {
-            what: "Secrets",
-            source,
-        })?;
-    for secret in secrets.items.iter().filter(|s| pull_secret::is_ours(s)) {
+    let secrets = list_all::<Secret>(
+        &client,
+        &ListParams::default().labels(MANAGED_SELECTOR),
+        "Secrets",
+    )
+    .await?;
+    for secret in secrets.iter().filter(|s| pull_secret::is_ours(s)) {
         let namespace = secret.namespace().unwrap_or_default();
         let name = secret.name_any();
         match Api::<Secret>::namespaced(client.clone(), &namespace)
