@@ -17,6 +17,7 @@ type S<T> = Spanned<T>;
 pub(crate) const MIN_TOKEN_EXPIRATION: Duration = Duration::from_secs(600);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(300);
+const DEFAULT_RESYNC: Duration = Duration::from_secs(300);
 const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_SECRET_NAME: &str = "regauth-pull";
@@ -79,6 +80,8 @@ struct File {
     refresh_threshold: Option<S<String>>,
     #[serde(default)]
     max_backoff: Option<S<String>>,
+    #[serde(default)]
+    resync_interval: Option<S<String>>,
     #[serde(default)]
     leader_election: LeaderElectionFile,
     #[serde(default)]
@@ -178,6 +181,9 @@ pub(crate) struct Settings {
     pub refresh_threshold: Option<Duration>,
     /// Longest wait between retries of a failing refresh.
     pub max_backoff: Duration,
+    /// Every ServiceAccount is reconciled again this often, whatever the
+    /// watches said, so a missed trigger heals.
+    pub resync_interval: Duration,
     pub leader_election: LeaderElection,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     pub listen: std::net::SocketAddr,
@@ -340,6 +346,7 @@ fn parse(text: &str, base: &Path) -> Result<Settings, Parse> {
         .as_ref()
         .map(|_| check.duration("refresh_threshold", &file.refresh_threshold, Duration::ZERO));
     let max_backoff = check.duration("max_backoff", &file.max_backoff, DEFAULT_MAX_BACKOFF);
+    let resync_interval = check.duration("resync_interval", &file.resync_interval, DEFAULT_RESYNC);
 
     let le = &file.leader_election;
     let lease_duration = check.duration(
@@ -396,6 +403,7 @@ fn parse(text: &str, base: &Path) -> Result<Settings, Parse> {
         token_expiration,
         refresh_threshold,
         max_backoff,
+        resync_interval,
         leader_election,
         listen,
     })

@@ -110,6 +110,9 @@ pub(crate) struct Context<E> {
     /// may lag behind our own write; without this, a reconcile triggered by
     /// the ServiceAccount patch would see no Secret yet and exchange again.
     pub written: Mutex<HashMap<ObjectRef<ServiceAccount>, (Written, Instant)>>,
+    /// When this replica last added its entry to each ServiceAccount, for
+    /// the same reason: the ServiceAccount watch may not show it yet.
+    pub attached: Mutex<HashMap<ObjectRef<ServiceAccount>, Instant>>,
 }
 
 /// Reconciles one ServiceAccount, and records a failure as a Warning Event
@@ -178,6 +181,14 @@ impl<E> Context<E> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn lock_attached(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ServiceAccount>, Instant>> {
+        self.attached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn lock_failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ServiceAccount>, u32>> {
         self.failures
             .lock()
@@ -219,12 +230,19 @@ async fn reconcile_service_account<E: Exchange>(
     let name = sa.name_any();
     let settings = &ctx.settings;
     let secret_name = pull_secret::secret_name(&settings.secret_name, &name);
-    let selected = ctx
-        .namespaces
-        .get(&ObjectRef::new(&namespace))
-        .is_some_and(|ns| settings.namespaces.selects(&ns))
+    let cached = ctx.namespaces.get(&ObjectRef::new(&namespace));
+    let selected = cached
+        .as_ref()
+        .is_some_and(|ns| settings.namespaces.selects(ns))
         && settings.service_accounts.selects(&name)
         && sa.meta().deletion_timestamp.is_none();
+    tracing::debug!(
+        namespace,
+        service_account = name,
+        cached = cached.is_some(),
+        selected,
+        "reconciling"
+    );
     let existing = ctx
         .secrets
         .get(&ObjectRef::new(&secret_name).within(&namespace));
@@ -232,6 +250,7 @@ async fn reconcile_service_account<E: Exchange>(
     let key = ObjectRef::from_obj(sa);
     if !selected {
         ctx.lock_written().remove(&key);
+        ctx.lock_attached().remove(&key);
         remove(ctx, sa, &secret_name, existing.as_deref()).await?;
         ctx.metrics.forget(&namespace, &name);
         return Ok(Action::await_change());
@@ -270,17 +289,31 @@ async fn reconcile_service_account<E: Exchange>(
                     .min()
                     .unwrap_or(now),
             };
-            ctx.lock_written().insert(key, (written, Instant::now()));
+            ctx.lock_written()
+                .insert(key.clone(), (written, Instant::now()));
             written
         }
     };
-    attach(ctx, sa, &secret_name).await?;
+    let listed = sa
+        .image_pull_secrets
+        .as_ref()
+        .is_some_and(|l| l.iter().any(|r| r.name == secret_name));
+    let attached_at = ctx.lock_attached().get(&key).copied();
+    let mut recheck = recheck.filter(|_| fresh.is_some());
+    match attached_at.map(|at| WATCH_LAG_GRACE.saturating_sub(at.elapsed())) {
+        Some(left) if !listed && !left.is_zero() => {
+            recheck = Some(recheck.map_or(left, |r| r.min(left)));
+        }
+        _ if !listed => {
+            attach(ctx, sa, &secret_name).await?;
+            ctx.lock_attached().insert(key, Instant::now());
+        }
+        _ => {}
+    }
     ctx.metrics.track(&namespace, &name, written.expires_at);
     let due = refresh_at(written, settings.refresh_threshold);
     let mut wait = Duration::from_secs(due.saturating_sub(now));
-    if fresh.is_some()
-        && let Some(left) = recheck
-    {
+    if let Some(left) = recheck {
         wait = wait.min(left);
     }
     Ok(Action::requeue(wait.max(MIN_REQUEUE)))
@@ -467,6 +500,16 @@ async fn patch_pull_secrets<E>(
 /// a token: errors never include one.
 async fn report<E>(sa: &ServiceAccount, ctx: &Context<E>, error: &Error) {
     let detail = error_chain(error);
+    // A conflict is retried at once from fresher state: not a failed refresh.
+    if error.reason() == "conflict" {
+        tracing::debug!(
+            namespace = %sa.namespace().unwrap_or_default(),
+            service_account = %sa.name_any(),
+            error = %detail,
+            "conflict; retrying"
+        );
+        return;
+    }
     tracing::warn!(
         namespace = %sa.namespace().unwrap_or_default(),
         service_account = %sa.name_any(),

@@ -25,6 +25,7 @@ use crate::reconcile::{self, Context};
 
 /// How many ServiceAccounts are reconciled at once.
 const CONCURRENCY: u16 = 8;
+
 /// Attempts at removing our entry from a ServiceAccount that keeps changing.
 const CLEANUP_ATTEMPTS: usize = 5;
 
@@ -183,8 +184,17 @@ async fn control<E: Exchange>(
         dry_run: None,
         failures: Mutex::new(HashMap::new()),
         written: Mutex::new(HashMap::new()),
+        attached: Mutex::new(HashMap::new()),
+    });
+    // A resync reads only the caches unless something is due, so it costs
+    // no API requests.
+    let every = ctx.settings.resync_interval;
+    let resync = futures_util::stream::unfold((), move |()| async move {
+        tokio::time::sleep(every).await;
+        Some(((), ()))
     });
     controller
+        .reconcile_all_on(resync)
         .owns_stream(secret_events)
         .watches_stream(namespace_events, move |namespace: Namespace| {
             in_namespace(&service_accounts, &namespace.name_any())
@@ -240,6 +250,7 @@ pub(crate) async fn once<E: Exchange>(
         dry_run: dry_run.then(|| Mutex::new(Vec::new())),
         failures: Mutex::new(HashMap::new()),
         written: Mutex::new(HashMap::new()),
+        attached: Mutex::new(HashMap::new()),
     });
     let total = service_accounts.len();
     let mut failed = 0;

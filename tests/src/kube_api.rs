@@ -380,17 +380,15 @@ impl KubeApi {
     where
         K: k8s_openapi::Resource + DeserializeOwned,
     {
-        self.store()
-            .list(
-                resources::of::<K>(),
-                None,
-                &Default::default(),
-                &Default::default(),
-                None,
-            )
-            .into_iter()
-            .map(|(_, v)| typed(v))
-            .collect()
+        // Decode after the lock is released: the server keeps serving.
+        let values = self.store().list(
+            resources::of::<K>(),
+            None,
+            &Default::default(),
+            &Default::default(),
+            None,
+        );
+        values.into_iter().map(|(_, v)| typed(v)).collect()
     }
 
     /// Deletes an object; false when it did not exist.

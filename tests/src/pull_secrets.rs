@@ -85,6 +85,7 @@ impl Cluster {
              audience: {AUDIENCE}\n\
              secret_name: {PREFIX}\n\
              max_backoff: 2s\n\
+             resync_interval: 10s\n\
              leader_election:\n  namespace: {SYSTEM_NAMESPACE}\n  lease_duration: 4s\n  renew_interval: 1s\n\
              listen: 127.0.0.1:{port}\n\
              {namespaces_yaml}{extra}",
