@@ -97,6 +97,11 @@ pub(crate) struct Context<E> {
     pub client: kube::Client,
     pub namespaces: Store<Namespace>,
     pub secrets: Store<Secret>,
+    /// True once both caches hold a complete list. Reconciles wait on this,
+    /// not on `Store::wait_until_ready`: that future keeps only the last
+    /// waiter's waker, so of several reconciles waiting at once all but one
+    /// would sleep forever.
+    pub caches_ready: tokio::sync::watch::Receiver<bool>,
     pub exchange: E,
     pub leadership: Arc<Leadership>,
     pub metrics: Arc<Metrics>,
@@ -218,12 +223,9 @@ async fn reconcile_service_account<E: Exchange>(
     ctx: &Context<E>,
     now: u64,
 ) -> Result<Action, Error> {
-    ctx.namespaces
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::StoresClosed)?;
-    ctx.secrets
-        .wait_until_ready()
+    ctx.caches_ready
+        .clone()
+        .wait_for(|ready| *ready)
         .await
         .map_err(|_| Error::StoresClosed)?;
     let namespace = sa.namespace().unwrap_or_default();

@@ -172,11 +172,22 @@ async fn control<E: Exchange>(
             instance: Some(identity),
         },
     );
+    // One waiter for both caches, which then tells every reconcile.
+    let (ready_tx, caches_ready) = tokio::sync::watch::channel(false);
+    let (namespace_cache, secret_cache) = (namespaces.clone(), secrets.clone());
+    tokio::spawn(async move {
+        if namespace_cache.wait_until_ready().await.is_ok()
+            && secret_cache.wait_until_ready().await.is_ok()
+        {
+            let _ = ready_tx.send(true);
+        }
+    });
     let ctx = Arc::new(Context {
         settings,
         client,
         namespaces,
         secrets,
+        caches_ready,
         exchange,
         leadership,
         metrics,
@@ -243,6 +254,7 @@ pub(crate) async fn once<E: Exchange>(
         client,
         namespaces: filled(namespaces),
         secrets: filled(secrets),
+        caches_ready: tokio::sync::watch::channel(true).1,
         exchange,
         leadership: Arc::new(Leadership::always()),
         metrics: Arc::new(Metrics::default()),
