@@ -19,6 +19,7 @@
 pub mod bins;
 pub mod containerd;
 pub mod credential_helper;
+pub mod docker;
 pub mod jwt;
 pub mod kubelet_plugin;
 pub mod net;
