@@ -17,8 +17,10 @@
 #![warn(missing_docs)]
 
 pub mod bins;
+pub mod container_image;
 pub mod containerd;
 pub mod credential_helper;
+pub mod dns;
 pub mod docker;
 pub mod jwt;
 pub mod kubelet_plugin;
@@ -29,6 +31,7 @@ pub mod ops;
 pub mod pki;
 pub mod process;
 pub mod registry;
+pub mod release;
 pub mod secrets;
 pub mod skopeo;
 pub mod token_client;
