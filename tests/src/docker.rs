@@ -213,6 +213,17 @@ impl Dockerd {
                 kill(pid, "KILL");
             }
         }
+        // dockerd leaves the host network's namespace bound under its exec
+        // root (exec/netns/default) even when it stops cleanly; the test's
+        // directory cannot be removed while anything is mounted in it.
+        for mount in mounts_under(&self.dir) {
+            let _ = Command::new("umount")
+                .arg("--lazy")
+                .arg(&mount)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -220,6 +231,20 @@ impl Drop for Dockerd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Mount points under `dir`, deepest first (from `/proc/self/mountinfo`,
+/// whose mount point field escapes spaces as `\040`).
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|point| PathBuf::from(point.replace("\\040", " ")))
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    mounts
 }
 
 /// Sends `signal` to `pid`; failures (the process already gone) are fine here.
