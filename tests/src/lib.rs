@@ -28,6 +28,7 @@ pub mod net;
 pub mod oci;
 pub mod oidc_issuer;
 pub mod ops;
+pub mod packages;
 pub mod pki;
 pub mod process;
 pub mod registry;

@@ -68,3 +68,17 @@ fn build() -> Result<PathBuf, String> {
     }
     Ok(dir)
 }
+
+/// The GNU build ID of an ELF file (`readelf -n`): stripping keeps it, so it
+/// names the build a shipped binary came from.
+pub fn build_id(path: &Path) -> String {
+    let mut cmd = Command::new(crate::tools::require_tool("readelf", "binutils"));
+    cmd.arg("-n").arg(path);
+    let out = run(cmd, Duration::from_secs(30));
+    out.assert_success("readelf -n");
+    out.stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("{} has no build ID:\n{}", path.display(), out.stdout))
+}

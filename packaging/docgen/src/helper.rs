@@ -3,7 +3,7 @@
 //! The helper itself has no clap: it reads `argv[1]` by hand, because docker
 //! runs it once per pull and its start-up time is on that path. This builder
 //! mirrors its usage text (`docker-credential-regauth --help`); the e2e test
-//! `helper_cli::the_docs_describe_every_helper_action` keeps the two equal.
+//! `packages::the_docs_describe_every_helper_action` keeps the two equal.
 
 use clap::{Arg, ArgAction, Command};
 

@@ -22,6 +22,7 @@ mod kubelet_plugin;
 mod node_identity;
 mod oauth2_client;
 mod operations;
+mod packages;
 mod push_pull;
 mod refresh_tokens;
 mod registry_tokens;
