@@ -28,6 +28,7 @@ mod password_check;
 pub mod policy;
 mod proto;
 pub mod registry_config;
+pub mod report;
 pub mod scope;
 pub mod secret;
 pub mod serve;

@@ -17,6 +17,7 @@ use regauth_token_server::http::{AppState, router};
 use regauth_token_server::identity::account::BCRYPT_COST;
 use regauth_token_server::keys::{self, Algorithm};
 use regauth_token_server::registry_config::{self, RegistryVersion};
+use regauth_token_server::report::Chain;
 use regauth_token_server::secret::{RandomError, random};
 use regauth_token_server::serve;
 use regauth_token_server::settings::Settings;
@@ -191,18 +192,6 @@ enum CliError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// An error and its causes on one line, for logs: `what: why: why`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn main() -> ExitCode {
@@ -432,7 +421,7 @@ async fn reload_on_hangup(
                 state.metrics().reload(false);
                 tracing::error!(
                     "config reload refused; the previous config keeps serving: {}",
-                    chain(&e)
+                    Chain(&e)
                 );
             }
             Err(e) => tracing::error!(error = %e, "config reload task failed"),

@@ -41,6 +41,8 @@ const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(3600);
 const DEFAULT_MAX_TOKEN_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Default minimum interval between issuer key refetches.
 const DEFAULT_JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
+/// Default longest time issuer keys are trusted without a refetch.
+const DEFAULT_JWKS_MAX_REFRESH: Duration = Duration::from_secs(300);
 /// Smallest accepted refresh secret.
 const MIN_SECRET_BYTES: usize = 32;
 
@@ -145,6 +147,7 @@ pub fn load_str(text: &str, base: &Path, name: &Path) -> Result<Settings, Config
 fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
     let basics = basics::basics(file, c);
     let tls = file.tls.as_ref().and_then(|t| tls::tls(t, c));
+    let certificates = tls::certificate_rules(file.tls.as_ref(), c);
     let keys = keys::signing_keys(file, c);
     let secret = keys::refresh_secret(file, c);
     let policy = Policy::new(
@@ -171,6 +174,7 @@ fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
         policy,
         limits,
         issuers,
+        certificates,
         tls,
     })
 }

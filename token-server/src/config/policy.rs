@@ -14,13 +14,14 @@ pub(super) fn rule(i: usize, r: &RuleEntry, c: &mut Check) -> Rule {
         "kubernetes" => Some(Kind::Kubernetes),
         "oidc" => Some(Kind::Oidc),
         "node" => Some(Kind::Node),
+        "certificate" => Some(Kind::Certificate),
         "anonymous" => Some(Kind::Anonymous),
         other => {
             c.fail(
                 key("kind"),
                 k,
                 format!(
-                    "unknown kind {other:?}; use account, kubernetes, oidc, node, anonymous or *"
+                    "unknown kind {other:?}; use account, kubernetes, oidc, node, certificate, anonymous or *"
                 ),
             );
             None
