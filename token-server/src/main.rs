@@ -45,6 +45,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the token server (the default).
+    #[command(override_usage = usage::SERVE)]
     ///
     /// Without --config it runs an embedded default: it listens on
     /// 127.0.0.1:5001, keeps its key and secrets in the data directory
@@ -52,11 +53,13 @@ enum Command {
     /// is printed once at first start or taken from REGAUTH_ADMIN_PASSWORD.
     Serve(ServeArgs),
     /// Validate a config file and report every problem with its line.
+    #[command(override_usage = usage::CHECK_CONFIG)]
     CheckConfig {
         /// The config file to check.
         #[arg(long)]
         config: PathBuf,
     },
+    #[command(override_usage = usage::REGISTRY_CONFIG)]
     /// Write what a registry needs to trust this server, and print the
     /// `auth.token` block for its config.yml.
     ///
@@ -77,6 +80,7 @@ enum Command {
         out: PathBuf,
     },
     /// Read a password on stdin and print a hash for the config's `accounts`.
+    #[command(override_usage = usage::HASH_PASSWORD)]
     HashPassword {
         /// Print an argon2id PHC string instead of a bcrypt hash.
         #[arg(long)]
@@ -94,6 +98,7 @@ enum Command {
 enum KeysCommand {
     /// Write a new private key (signing.key, PKCS#8, mode 0600) and its
     /// self-signed certificate (signing.crt) into a directory.
+    #[command(override_usage = usage::KEYS_GENERATE)]
     Generate {
         /// Signature algorithm.
         #[arg(long, value_enum, default_value = "ES256")]
@@ -105,6 +110,7 @@ enum KeysCommand {
         #[arg(long)]
         force: bool,
     },
+    #[command(override_usage = usage::KEYS_ROTATE)]
     /// Start a signing-key rotation: write a new key and certificate under
     /// a dated name (never overwriting) and print the three steps that
     /// follow: publish, sign, retire.
@@ -117,6 +123,7 @@ enum KeysCommand {
         out: PathBuf,
     },
     /// Write 32 random bytes (mode 0600) for `refresh_secret_file`.
+    #[command(override_usage = usage::KEYS_SECRET)]
     Secret {
         /// Output file.
         #[arg(long)]
@@ -149,6 +156,30 @@ enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// The usage line of each command, as the README's command table writes it
+/// (a test keeps the two in step).
+mod usage {
+    pub const SERVE: &str = "regauth-token-server serve [--config FILE] [--data-dir DIR] [--listen ADDR] [--log-format text|json]";
+    pub const CHECK_CONFIG: &str = "regauth-token-server check-config --config FILE";
+    pub const REGISTRY_CONFIG: &str = "regauth-token-server registry-config [--config FILE] [--data-dir DIR] --registry 2|3 --out DIR";
+    pub const HASH_PASSWORD: &str = "regauth-token-server hash-password [--argon2] [--cost N]";
+    pub const KEYS_GENERATE: &str =
+        "regauth-token-server keys generate [--alg ES256|RS256] --out DIR [--force]";
+    pub const KEYS_ROTATE: &str = "regauth-token-server keys rotate [--alg ES256|RS256] --out DIR";
+    pub const KEYS_SECRET: &str = "regauth-token-server keys secret --out FILE [--force]";
+    /// All of them.
+    #[cfg(test)]
+    pub const ALL: [&str; 7] = [
+        SERVE,
+        CHECK_CONFIG,
+        REGISTRY_CONFIG,
+        HASH_PASSWORD,
+        KEYS_GENERATE,
+        KEYS_ROTATE,
+        KEYS_SECRET,
+    ];
 }
 
 /// Errors of the command line; printed once, with their cause chain.
@@ -574,4 +605,32 @@ fn write_secret(out: &Path, force: bool) -> Result<(), CliError> {
     })?;
     println!("wrote {} (32 random bytes, mode 0600)", out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Before, `registry-config --help` printed `[OPTIONS] --registry ...`
+    /// while the README wrote `[--config FILE]`; both now say the same.
+    #[test]
+    fn usage_lines_match_the_readme_command_table() {
+        let readme = include_str!("../../README.md");
+        for usage in usage::ALL {
+            let row = usage
+                .trim_start_matches("regauth-token-server ")
+                .replace('|', "\\|");
+            assert!(
+                readme.contains(&format!("| `{row}` |")),
+                "README lacks the row for `{usage}`"
+            );
+        }
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("registry-config")
+            .map(|c| c.render_usage().to_string())
+            .unwrap_or_default();
+        assert!(help.contains(usage::REGISTRY_CONFIG), "{help}");
+    }
 }

@@ -48,6 +48,9 @@ pub(crate) struct ConfigFile {
     /// Ordered access rules.
     #[serde(default)]
     pub(crate) policy: Vec<RuleEntry>,
+    /// Actions of resource types other than the registry's own.
+    #[serde(default)]
+    pub(crate) resource_types: BTreeMap<String, S<Vec<String>>>,
     /// Request limits.
     #[serde(default)]
     pub(crate) limits: LimitsEntry,
