@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 mod authenticate;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod defaults;
