@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::defaults;
+use crate::identity::account::BCRYPT_COST;
 use crate::keys::Algorithm;
 use crate::registry_config::RegistryVersion;
 
@@ -38,6 +38,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the token server (the default).
+    #[command(override_usage = usage::SERVE)]
     ///
     /// Without --config it runs an embedded default: it listens on
     /// 127.0.0.1:5001, keeps its key and secrets in the data directory
@@ -45,11 +46,13 @@ pub enum Command {
     /// is printed once at first start or taken from REGAUTH_ADMIN_PASSWORD.
     Serve(ServeArgs),
     /// Validate a config file and report every problem with its line.
+    #[command(override_usage = usage::CHECK_CONFIG)]
     CheckConfig {
         /// The config file to check.
         #[arg(long)]
         config: PathBuf,
     },
+    #[command(override_usage = usage::REGISTRY_CONFIG)]
     /// Write what a registry needs to trust this server, and print the
     /// `auth.token` block for its config.yml.
     ///
@@ -70,12 +73,13 @@ pub enum Command {
         out: PathBuf,
     },
     /// Read a password on stdin and print a hash for the config's `accounts`.
+    #[command(override_usage = usage::HASH_PASSWORD)]
     HashPassword {
         /// Print an argon2id PHC string instead of a bcrypt hash.
         #[arg(long)]
         argon2: bool,
         /// bcrypt cost (4 to 31); each step doubles the work.
-        #[arg(long, default_value_t = defaults::BCRYPT_COST)]
+        #[arg(long, default_value_t = BCRYPT_COST)]
         cost: u32,
     },
     /// Create signing keys and secrets.
@@ -88,6 +92,7 @@ pub enum Command {
 pub enum KeysCommand {
     /// Write a new private key (signing.key, PKCS#8, mode 0600) and its
     /// self-signed certificate (signing.crt) into a directory.
+    #[command(override_usage = usage::KEYS_GENERATE)]
     Generate {
         /// Signature algorithm.
         #[arg(long, value_enum, default_value = "ES256")]
@@ -99,6 +104,7 @@ pub enum KeysCommand {
         #[arg(long)]
         force: bool,
     },
+    #[command(override_usage = usage::KEYS_ROTATE)]
     /// Start a signing-key rotation: write a new key and certificate under
     /// a dated name (never overwriting) and print the three steps that
     /// follow: publish, sign, retire.
@@ -111,6 +117,7 @@ pub enum KeysCommand {
         out: PathBuf,
     },
     /// Write 32 random bytes (mode 0600) for `refresh_secret_file`.
+    #[command(override_usage = usage::KEYS_SECRET)]
     Secret {
         /// Output file.
         #[arg(long)]
@@ -147,4 +154,57 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// The usage line of each command, as the README's command table writes it
+/// (a test keeps the two in step).
+pub mod usage {
+    #![allow(missing_docs)]
+    pub const SERVE: &str = "regauth-token-server serve [--config FILE] [--data-dir DIR] [--listen ADDR] [--log-format text|json]";
+    pub const CHECK_CONFIG: &str = "regauth-token-server check-config --config FILE";
+    pub const REGISTRY_CONFIG: &str = "regauth-token-server registry-config [--config FILE] [--data-dir DIR] --registry 2|3 --out DIR";
+    pub const HASH_PASSWORD: &str = "regauth-token-server hash-password [--argon2] [--cost N]";
+    pub const KEYS_GENERATE: &str =
+        "regauth-token-server keys generate [--alg ES256|RS256] --out DIR [--force]";
+    pub const KEYS_ROTATE: &str = "regauth-token-server keys rotate [--alg ES256|RS256] --out DIR";
+    pub const KEYS_SECRET: &str = "regauth-token-server keys secret --out FILE [--force]";
+    /// All of them.
+    #[cfg(test)]
+    pub const ALL: [&str; 7] = [
+        SERVE,
+        CHECK_CONFIG,
+        REGISTRY_CONFIG,
+        HASH_PASSWORD,
+        KEYS_GENERATE,
+        KEYS_ROTATE,
+        KEYS_SECRET,
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Before, `registry-config --help` printed `[OPTIONS] --registry ...`
+    /// while the README wrote `[--config FILE]`; both now say the same.
+    #[test]
+    fn usage_lines_match_the_readme_command_table() {
+        let readme = include_str!("../../README.md");
+        for usage in usage::ALL {
+            let row = usage
+                .trim_start_matches("regauth-token-server ")
+                .replace('|', "\\|");
+            assert!(
+                readme.contains(&format!("| `{row}` |")),
+                "README lacks the row for `{usage}`"
+            );
+        }
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("registry-config")
+            .map(|c| c.render_usage().to_string())
+            .unwrap_or_default();
+        assert!(help.contains(usage::REGISTRY_CONFIG), "{help}");
+    }
 }
