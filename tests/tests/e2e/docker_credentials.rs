@@ -23,6 +23,7 @@ fn pull_and_push_as_alice(output: Output) -> DockerWorld {
 
     // The helper exchanges alice's password once, before docker runs; from
     // then on the daemon holds only the refresh token it printed.
+    let checks_at_start = password_checks(&dw.world.server);
     let creds = helper.get_ok(&dw.world.registry.host());
     let expected_username = match output {
         Output::IdentityToken => IDENTITY_TOKEN_USERNAME,
@@ -30,6 +31,10 @@ fn pull_and_push_as_alice(output: Output) -> DockerWorld {
     };
     assert_eq!(creds.username, expected_username);
     let checks_before = password_checks(&dw.world.server);
+    assert!(
+        checks_before > checks_at_start,
+        "the helper's password exchange is counted, so the count below means something"
+    );
 
     assert_docker_ok(&cli.pull(&source), "docker pull alice/demo", &dw);
     let copy = dw.world.reference("alice/copy");
@@ -79,6 +84,11 @@ fn docker_pulls_and_pushes_through_cred_helpers_with_an_identity_token() {
         // With Username "<token>" the daemon uses the OAuth2 refresh grant.
         assert_eq!(log_field(line, "method").as_deref(), Some("POST"), "{line}");
         assert_eq!(
+            log_field(line, "grant").as_deref(),
+            Some("refresh_token"),
+            "{line}"
+        );
+        assert_eq!(
             log_field(line, "kind").as_deref(),
             Some("account"),
             "{line}"
@@ -109,6 +119,7 @@ fn docker_pulls_and_pushes_through_cred_helpers_with_the_password_form() {
     );
     for line in &grants {
         assert_eq!(log_field(line, "sub").as_deref(), Some("alice"), "{line}");
+        assert_eq!(log_field(line, "grant").as_deref(), Some("basic"), "{line}");
     }
 }
 

@@ -66,7 +66,7 @@ fn docker_login_without_the_helper_stores_a_refresh_token_never_the_password() {
     assert_eq!(password_checks(&dw.world.server), checks, "{}", dw.logs());
     assert!(
         daemon_grants(&dw.world.server).iter().any(|l| {
-            log_field(l, "method").as_deref() == Some("POST")
+            log_field(l, "grant").as_deref() == Some("refresh_token")
                 && log_field(l, "granted").is_some_and(|g| g.contains("alice/demo:pull"))
         }),
         "{}",
