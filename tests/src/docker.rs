@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use crate::bins::credential_helper_bin;
 use crate::credential_helper::HelperEnv;
-use crate::process::{ChildGuard, CmdOutput, Readiness, run, run_with_stdin, wait_ready};
+use crate::process::{
+    ChildGuard, CmdOutput, PROXY_VARS, Readiness, run, run_with_stdin, wait_ready,
+};
 use crate::tools::require_tool;
 
 /// How long dockerd gets to answer on its socket (it starts containerd first).
@@ -283,16 +285,6 @@ fn run_quietly(mut cmd: Command, timeout: Duration) -> String {
     }
     out
 }
-
-/// Proxy variables no test command may inherit: the registry is on loopback.
-pub const PROXY_VARS: [&str; 6] = [
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-];
 
 /// The `docker` CLI for one daemon, with its own `DOCKER_CONFIG` directory.
 #[derive(Debug, Clone)]

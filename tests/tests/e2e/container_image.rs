@@ -14,7 +14,7 @@ use regauth_e2e::container_image::{
 };
 use regauth_e2e::credential_helper::audit::log_field;
 use regauth_e2e::dns::Dnsmasq;
-use regauth_e2e::docker::Dockerd;
+use regauth_e2e::docker::{DockerCli, Dockerd};
 use regauth_e2e::net::free_port;
 use regauth_e2e::oci::{build_oci_image, sha256_digest};
 use regauth_e2e::oidc_issuer::OidcIssuer;
@@ -78,6 +78,14 @@ fn elf_interpreter(elf: &[u8]) -> Option<String> {
                 .to_owned()
         })
     })
+}
+
+/// A private daemon under `dir` holding the image, and a CLI for it.
+fn daemon_with_image(dir: &std::path::Path) -> (Dockerd, DockerCli) {
+    let daemon = Dockerd::start(dir);
+    build_image(&daemon, TAG);
+    let cli = daemon.cli(&dir.join("cli"));
+    (daemon, cli)
 }
 
 /// Polls `GET url` until it answers `status`, or panics with `logs()`.
@@ -251,9 +259,7 @@ fn image_is_static_non_root_labelled_and_the_same_from_two_daemons() {
 #[test]
 fn image_serves_a_registry_with_its_embedded_default_as_a_non_root_user() {
     let temp = temp_dir();
-    let daemon = Dockerd::start(temp.path());
-    build_image(&daemon, TAG);
-    let cli = daemon.cli(&temp.path().join("cli"));
+    let (_daemon, cli) = daemon_with_image(temp.path());
     let data = owned_dir(&temp.path().join("data"));
     let data_arg = format!("{}:/data", data.display());
     let port = free_port();
@@ -351,9 +357,7 @@ fn image_serves_a_registry_with_its_embedded_default_as_a_non_root_user() {
 #[test]
 fn image_resolves_an_issuers_host_name_through_dns() {
     let temp = temp_dir();
-    let daemon = Dockerd::start(temp.path());
-    build_image(&daemon, TAG);
-    let cli = daemon.cli(&temp.path().join("cli"));
+    let (_daemon, cli) = daemon_with_image(temp.path());
 
     // An issuer known by name only: DNS says where it is.
     let issuer = OidcIssuer::start();

@@ -1,6 +1,7 @@
-//! What the Docker Engine tests share: a world whose policy lets anyone pull
-//! `public/`, a private dockerd beside it, helper setups for an account, and
-//! readers for what the daemon did at the token server.
+//! What the Docker Engine tests share: a world with the credential helper
+//! tests' policy (alice publishes `public/`, anyone pulls it, each account
+//! owns its namespace), a private dockerd beside it, helper setups for an
+//! account, and readers for what the daemon did at the token server.
 
 use regauth_e2e::World;
 use regauth_e2e::credential_helper::audit::{audit_lines, log_field};
@@ -10,26 +11,10 @@ use regauth_e2e::ops::{metric, metrics};
 use regauth_e2e::token_server::TokenServer;
 use serde_json::{Value, json};
 
+use crate::credential_helper_common::POLICY;
+
 /// The `client_id` the Docker daemon sends to the token server.
 pub const DOCKER_CLIENT_ID: &str = "docker";
-
-/// alice publishes `public/`, anyone pulls it, each account owns its
-/// namespace; nothing else is granted.
-pub const POLICY: &str = r#"policy:
-  - comment: alice publishes public/
-    kind: account
-    name: alice
-    resource: "public/**"
-    actions: ["*"]
-  - comment: anyone pulls public/
-    kind: anonymous
-    resource: "public/**"
-    actions: [pull]
-  - comment: each account owns its namespace
-    kind: account
-    resource: "${name}/**"
-    actions: ["*"]
-"#;
 
 /// A world (token server, registry) with [`POLICY`] and a private dockerd.
 /// The daemon drops first, so its containers go before the registry does.
@@ -72,6 +57,14 @@ impl DockerWorld {
     /// `config.json` naming the helper in `credHelpers` for this registry.
     pub fn cred_helpers_config(&self) -> Value {
         json!({ "credHelpers": { self.world.registry.host(): "regauth" } })
+    }
+
+    /// A docker CLI whose `config.json` names `helper` in `credHelpers` for
+    /// this registry.
+    pub fn cli_with_cred_helpers(&self, helper: &HelperEnv) -> DockerCli {
+        let cli = self.cli(helper);
+        cli.write_config(&self.cred_helpers_config());
+        cli
     }
 
     /// Pushes a fresh image to `repo` with skopeo as `user` (password),

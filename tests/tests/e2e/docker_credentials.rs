@@ -18,8 +18,7 @@ fn pull_and_push_as_alice(output: Output) -> DockerWorld {
     let dw = DockerWorld::start();
     let source = dw.seed("alice", "alice/demo");
     let helper = dw.helper_for("alice", output);
-    let cli = dw.cli(&helper);
-    cli.write_config(&dw.cred_helpers_config());
+    let cli = dw.cli_with_cred_helpers(&helper);
 
     // The helper exchanges alice's password once, before docker runs; from
     // then on the daemon holds only the refresh token it printed.
@@ -187,8 +186,7 @@ fn docker_push_into_another_accounts_repository_is_denied_with_the_registrys_mes
     let dw = DockerWorld::start();
     let source = dw.seed("alice", "alice/demo");
     let helper = dw.helper_for("alice", Output::IdentityToken);
-    let cli = dw.cli(&helper);
-    cli.write_config(&dw.cred_helpers_config());
+    let cli = dw.cli_with_cred_helpers(&helper);
     assert_docker_ok(&cli.pull(&source), "docker pull alice/demo", &dw);
 
     let target = dw.world.reference("bob/stolen");

@@ -89,8 +89,7 @@ fn docker_login_with_the_helper_configured_keeps_nothing_and_pulls_use_the_helpe
     let bobs = dw.seed("bob", "bob/demo");
     // The helper's identity for this registry is bob.
     let helper = dw.helper_for("bob", Output::IdentityToken);
-    let cli = dw.cli(&helper);
-    cli.write_config(&dw.cred_helpers_config());
+    let cli = dw.cli_with_cred_helpers(&helper);
     let host = dw.world.registry.host();
 
     // Logging in as alice works: the daemon checks the password at the token
@@ -138,8 +137,7 @@ fn docker_logout_erases_the_helpers_cached_credential() {
     let dw = DockerWorld::start();
     let source = dw.seed("alice", "alice/demo");
     let helper = dw.helper_for("alice", Output::IdentityToken);
-    let cli = dw.cli(&helper);
-    cli.write_config(&dw.cred_helpers_config());
+    let cli = dw.cli_with_cred_helpers(&helper);
     let host = dw.world.registry.host();
 
     assert_docker_ok(&cli.pull(&source), "first docker pull", &dw);
