@@ -219,18 +219,47 @@ impl HelperEnv {
         parse_get(&self.get(server_url), &format!("get {server_url:?}"))
     }
 
-    /// The credential files (`*.json`) in the cache directory.
-    pub fn cache_files(&self) -> Vec<PathBuf> {
+    /// The files in the cache directory whose extension is `ext`, sorted.
+    fn files_ending(&self, ext: &str) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(&self.cache_dir) else {
             return Vec::new();
         };
         let mut files: Vec<PathBuf> = entries
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter(|p| p.extension().is_some_and(|x| x == ext))
             .collect();
         files.sort();
         files
+    }
+
+    /// The credential files (`*.json`) in the cache directory.
+    pub fn cache_files(&self) -> Vec<PathBuf> {
+        self.files_ending("json")
+    }
+
+    /// The temporary files (`.KEY.PID.tmp`) in the cache directory: writes
+    /// in progress, or left behind by an invocation killed mid-write.
+    pub fn temp_files(&self) -> Vec<PathBuf> {
+        self.files_ending("tmp")
+    }
+
+    /// Starts `get` for `server_url` without waiting for it (stdout and
+    /// stderr discarded), for tests that kill it midway.
+    pub fn spawn_get(&self, server_url: &str) -> std::process::Child {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = self
+            .command(&["get"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn docker-credential-regauth get");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        // The helper may already be dead (killed): a broken pipe is fine.
+        let _ = stdin.write_all(server_url.as_bytes());
+        child
     }
 
     /// The single credential file in the cache; panics unless there is exactly one.
@@ -275,6 +304,23 @@ pub fn read_cache_file(path: &Path) -> (serde_json::Value, CacheTimes) {
         expires_at: field("expires_at"),
     };
     (value, times)
+}
+
+/// True when `path` holds a whole cache entry in the helper's format: a
+/// JSON object with a non-empty `refresh_token` and integer `issued_at` and
+/// `expires_at`, the first before the second. A half-written file is not.
+pub fn is_whole_cache_file(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
+    let token = value["refresh_token"].as_str().unwrap_or_default();
+    match (value["issued_at"].as_u64(), value["expires_at"].as_u64()) {
+        (Some(issued), Some(expires)) => !token.is_empty() && issued < expires,
+        _ => false,
+    }
 }
 
 /// Rewrites a cache file's `issued_at` and `expires_at`, keeping its token,
