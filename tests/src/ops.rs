@@ -281,16 +281,21 @@ pub fn access_token(client: &TokenClient, user: &str, password: &str, scope: &st
 // ---------------------------------------------------------------------------
 // Metrics
 
-/// `GET /metrics` (asserting 200 and the Prometheus content type).
+/// `GET /metrics` (asserting 200, the OpenMetrics content type, and the
+/// closing `# EOF` the format requires).
 pub fn metrics(client: &TokenClient) -> String {
     let reply = send(client.http().get(format!("{}/metrics", client.base_url())));
     assert_eq!(reply.status, 200, "GET /metrics: {}", reply.body);
     assert!(
         reply
             .header("content-type")
-            .is_some_and(|c| c.starts_with("text/plain")),
+            .is_some_and(|c| c.starts_with("application/openmetrics-text")),
         "GET /metrics content type: {:?}",
         reply.header("content-type")
+    );
+    assert!(
+        reply.body.ends_with("# EOF\n"),
+        "GET /metrics ends with # EOF"
     );
     reply.body
 }

@@ -5,22 +5,24 @@
 //! adds: claims serialization, policy decisions, and the refresh-token check.
 //! Compare each against the baseline measured in the same run.
 
+// A benchmark whose setup fails should stop loudly, like a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use regauth_token_server::identity::{Kind, Principal};
-use regauth_token_server::issue::access_token;
 use regauth_token_server::keys::{Algorithm, SigningKey, generate};
 use regauth_token_server::policy::{Actions, Glob, Policy, Rule, granted};
-use regauth_token_server::refresh::RefreshTokens;
 use regauth_token_server::scope::{Scope, parse_all};
-use regauth_token_server::secret::Secret;
+use regauth_token_server::token::access::access_token;
+use regauth_token_server::token::refresh::RefreshTokens;
 
 fn key(alg: Algorithm) -> (tempfile::TempDir, SigningKey) {
     let dir = tempfile::tempdir().unwrap();
-    let g = generate(alg, "bench", SystemTime::now()).unwrap();
+    let g = generate(alg, "bench", regauth_token_server::clock::now()).unwrap();
     std::fs::write(dir.path().join("k"), g.key_pem).unwrap();
     std::fs::write(dir.path().join("c"), g.cert_pem).unwrap();
     let k = SigningKey::load(&dir.path().join("k"), &dir.path().join("c"), false).unwrap();
@@ -57,8 +59,8 @@ fn bench(c: &mut Criterion) {
         attributes: BTreeMap::new(),
     };
     let policy = policy();
-    let now = SystemTime::now();
-    let refresh = RefreshTokens::new("regauth", &Secret::new(vec![1; 32]));
+    let now = regauth_token_server::clock::now();
+    let refresh = RefreshTokens::new("regauth", &[1; 32]);
     let (refresh_token, _) = refresh
         .issue(&principal, None, Duration::from_secs(3600), now)
         .unwrap();
@@ -85,7 +87,9 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("refresh_verify_plus_access_token_es256", |b| {
         b.iter(|| {
-            let claims = refresh.verify(black_box(&refresh_token), now).unwrap();
+            let claims = refresh
+                .verify(black_box(refresh_token.expose()), now)
+                .unwrap();
             let scopes: Vec<Scope> = parse_all(["repository:alice/app:pull,push"], 32).unwrap();
             let grants = granted(&policy.decide(&claims.principal, &scopes));
             access_token(

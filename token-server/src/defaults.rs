@@ -6,16 +6,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::identity::account::BCRYPT_COST;
 use crate::keys::{self, Algorithm};
+use crate::secret::{RandomError, random};
 
 /// The embedded config; its paths are relative to the data directory.
 pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");
 
 /// Name of the single default account.
 pub const ADMIN: &str = "admin";
-
-/// bcrypt cost for hashes this server writes.
-pub const BCRYPT_COST: u32 = 10;
 
 /// Why the data directory could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +23,7 @@ pub enum DefaultsError {
     #[error("cannot choose a data directory: set --data-dir or REGAUTH_DATA_DIR")]
     NoDataDir,
     /// A file could not be created.
-    #[error("{path}: {source}")]
+    #[error("cannot create {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -36,8 +35,11 @@ pub enum DefaultsError {
     #[error(transparent)]
     Key(#[from] keys::KeyError),
     /// Hashing the admin password failed.
-    #[error("hashing the admin password failed: {0}")]
-    Hash(String),
+    #[error("hashing the admin password failed")]
+    Hash(#[source] bcrypt::BcryptError),
+    /// No random bytes for the refresh secret or the admin password.
+    #[error(transparent)]
+    Random(#[from] RandomError),
 }
 
 /// The data directory: the explicit one, else `$XDG_DATA_HOME/regauth`,
@@ -89,37 +91,32 @@ pub fn prepare(
 
     let secret = dir.join("refresh.secret");
     if !secret.exists() {
-        let mut bytes = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut bytes)
-            .map_err(|_| DefaultsError::Hash("system RNG failed".into()))?;
-        write_private(&secret, &bytes).map_err(io(&secret))?;
+        write_private(&secret, &random::<32>()?).map_err(io(&secret))?;
     }
 
     let htpasswd = dir.join("htpasswd");
     let password = match admin_password {
         Some(p) => Some(p.to_owned()),
         None if !htpasswd.exists() => {
-            let p = random_password();
+            let p = random_password()?;
             prepared.generated_admin_password = Some(p.clone());
             Some(p)
         }
         None => None,
     };
     if let Some(p) = password {
-        let hash = bcrypt::hash(p, BCRYPT_COST).map_err(|e| DefaultsError::Hash(e.to_string()))?;
+        let hash = bcrypt::hash(p, BCRYPT_COST).map_err(DefaultsError::Hash)?;
         write_private(&htpasswd, format!("{ADMIN}:{hash}\n").as_bytes()).map_err(io(&htpasswd))?;
     }
     Ok(prepared)
 }
 
 /// 24 characters from a 62-letter alphabet: about 143 bits.
-fn random_password() -> String {
+fn random_password() -> Result<String, RandomError> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut out = String::with_capacity(24);
     while out.len() < 24 {
-        let mut b = [0u8; 32];
-        // The system RNG failing means the machine cannot do crypto at all.
-        aws_lc_rs::rand::fill(&mut b).expect("system RNG failed");
+        let b = random::<32>()?;
         // Rejection sampling keeps the distribution uniform.
         out.extend(
             b.iter()
@@ -128,7 +125,7 @@ fn random_password() -> String {
                 .take(24 - out.len()),
         );
     }
-    out
+    Ok(out)
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -173,7 +170,7 @@ mod tests {
     fn first_start_creates_private_files_and_reuses_them() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let first = prepare(&data, None, SystemTime::now()).unwrap();
+        let first = prepare(&data, None, crate::clock::now()).unwrap();
         let password = first
             .generated_admin_password
             .expect("a password on first start");
@@ -188,7 +185,7 @@ mod tests {
             assert_eq!(mode, 0o600, "{f}");
         }
         let key_before = std::fs::read(data.join("signing.key")).unwrap();
-        let second = prepare(&data, None, SystemTime::now()).unwrap();
+        let second = prepare(&data, None, crate::clock::now()).unwrap();
         assert!(second.generated_admin_password.is_none());
         assert!(!second.created_key);
         assert_eq!(std::fs::read(data.join("signing.key")).unwrap(), key_before);
@@ -207,8 +204,8 @@ mod tests {
     #[test]
     fn password_from_environment_replaces_the_generated_one() {
         let dir = tempfile::tempdir().unwrap();
-        prepare(dir.path(), None, SystemTime::now()).unwrap();
-        let p = prepare(dir.path(), Some("from-env"), SystemTime::now()).unwrap();
+        prepare(dir.path(), None, crate::clock::now()).unwrap();
+        let p = prepare(dir.path(), Some("from-env"), crate::clock::now()).unwrap();
         assert!(p.generated_admin_password.is_none());
         let settings =
             crate::config::load_str(DEFAULT_CONFIG, dir.path(), Path::new("embedded")).unwrap();

@@ -44,7 +44,7 @@ impl Algorithm {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// The file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -76,9 +76,12 @@ pub enum KeyError {
         /// The key file.
         key: PathBuf,
     },
-    /// Key generation or certificate creation failed.
-    #[error("key generation failed: {0}")]
-    Generate(String),
+    /// The crypto library could not generate or encode a key.
+    #[error("key generation failed")]
+    Generate(#[source] aws_lc_rs::error::Unspecified),
+    /// The self-signed certificate could not be made.
+    #[error("creating the key's certificate failed")]
+    Certificate(#[source] rcgen::Error),
     /// The crypto library refused to sign.
     #[error("signing failed")]
     Sign,
@@ -361,36 +364,40 @@ pub fn generate(
     common_name: &str,
     now: SystemTime,
 ) -> Result<GeneratedKey, KeyError> {
-    let err = |e: &dyn std::fmt::Display| KeyError::Generate(e.to_string());
     let pkcs8 = match alg {
         Algorithm::Es256 => {
-            let k =
-                EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).map_err(|e| err(&e))?;
-            k.to_pkcs8v1().map_err(|e| err(&e))?.as_ref().to_vec()
+            let k = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
+                .map_err(KeyError::Generate)?;
+            k.to_pkcs8v1()
+                .map_err(KeyError::Generate)?
+                .as_ref()
+                .to_vec()
         }
         Algorithm::Rs256 => {
-            let k = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(|e| err(&e))?;
+            let k = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                .map_err(KeyError::Generate)?;
             AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&k)
-                .map_err(|e| err(&e))?
+                .map_err(KeyError::Generate)?
                 .as_ref()
                 .to_vec()
         }
     };
+    let err = KeyError::Certificate;
     let sig_alg = match alg {
         Algorithm::Es256 => &rcgen::PKCS_ECDSA_P256_SHA256,
         Algorithm::Rs256 => &rcgen::PKCS_RSA_SHA256,
     };
     let pkcs8_der = PrivatePkcs8KeyDer::from(pkcs8);
     let key_pair =
-        rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8_der, sig_alg).map_err(|e| err(&e))?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| err(&e))?;
+        rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8_der, sig_alg).map_err(err)?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, common_name);
     // Back-date a little so a registry whose clock is behind still accepts it.
     params.not_before = (now - Duration::from_secs(3600)).into();
     params.not_after = (now + GENERATED_CERT_VALIDITY).into();
-    let cert = params.self_signed(&key_pair).map_err(|e| err(&e))?;
+    let cert = params.self_signed(&key_pair).map_err(err)?;
     Ok(GeneratedKey {
         key_pem: key_pair.serialize_pem(),
         cert_pem: cert.pem(),
@@ -417,7 +424,7 @@ mod tests {
     }
 
     fn write_key(dir: &Path, alg: Algorithm) -> (PathBuf, PathBuf) {
-        let g = generate(alg, "test", SystemTime::now()).unwrap();
+        let g = generate(alg, "test", crate::clock::now()).unwrap();
         let (k, c) = (dir.join("k.pem"), dir.join("c.pem"));
         std::fs::write(&k, g.key_pem).unwrap();
         std::fs::write(&c, g.cert_pem).unwrap();
@@ -495,7 +502,7 @@ mod tests {
     fn mismatched_certificate_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let (k, _) = write_key(dir.path(), Algorithm::Es256);
-        let other = generate(Algorithm::Es256, "other", SystemTime::now()).unwrap();
+        let other = generate(Algorithm::Es256, "other", crate::clock::now()).unwrap();
         let c2 = dir.path().join("other.pem");
         std::fs::write(&c2, other.cert_pem).unwrap();
         assert!(matches!(

@@ -7,15 +7,19 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use regauth_token_server::config::{self, Settings};
+use regauth_token_server::clock;
+use regauth_token_server::config;
 use regauth_token_server::defaults::{self, write_private};
 use regauth_token_server::http::{AppState, router};
+use regauth_token_server::identity::account::BCRYPT_COST;
 use regauth_token_server::keys::{self, Algorithm};
 use regauth_token_server::registry_config::{self, RegistryVersion};
+use regauth_token_server::secret::{RandomError, random};
 use regauth_token_server::serve;
+use regauth_token_server::settings::Settings;
 use regauth_token_server::tls::TlsReloader;
 
 /// OAuth2 bearer token server for container registries.
@@ -77,7 +81,7 @@ enum Command {
         #[arg(long)]
         argon2: bool,
         /// bcrypt cost (4 to 31); each step doubles the work.
-        #[arg(long, default_value_t = defaults::BCRYPT_COST)]
+        #[arg(long, default_value_t = BCRYPT_COST)]
         cost: u32,
     },
     /// Create signing keys and secrets.
@@ -157,8 +161,48 @@ enum CliError {
     Key(#[from] keys::KeyError),
     #[error(transparent)]
     Registry(#[from] registry_config::WriteError),
-    #[error("{0}")]
-    Other(String),
+    #[error(transparent)]
+    Random(#[from] RandomError),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("the server failed")]
+    Serve(#[source] std::io::Error),
+    #[error("cannot read the password from stdin")]
+    Stdin(#[source] std::io::Error),
+    #[error("no password on stdin")]
+    NoPassword,
+    #[error("bcrypt cost must be between 4 and 31, not {0}")]
+    BcryptCost(u32),
+    #[error("hashing the password failed")]
+    Bcrypt(#[source] bcrypt::BcryptError),
+    #[error("hashing the password failed: {0}")]
+    Argon2(argon2::password_hash::Error),
+    #[error("{} exists; pass --force to replace it", .0.display())]
+    Exists(PathBuf),
+    #[error("cannot write {}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An error and its causes on one line, for logs: `what: why: why`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 fn main() -> ExitCode {
@@ -212,7 +256,7 @@ fn load(
     let admin = std::env::var("REGAUTH_ADMIN_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());
-    let prepared = defaults::prepare(&dir, admin.as_deref(), SystemTime::now())?;
+    let prepared = defaults::prepare(&dir, admin.as_deref(), clock::now())?;
     if let Some(out) = first_start {
         *out = prepared;
     }
@@ -257,7 +301,7 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
+        .map_err(CliError::Runtime)?;
     runtime.block_on(run(settings, source))
 }
 
@@ -318,10 +362,11 @@ async fn run(settings: Settings, source: Source) -> Result<(), CliError> {
     let listen = settings.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| CliError::Other(format!("cannot listen on {listen}: {e}")))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| CliError::Other(e.to_string()))?;
+        .map_err(|source| CliError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(CliError::Serve)?;
     tracing::info!(
         addr = %local,
         kid = settings.keys.current().kid(),
@@ -331,16 +376,13 @@ async fn run(settings: Settings, source: Source) -> Result<(), CliError> {
         "listening on {}://{local}",
         if settings.tls.is_some() { "https" } else { "http" }
     );
-    let tls = match (&settings.tls, &settings.tls_files) {
-        (Some(config), Some(files)) => {
-            let reloader = TlsReloader::new(files.clone(), Arc::clone(config));
-            reloader.watch(TLS_POLL);
-            Some(reloader)
-        }
-        _ => None,
-    };
+    let tls = settings.tls.as_ref().map(|t| {
+        let reloader = TlsReloader::new(t);
+        reloader.watch(TLS_POLL);
+        reloader
+    });
     let limits = settings.limits;
-    let state = AppState::new(settings, SystemTime::now);
+    let state = AppState::new(settings, clock::now);
     tokio::spawn(reload_on_hangup(
         Arc::clone(&state),
         tls.clone(),
@@ -349,7 +391,7 @@ async fn run(settings: Settings, source: Source) -> Result<(), CliError> {
     ));
     serve::serve(listener, tls, router(state), limits, shutdown_signal())
         .await
-        .map_err(|e| CliError::Other(format!("server error: {e}")))?;
+        .map_err(CliError::Serve)?;
     tracing::info!("shut down");
     Ok(())
 }
@@ -376,21 +418,22 @@ async fn reload_on_hangup(
                 if settings.listen != listen {
                     tracing::warn!(new = %settings.listen, "a new listen address takes effect only on restart");
                 }
-                match (&tls, &settings.tls, &settings.tls_files) {
-                    (Some(reloader), Some(config), Some(files)) => {
-                        reloader.replace(Arc::clone(config), files.clone())
-                    }
-                    (None, None, _) => {}
+                match (&tls, &settings.tls) {
+                    (Some(reloader), Some(new)) => reloader.replace(new),
+                    (None, None) => {}
                     _ => tracing::warn!("turning TLS on or off takes effect only on restart"),
                 }
                 let kid = settings.keys.current().kid().to_owned();
                 state.replace_settings(settings);
-                state.metrics().reload("ok");
+                state.metrics().reload(true);
                 tracing::info!(kid, "config reloaded");
             }
             Ok(Err(e)) => {
-                state.metrics().reload("rejected");
-                tracing::error!("config reload refused; the previous config keeps serving: {e}");
+                state.metrics().reload(false);
+                tracing::error!(
+                    "config reload refused; the previous config keeps serving: {}",
+                    chain(&e)
+                );
             }
             Err(e) => tracing::error!(error = %e, "config reload task failed"),
         }
@@ -434,32 +477,27 @@ fn hash_password(argon2: bool, cost: u32) -> Result<(), CliError> {
     std::io::stdin()
         .take(4096)
         .read_to_string(&mut input)
-        .map_err(|e| CliError::Other(format!("reading the password from stdin: {e}")))?;
+        .map_err(CliError::Stdin)?;
     let password = input
         .strip_suffix('\n')
         .map(|p| p.strip_suffix('\r').unwrap_or(p))
         .unwrap_or(&input);
     if password.is_empty() {
-        return Err(CliError::Other("no password on stdin".into()));
+        return Err(CliError::NoPassword);
     }
     let hash = if argon2 {
         use argon2::PasswordHasher;
-        let mut salt = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut salt)
-            .map_err(|_| CliError::Other("system RNG failed".into()))?;
-        let salt = argon2::password_hash::SaltString::encode_b64(&salt)
-            .map_err(|e| CliError::Other(e.to_string()))?;
+        let salt = argon2::password_hash::SaltString::encode_b64(&random::<16>()?)
+            .map_err(CliError::Argon2)?;
         argon2::Argon2::default()
             .hash_password(password.as_bytes(), &salt)
-            .map_err(|e| CliError::Other(e.to_string()))?
+            .map_err(CliError::Argon2)?
             .to_string()
     } else {
         if !(4..=31).contains(&cost) {
-            return Err(CliError::Other(
-                "bcrypt cost must be between 4 and 31".into(),
-            ));
+            return Err(CliError::BcryptCost(cost));
         }
-        bcrypt::hash(password, cost).map_err(|e| CliError::Other(e.to_string()))?
+        bcrypt::hash(password, cost).map_err(CliError::Bcrypt)?
     };
     println!("{hash}");
     Ok(())
@@ -467,10 +505,7 @@ fn hash_password(argon2: bool, cost: u32) -> Result<(), CliError> {
 
 fn refuse_overwrite(path: &Path, force: bool) -> Result<(), CliError> {
     if path.exists() && !force {
-        return Err(CliError::Other(format!(
-            "{} exists; pass --force to replace it",
-            path.display()
-        )));
+        return Err(CliError::Exists(path.to_owned()));
     }
     Ok(())
 }
@@ -492,12 +527,12 @@ fn write_key_pair(
     );
     refuse_overwrite(&key, force)?;
     refuse_overwrite(&cert, force)?;
-    std::fs::create_dir_all(out).map_err(|e| CliError::Other(format!("{}: {e}", out.display())))?;
-    let g = keys::generate(alg, "regauth token signing", SystemTime::now())?;
     let io = |p: &Path| {
-        let p = p.to_owned();
-        move |e: std::io::Error| CliError::Other(format!("{}: {e}", p.display()))
+        let path = p.to_owned();
+        move |source| CliError::Write { path, source }
     };
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let g = keys::generate(alg, "regauth token signing", clock::now())?;
     write_private(&cert, g.cert_pem.as_bytes()).map_err(io(&cert))?;
     write_private(&key, g.key_pem.as_bytes()).map_err(io(&key))?;
     let loaded = keys::SigningKey::load(&key, &cert, false)?;
@@ -513,7 +548,7 @@ fn write_key_pair(
 }
 
 fn rotate_keys(alg: Algorithm, out: &Path) -> Result<(), CliError> {
-    let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
+    let stamp = humantime::format_rfc3339_seconds(clock::now())
         .to_string()
         .replace([':', '-'], "");
     let stem = format!("signing-{}", stamp.trim_end_matches('Z'));
@@ -544,9 +579,10 @@ they survive a signing-key rotation.",
 
 fn write_secret(out: &Path, force: bool) -> Result<(), CliError> {
     refuse_overwrite(out, force)?;
-    let mut bytes = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| CliError::Other("system RNG failed".into()))?;
-    write_private(out, &bytes).map_err(|e| CliError::Other(format!("{}: {e}", out.display())))?;
+    write_private(out, &random::<32>()?).map_err(|source| CliError::Write {
+        path: out.to_owned(),
+        source,
+    })?;
     println!("wrote {} (32 random bytes, mode 0600)", out.display());
     Ok(())
 }

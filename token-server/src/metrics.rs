@@ -1,174 +1,319 @@
-//! Counters and a latency histogram, rendered in the Prometheus text format
-//! at `/metrics`. A handful of series does not justify a metrics framework.
+//! Process metrics, exposed at `/metrics` in the OpenMetrics text format
+//! through `prometheus-client`, which owns escaping and the histogram
+//! conventions.
+//!
+//! Every series a request touches is created at start-up and held as a
+//! handle, so the hot path is one atomic increment: no map lookup, no lock.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::{Registry, Unit};
+
+/// The endpoints with their own `endpoint` label; anything else is `other`,
+/// so random paths cannot grow the series without bound.
+pub const ENDPOINTS: [&str; 7] = [
+    "/token",
+    "/.well-known/jwks.json",
+    "/.well-known/oauth-authorization-server",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "other",
+];
+
+/// Request outcomes, by status class.
+const OUTCOMES: [&str; 6] = [
+    "ok",
+    "unauthorized",
+    "too_large",
+    "rate_limited",
+    "client_error",
+    "server_error",
+];
 
 /// Upper bounds (seconds) of the issuance latency histogram.
 const BUCKETS: [f64; 11] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
-/// Process-wide metrics.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    auth_failures: Mutex<BTreeMap<&'static str, u64>>,
-    issue_buckets: [AtomicU64; BUCKETS.len()],
-    issue_count: AtomicU64,
-    issue_sum_micros: AtomicU64,
-    password_cache_hits: AtomicU64,
-    password_cache_misses: AtomicU64,
-    reloads: Mutex<BTreeMap<&'static str, u64>>,
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: &'static str,
+    outcome: &'static str,
 }
 
-fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
-    *map.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(key)
-        .or_insert(0) += 1;
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerLabels {
+    issuer: Escaped,
+}
+
+/// A label value escaped as the exposition format requires (`\\`, `\"`,
+/// `\n`): the client library writes label values as they are, and issuer
+/// names come from the config.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct Escaped(String);
+
+impl EncodeLabelValue for Escaped {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Process-wide metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `[endpoint][outcome]`, created up front.
+    requests: Vec<[Counter; OUTCOMES.len()]>,
+    auth_failures: Family<ReasonLabels, Counter>,
+    issue: Histogram,
+    password_cache: [Counter; 2],
+    reloads: [Counter; 2],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
-    /// Counts a finished request by endpoint and outcome.
-    pub fn request(&self, endpoint: &'static str, outcome: &'static str) {
-        bump(&self.requests, (endpoint, outcome));
+    /// Registers every series.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests_family = Family::<RequestLabels, Counter>::default();
+        let requests = ENDPOINTS
+            .iter()
+            .map(|&endpoint| {
+                OUTCOMES.map(|outcome| {
+                    requests_family
+                        .get_or_create(&RequestLabels { endpoint, outcome })
+                        .clone()
+                })
+            })
+            .collect();
+        registry.register(
+            "regauth_requests",
+            "HTTP requests by endpoint and outcome",
+            requests_family,
+        );
+        let auth_failures = Family::default();
+        registry.register(
+            "regauth_auth_failures",
+            "Failed authentications by reason",
+            auth_failures.clone(),
+        );
+        let issue = Histogram::default();
+        registry.register_with_unit(
+            "regauth_token_issue",
+            "Time to decide and sign one access token",
+            Unit::Seconds,
+            issue.clone(),
+        );
+        let cache_family = Family::<ResultLabels, Counter>::default();
+        let password_cache = ["hit", "miss"]
+            .map(|result| cache_family.get_or_create(&ResultLabels { result }).clone());
+        registry.register(
+            "regauth_password_cache",
+            "Password checks by cache result",
+            cache_family,
+        );
+        let reload_family = Family::<OutcomeLabels, Counter>::default();
+        let reloads = ["ok", "rejected"].map(|outcome| {
+            reload_family
+                .get_or_create(&OutcomeLabels { outcome })
+                .clone()
+        });
+        registry.register(
+            "regauth_config_reloads",
+            "Config reloads by outcome",
+            reload_family,
+        );
+        Metrics {
+            registry,
+            requests,
+            auth_failures,
+            issue,
+            password_cache,
+            reloads,
+        }
+    }
+
+    /// Counts a finished request by endpoint (an index into [`ENDPOINTS`])
+    /// and HTTP status.
+    pub fn request(&self, endpoint: usize, status: u16) {
+        let outcome = match status {
+            200..=299 => 0,
+            401 => 1,
+            413 => 2,
+            429 => 3,
+            400..=499 => 4,
+            _ => 5,
+        };
+        if let Some(row) = self.requests.get(endpoint) {
+            row[outcome].inc();
+        }
     }
 
     /// Counts a failed authentication by reason.
     pub fn auth_failure(&self, reason: &'static str) {
-        bump(&self.auth_failures, reason);
+        self.auth_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Records how long issuing one token took.
     pub fn issued(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.issue_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.issue_count.fetch_add(1, Ordering::Relaxed);
-        self.issue_sum_micros.fetch_add(
-            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.issue.observe(took);
     }
 
     /// Counts a password check answered by (or missing) the cache.
     pub fn password_cache(&self, hit: bool) {
-        let c = if hit {
-            &self.password_cache_hits
-        } else {
-            &self.password_cache_misses
-        };
-        c.fetch_add(1, Ordering::Relaxed);
+        self.password_cache[usize::from(!hit)].inc();
     }
 
-    /// Counts a config reload attempt by outcome (`ok` or `rejected`).
-    pub fn reload(&self, outcome: &'static str) {
-        bump(&self.reloads, outcome);
+    /// Password checks the cache could not answer so far.
+    pub fn password_cache_misses(&self) -> u64 {
+        self.password_cache[1].get()
     }
 
-    /// The Prometheus text exposition; `jwks_fetches` lists (issuer, count).
-    pub fn render(&self, jwks_fetches: &[(String, u64)]) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP regauth_requests_total HTTP requests by endpoint and outcome."
+    /// Counts a config reload attempt.
+    pub fn reload(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].inc();
+    }
+
+    /// The OpenMetrics text exposition; `jwks_fetches` lists (issuer, count),
+    /// read at scrape time because issuers come and go with reloads.
+    pub fn render(&self, jwks_fetches: &[(String, u64)]) -> Result<String, std::fmt::Error> {
+        let mut scrape = Registry::default();
+        let fetches = Family::<IssuerLabels, ConstCounterValue>::new_with_constructor(
+            ConstCounterValue::default,
         );
-        let _ = writeln!(out, "# TYPE regauth_requests_total counter");
-        for ((endpoint, outcome), n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "regauth_requests_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP regauth_auth_failures_total Failed authentications by reason."
-        );
-        let _ = writeln!(out, "# TYPE regauth_auth_failures_total counter");
-        for (reason, n) in self
-            .auth_failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "regauth_auth_failures_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP regauth_token_issue_seconds Time to decide and sign one access token."
-        );
-        let _ = writeln!(out, "# TYPE regauth_token_issue_seconds histogram");
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            let n = self.issue_buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "regauth_token_issue_seconds_bucket{{le=\"{bound}\"}} {n}"
-            );
-        }
-        let count = self.issue_count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "regauth_token_issue_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let sum = self.issue_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "regauth_token_issue_seconds_sum {sum}");
-        let _ = writeln!(out, "regauth_token_issue_seconds_count {count}");
-        let _ = writeln!(
-            out,
-            "# HELP regauth_password_cache_total Password checks by cache result."
-        );
-        let _ = writeln!(out, "# TYPE regauth_password_cache_total counter");
-        let hits = self.password_cache_hits.load(Ordering::Relaxed);
-        let misses = self.password_cache_misses.load(Ordering::Relaxed);
-        let _ = writeln!(out, "regauth_password_cache_total{{result=\"hit\"}} {hits}");
-        let _ = writeln!(
-            out,
-            "regauth_password_cache_total{{result=\"miss\"}} {misses}"
-        );
-        let _ = writeln!(
-            out,
-            "# HELP regauth_jwks_fetches_total Issuer key set loads by issuer."
-        );
-        let _ = writeln!(out, "# TYPE regauth_jwks_fetches_total counter");
         for (issuer, n) in jwks_fetches {
-            let _ = writeln!(
-                out,
-                "regauth_jwks_fetches_total{{issuer=\"{}\"}} {n}",
-                issuer.replace(['"', '\\', '\n'], "_")
-            );
+            fetches
+                .get_or_create(&IssuerLabels {
+                    issuer: Escaped(issuer.clone()),
+                })
+                .set(*n);
         }
-        let _ = writeln!(
-            out,
-            "# HELP regauth_config_reloads_total Config reloads by outcome."
+        scrape.register(
+            "regauth_jwks_fetches",
+            "Issuer key set loads by issuer",
+            fetches,
         );
-        let _ = writeln!(out, "# TYPE regauth_config_reloads_total counter");
-        for (outcome, n) in self
-            .reloads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let mut out = String::new();
+        encode_registry(&mut out, &self.registry)?;
+        encode_registry(&mut out, &scrape)?;
+        encode_eof(&mut out)?;
+        Ok(out)
+    }
+}
+
+/// A counter whose value is read from elsewhere at scrape time.
+#[derive(Debug, Default)]
+struct ConstCounterValue(AtomicU64);
+
+impl ConstCounterValue {
+    fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for ConstCounterValue {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for ConstCounterValue {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        ConstCounter::new(self.0.load(Ordering::Relaxed)).encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// A histogram of durations kept in atomics. The client library's own
+/// histogram takes a lock per observation; this one does not.
+#[derive(Debug, Clone, Default)]
+struct Histogram(std::sync::Arc<HistogramCells>);
+
+#[derive(Debug, Default)]
+struct HistogramCells {
+    /// Per-bucket counts (not cumulative); the last is `+Inf`.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let i = BUCKETS
             .iter()
-        {
-            let _ = writeln!(
-                out,
-                "regauth_config_reloads_total{{outcome=\"{outcome}\"}} {n}"
-            );
-        }
-        out
+            .position(|bound| secs <= *bound)
+            .unwrap_or(BUCKETS.len());
+        let c = &self.0;
+        c.buckets[i].fetch_add(1, Ordering::Relaxed);
+        c.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        c.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let c = &self.0;
+        let buckets: Vec<(f64, u64)> = BUCKETS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::MAX))
+            .zip(&c.buckets)
+            .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = c.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
@@ -177,20 +322,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_prometheus_text() {
-        let m = Metrics::default();
-        m.request("/token", "ok");
-        m.request("/token", "ok");
+    fn renders_openmetrics_text() {
+        let m = Metrics::new();
+        m.request(0, 200);
+        m.request(0, 204);
+        m.request(99, 200);
         m.auth_failure("bad_credentials");
         m.issued(Duration::from_micros(700));
         m.password_cache(true);
-        let text = m.render(&[("cluster-a".into(), 3)]);
-        assert!(text.contains("regauth_requests_total{endpoint=\"/token\",outcome=\"ok\"} 2"));
-        assert!(text.contains("regauth_auth_failures_total{reason=\"bad_credentials\"} 1"));
-        assert!(text.contains("regauth_token_issue_seconds_bucket{le=\"0.0005\"} 0"));
-        assert!(text.contains("regauth_token_issue_seconds_bucket{le=\"0.001\"} 1"));
-        assert!(text.contains("regauth_token_issue_seconds_count 1"));
-        assert!(text.contains("regauth_password_cache_total{result=\"hit\"} 1"));
-        assert!(text.contains("regauth_jwks_fetches_total{issuer=\"cluster-a\"} 3"));
+        m.reload(true);
+        let text = m.render(&[("cluster \"a\"\n".into(), 3)]).unwrap();
+        for want in [
+            "regauth_requests_total{endpoint=\"/token\",outcome=\"ok\"} 2",
+            "regauth_requests_total{endpoint=\"/healthz\",outcome=\"ok\"} 0",
+            "regauth_auth_failures_total{reason=\"bad_credentials\"} 1",
+            "regauth_token_issue_seconds_bucket{le=\"0.0005\"} 0",
+            "regauth_token_issue_seconds_bucket{le=\"0.001\"} 1",
+            "regauth_token_issue_seconds_bucket{le=\"+Inf\"} 1",
+            "regauth_token_issue_seconds_count 1",
+            "regauth_password_cache_total{result=\"hit\"} 1",
+            "regauth_password_cache_total{result=\"miss\"} 0",
+            "regauth_config_reloads_total{outcome=\"ok\"} 1",
+            "regauth_jwks_fetches_total{issuer=\"cluster \\\"a\\\"\\n\"} 3",
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

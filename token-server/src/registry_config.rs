@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::Settings;
 use crate::defaults::write_private;
+use crate::settings::Settings;
 
 /// The registry major version to configure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -19,7 +19,7 @@ pub enum RegistryVersion {
 
 /// Why the files could not be written.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {source}")]
+#[error("cannot write {path}")]
 pub struct WriteError {
     /// The file.
     pub path: PathBuf,

@@ -1,20 +1,20 @@
-//! Secret bytes that never show up in logs or debug output.
+//! Secret text that never shows up in logs or debug output.
 
 use std::fmt;
 
-/// Bytes that must stay secret: passwords, tokens, keys.
-/// `Debug` prints `***` so a stray `{:?}` cannot leak them.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
+/// Text that must stay secret: passwords and tokens. `Debug` prints `***`
+/// so a stray `{:?}` cannot leak it; only [`Secret::expose`] reveals it.
+#[derive(Clone)]
+pub struct Secret(String);
 
 impl Secret {
-    /// Wraps `bytes`.
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Secret(bytes)
+    /// Wraps `text`.
+    pub fn new(text: String) -> Self {
+        Secret(text)
     }
 
-    /// The secret bytes; callers must not log them.
-    pub fn expose(&self) -> &[u8] {
+    /// The secret text; callers must not log it.
+    pub fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -23,6 +23,26 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
     }
+}
+
+/// Replies carry secrets to the client: serialize the text itself.
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// The system random number generator failed: the machine cannot do
+/// cryptography at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the system random number generator failed")]
+pub struct RandomError;
+
+/// `N` bytes from the system random number generator.
+pub fn random<const N: usize>() -> Result<[u8; N], RandomError> {
+    let mut bytes = [0u8; N];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| RandomError)?;
+    Ok(bytes)
 }
 
 /// Compares two secrets in time independent of where they differ.
@@ -37,7 +57,11 @@ mod tests {
 
     #[test]
     fn debug_hides_the_value() {
-        assert_eq!(format!("{:?}", Secret::new(b"hunter2".to_vec())), "***");
+        assert_eq!(format!("{:?}", Secret::new("hunter2".into())), "***");
+        assert_eq!(
+            serde_json::to_string(&Secret::new("t".into())).unwrap(),
+            "\"t\""
+        );
     }
 
     #[test]

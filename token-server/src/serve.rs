@@ -11,13 +11,11 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -27,9 +25,9 @@ use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
 use tower::ServiceExt;
 
-use crate::config::Limits;
-use crate::identity::node;
-use crate::tls::{PeerInfo, TlsReloader};
+use crate::authenticate::Peer;
+use crate::settings::Limits;
+use crate::tls::TlsReloader;
 
 /// Runs `app` on `listener` until `shutdown` resolves, then drains.
 pub async fn serve(
@@ -71,8 +69,11 @@ pub async fn serve(
             let _permit = permit;
             match tls {
                 None => {
-                    serve_connection(io, app, PeerInfo { addr, node: None }, &limits, watcher)
-                        .await;
+                    let peer = Peer {
+                        addr: Some(addr),
+                        certificate: None,
+                    };
+                    serve_connection(io, app, peer, &limits, watcher).await;
                 }
                 Some(acceptor) => {
                     let stream =
@@ -89,15 +90,19 @@ pub async fn serve(
                                 return;
                             }
                         };
-                    // rustls only exposes peer certificates its verifier accepted.
-                    let node = stream
+                    // rustls only exposes peer certificates its verifier
+                    // accepted; what they mean is `authenticate`'s business.
+                    let certificate = stream
                         .get_ref()
                         .1
                         .peer_certificates()
                         .and_then(|chain| chain.first())
-                        .and_then(|leaf| node::principal(leaf))
-                        .map(Arc::new);
-                    serve_connection(stream, app, PeerInfo { addr, node }, &limits, watcher).await;
+                        .map(|leaf| Arc::new(leaf.clone().into_owned()));
+                    let peer = Peer {
+                        addr: Some(addr),
+                        certificate,
+                    };
+                    serve_connection(stream, app, peer, &limits, watcher).await;
                 }
             }
         });
@@ -131,7 +136,7 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 async fn serve_connection<I>(
     io: I,
     app: Router,
-    peer: PeerInfo,
+    peer: Peer,
     limits: &Limits,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
@@ -144,7 +149,7 @@ async fn serve_connection<I>(
     let seen = Arc::clone(&started);
     let svc = app.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
         seen.store(true, Ordering::Relaxed);
-        req.extensions_mut().insert(ConnectInfo(peer.clone()));
+        req.extensions_mut().insert(peer.clone());
         req.map(axum::body::Body::new)
     });
     let conn = builder(limits)
@@ -165,9 +170,4 @@ async fn serve_connection<I>(
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
     }
-}
-
-/// The address the listener is bound to, for logs.
-pub fn local_addr(listener: &TcpListener) -> io::Result<SocketAddr> {
-    listener.local_addr()
 }

@@ -1,10 +1,8 @@
-//! HTTPS serving with optional client certificates (node identity, RFC 8705
-//! style), and the connection facts handlers read.
+//! HTTPS serving with optional client certificates (RFC 8705 style): the
+//! rustls settings, the files they come from, and their reload on change.
 //!
-//! Handshakes run in each connection's own task (see `serve`), and the
-//! certificate is reloaded from disk when it changes.
+//! Handshakes run in each connection's own task (see `serve`).
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,104 +13,133 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsFiles;
-use crate::identity::Principal;
+/// Where the TLS certificate, key and client CA are on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+    /// Client CA bundle.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// HTTPS settings: the rustls config and the files it was loaded from.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// The loaded rustls server config.
+    pub config: Arc<rustls::ServerConfig>,
+    /// The files, watched for changes.
+    pub files: TlsFiles,
+}
+
+impl TlsSettings {
+    /// Loads the files.
+    pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
+        let config = server_config(&files)?;
+        Ok(TlsSettings { config, files })
+    }
+}
 
 /// Why TLS settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The certificate chain file is unreadable or holds no certificate.
-    #[error("{path}: no usable CERTIFICATE blocks ({reason})")]
+    #[error("{path}: no usable CERTIFICATE blocks")]
     Cert {
         /// The file.
         path: PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        source: PemError,
     },
     /// The key file is unreadable or holds no private key.
-    #[error("{path}: no usable private key ({reason})")]
+    #[error("{path}: no usable private key")]
     Key {
         /// The file.
         path: PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        source: PemError,
     },
     /// The client CA bundle is unusable.
-    #[error("{path}: unusable client CA bundle ({reason})")]
+    #[error("{path}: unusable client CA bundle")]
     ClientCa {
         /// The file.
         path: PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        source: PemError,
     },
     /// rustls rejected the combination (for example a key that does not match).
-    #[error("TLS configuration rejected: {0}")]
-    Config(String),
+    #[error("TLS configuration rejected")]
+    Config(#[source] rustls::Error),
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| e.to_string())?
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+/// Why a PEM file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    /// Unreadable, or not PEM.
+    #[error(transparent)]
+    Pem(#[from] rustls_pki_types::pem::Error),
+    /// Readable PEM, but without the expected block.
+    #[error("the file holds no such block")]
+    Empty,
+    /// A certificate rustls refuses as a trust anchor or verifier input.
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+    /// The client verifier could not be built.
+    #[error(transparent)]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)?.collect::<Result<_, _>>()?;
     if certs.is_empty() {
-        return Err("the file has none".into());
+        return Err(PemError::Empty);
     }
     Ok(certs)
 }
 
-/// Builds the rustls server config. With `client_ca`, clients may present a
+/// Builds the rustls server config. With a client CA, clients may present a
 /// certificate, which must then chain to that CA and be within its validity
 /// period; clients without one still connect and use passwords or tokens.
-pub fn server_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: Option<&Path>,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let chain = certs(cert).map_err(|reason| TlsError::Cert {
-        path: cert.to_owned(),
-        reason,
+    let chain = certs(&files.cert).map_err(|source| TlsError::Cert {
+        path: files.cert.clone(),
+        source,
     })?;
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
-        path: key.to_owned(),
-        reason: e.to_string(),
+    let private = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::Key {
+        path: files.key.clone(),
+        source: e.into(),
     })?;
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    let builder = match client_ca {
+        .map_err(TlsError::Config)?;
+    let builder = match &files.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let fail = |reason: String| TlsError::ClientCa {
-                path: ca.to_owned(),
-                reason,
+            let fail = |source: PemError| TlsError::ClientCa {
+                path: ca.clone(),
+                source,
             };
             let mut roots = rustls::RootCertStore::empty();
             for c in certs(ca).map_err(fail)? {
-                roots.add(c).map_err(|e| fail(e.to_string()))?;
+                roots.add(c).map_err(|e| fail(e.into()))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .allow_unauthenticated()
                 .build()
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| fail(e.into()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
     let mut config = builder
         .with_single_cert(chain, private)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .map_err(TlsError::Config)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// Facts about the connection a request arrived on.
-#[derive(Debug, Clone)]
-pub struct PeerInfo {
-    /// The client's address.
-    pub addr: SocketAddr,
-    /// The node principal of a verified client certificate, if one was shown.
-    pub node: Option<Arc<Principal>>,
 }
 
 /// The TLS settings in force, reloaded when the certificate, key or client
@@ -123,11 +150,11 @@ pub struct TlsReloader {
 }
 
 impl TlsReloader {
-    /// Starts from `config`, which was loaded from `files`.
-    pub fn new(files: TlsFiles, config: Arc<rustls::ServerConfig>) -> Arc<Self> {
+    /// Starts from settings already loaded.
+    pub fn new(settings: &TlsSettings) -> Arc<Self> {
         Arc::new(TlsReloader {
-            files: ArcSwap::from_pointee(files),
-            current: ArcSwap::new(config),
+            files: ArcSwap::from_pointee(settings.files.clone()),
+            current: ArcSwap::new(Arc::clone(&settings.config)),
         })
     }
 
@@ -138,16 +165,15 @@ impl TlsReloader {
 
     /// Reloads from the files now; on error the settings in force stay.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let f = self.files.load();
-        let config = server_config(&f.cert, &f.key, f.client_ca.as_deref())?;
+        let config = server_config(&self.files.load())?;
         self.current.store(config);
         Ok(())
     }
 
     /// Replaces the settings and the files to watch (after a config reload).
-    pub fn replace(&self, config: Arc<rustls::ServerConfig>, files: TlsFiles) {
-        self.files.store(Arc::new(files));
-        self.current.store(config);
+    pub fn replace(&self, settings: &TlsSettings) {
+        self.files.store(Arc::new(settings.files.clone()));
+        self.current.store(Arc::clone(&settings.config));
     }
 
     fn stamp(&self) -> Vec<Option<std::time::SystemTime>> {

@@ -1,4 +1,4 @@
-//! (b, c) Policy and authentication failures as clients see them.
+//! Policy and authentication failures as clients see them.
 
 use regauth_e2e::World;
 use regauth_e2e::secrets::random_password;

@@ -1,4 +1,4 @@
-//! (e) containerd's `ctr` pulls with a password and with a refresh token.
+//! containerd's `ctr` pulls with a password and with a refresh token.
 
 use regauth_e2e::World;
 use regauth_e2e::containerd::{Containerd, CtrAuth};

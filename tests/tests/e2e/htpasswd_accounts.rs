@@ -1,4 +1,4 @@
-//! (f) Accounts from an `htpasswd -B` file work like config accounts.
+//! Accounts from an `htpasswd -B` file work like config accounts.
 
 use regauth_e2e::World;
 use regauth_e2e::oci::layout_manifest_digest;

@@ -1,4 +1,4 @@
-//! (a) An account pushes to and pulls from its own namespace with skopeo.
+//! An account pushes to and pulls from its own namespace with skopeo.
 
 use regauth_e2e::World;
 use regauth_e2e::oci::{go_arch, layout_blob, layout_manifest_digest, sha256_digest};

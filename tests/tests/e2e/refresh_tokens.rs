@@ -1,4 +1,4 @@
-//! (d) skopeo authenticates with a refresh token from an auth file.
+//! skopeo authenticates with a refresh token from an auth file.
 
 use regauth_e2e::World;
 use regauth_e2e::oci::layout_manifest_digest;

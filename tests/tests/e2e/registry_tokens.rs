@@ -1,4 +1,4 @@
-//! (g) The registry accepts access tokens and rejects refresh tokens.
+//! The registry accepts access tokens and rejects refresh tokens.
 
 use regauth_e2e::World;
 use regauth_e2e::token_server::SERVICE;

@@ -1,8 +1,10 @@
 //! The HTTP surface: `/token` (GET and POST), the JWKS and health.
 
-pub mod auth;
-pub mod error;
-pub mod form;
+mod ask;
+mod audit;
+mod error;
+pub(crate) mod form;
+pub(crate) mod request;
 mod token;
 
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,19 +22,20 @@ use tracing::Instrument;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Settings;
+use crate::authenticate::Guards;
 use crate::limiter::FailureLimiter;
-use crate::metrics::Metrics;
+use crate::metrics::{ENDPOINTS, Metrics};
+use crate::settings::Settings;
 
 /// The clock handlers read; a parameter so tests can fix time.
 pub type Clock = fn() -> SystemTime;
 
 /// What every handler shares. The settings can be swapped at run time
-/// (SIGHUP); a request keeps the settings it started with.
+/// (SIGHUP); each request takes one snapshot and keeps it to the end.
 pub struct AppState {
     settings: ArcSwap<Settings>,
     clock: Clock,
-    pub(crate) limiter: FailureLimiter,
+    limiter: FailureLimiter,
     metrics: Metrics,
 }
 
@@ -47,11 +50,11 @@ impl AppState {
             settings: ArcSwap::from_pointee(settings),
             clock,
             limiter,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(),
         })
     }
 
-    /// The settings in force.
+    /// A snapshot of the settings in force. Take it once per request.
     pub fn settings(&self) -> Arc<Settings> {
         self.settings.load_full()
     }
@@ -66,6 +69,13 @@ impl AppState {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    fn guards(&self) -> Guards<'_> {
+        Guards {
+            limiter: &self.limiter,
+            metrics: &self.metrics,
+        }
     }
 
     fn now(&self) -> SystemTime {
@@ -84,7 +94,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
@@ -180,37 +189,35 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let settings = state.settings();
-    let mut fetches = Vec::new();
-    for issuer in settings.issuers.all() {
-        fetches.push((issuer.name.clone(), issuer.keys.fetch_count().await));
+    let fetches: Vec<(String, u64)> = settings
+        .issuers
+        .all()
+        .iter()
+        .map(|issuer| (issuer.name.clone(), issuer.keys.fetch_count()))
+        .collect();
+    match state.metrics().render(&fetches) {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering metrics failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
     }
-    let body = state.metrics().render(&fetches);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-/// The endpoint label for metrics: known routes by name, the rest lumped
-/// together so random paths cannot grow the series without bound.
-fn endpoint(path: &str) -> &'static str {
-    match path {
-        "/token" => "/token",
-        "/.well-known/jwks.json" => "/.well-known/jwks.json",
-        "/.well-known/oauth-authorization-server" => "/.well-known/oauth-authorization-server",
-        "/healthz" => "/healthz",
-        "/readyz" => "/readyz",
-        "/metrics" => "/metrics",
-        _ => "other",
-    }
-}
-
-fn outcome(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        200..=299 => "ok",
-        401 => "unauthorized",
-        413 => "too_large",
-        429 => "rate_limited",
-        400..=499 => "client_error",
-        _ => "server_error",
-    }
+/// The endpoint label for metrics: an index into [`ENDPOINTS`]; unknown
+/// paths share the last, `other`.
+fn endpoint(path: &str) -> usize {
+    ENDPOINTS
+        .iter()
+        .position(|e| *e == path)
+        .unwrap_or(ENDPOINTS.len() - 1)
 }
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(1);
@@ -231,7 +238,7 @@ async fn request_span(State(state): State<Arc<AppState>>, req: Request, next: Ne
         let resp = next.run(req).await;
         let status = resp.status();
         tracing::Span::current().record("status", status.as_u16());
-        state.metrics().request(endpoint, outcome(status));
+        state.metrics().request(endpoint, status.as_u16());
         if status.is_server_error() {
             tracing::warn!("request failed");
         } else {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, Bytes};
-use axum::http::{Request, StatusCode, header};
+use axum::http::{HeaderMap, Request, StatusCode, header};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::Value;
@@ -15,26 +15,64 @@ use super::{AppState, Clock, router};
 use crate::config;
 use crate::keys::{Algorithm, generate};
 
+/// A config directory (keys, secret, config.yaml) and a server state over it.
 struct World {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     state: Arc<AppState>,
 }
 
-fn write_world(dir: &Path, alice_hash: &str) {
-    let g = generate(Algorithm::Es256, "t", SystemTime::now()).unwrap();
-    std::fs::write(dir.join("k.pem"), g.key_pem).unwrap();
-    std::fs::write(dir.join("c.pem"), g.cert_pem).unwrap();
-    std::fs::write(dir.join("secret"), [9u8; 32]).unwrap();
-    write_config(dir, alice_hash);
+/// One answer: status, headers and the JSON body (`Null` if not JSON).
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
 }
 
-fn write_config(dir: &Path, alice_hash: &str) {
+impl World {
+    /// Accounts alice (`alice-pw`) and bob (`bob-pw`), the default policy.
+    fn new() -> Self {
+        Self::with("", 4)
+    }
+
+    /// `extra_rules` go first in the policy; alice's hash has `cost`.
+    fn with(extra_rules: &str, cost: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let g = generate(Algorithm::Es256, "t", crate::clock::now()).unwrap();
+        std::fs::write(dir.path().join("k.pem"), g.key_pem).unwrap();
+        std::fs::write(dir.path().join("c.pem"), g.cert_pem).unwrap();
+        std::fs::write(dir.path().join("secret"), [9u8; 32]).unwrap();
+        write_config(
+            dir.path(),
+            "test-issuer",
+            &bcrypt::hash("alice-pw", cost).unwrap(),
+            extra_rules,
+        );
+        let state = state_for(dir.path(), crate::clock::now);
+        World { dir, state }
+    }
+
+    /// Another server over the same directory (re-reading the config),
+    /// with its own clock.
+    fn restart(&self, clock: Clock) -> Arc<AppState> {
+        state_for(self.dir.path(), clock)
+    }
+
+    async fn get(&self, uri: &str, auth: Option<&str>) -> Reply {
+        send(&self.state, get(uri, auth)).await
+    }
+
+    async fn post(&self, body: &str) -> Reply {
+        send(&self.state, post(body)).await
+    }
+}
+
+fn write_config(dir: &Path, issuer: &str, alice_hash: &str, extra_rules: &str) {
     let bob = bcrypt::hash("bob-pw", 4).unwrap();
     std::fs::write(
         dir.join("config.yaml"),
         format!(
             r#"
-issuer: test-issuer
+issuer: {issuer}
 services: [registry.test, other.test]
 signing_keys: [{{key: k.pem, cert: c.pem}}]
 refresh_secret_file: secret
@@ -42,7 +80,7 @@ accounts:
   - {{name: alice, password_hash: "{alice_hash}"}}
   - {{name: bob, password_hash: "{bob}"}}
 policy:
-  - comment: read-only shared area
+{extra_rules}  - comment: read-only shared area
     resource: "library/**"
     actions: [pull]
   - kind: account
@@ -61,27 +99,22 @@ fn state_for(dir: &Path, clock: Clock) -> Arc<AppState> {
     AppState::new(config::load(&dir.join("config.yaml")).unwrap(), clock)
 }
 
-fn world() -> World {
-    let dir = tempfile::tempdir().unwrap();
-    write_world(dir.path(), &bcrypt::hash("alice-pw", 4).unwrap());
-    let state = state_for(dir.path(), SystemTime::now);
-    World { _dir: dir, state }
-}
-
 fn basic(user: &str, pw: &str) -> String {
     format!("Basic {}", STANDARD.encode(format!("{user}:{pw}")))
 }
 
-async fn send(state: &Arc<AppState>, req: Request<Body>) -> (StatusCode, Value) {
+async fn send(state: &Arc<AppState>, req: Request<Body>) -> Reply {
     let resp = router(Arc::clone(state)).oneshot(req).await.unwrap();
     let status = resp.status();
+    let headers = resp.headers().clone();
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
         .await
         .unwrap();
-    (
+    Reply {
         status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+        headers,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
 }
 
 fn get(uri: &str, auth: Option<&str>) -> Request<Body> {
@@ -104,17 +137,17 @@ fn claims(token: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }
 
+const ALICE_GET: &str = "/token?service=registry.test";
+
+fn alice() -> String {
+    basic("alice", "alice-pw")
+}
+
 #[tokio::test]
 async fn password_grants_only_what_policy_allows() {
-    let w = world();
-    let (status, body) = send(
-        &w.state,
-        get(
-            "/token?service=registry.test&scope=repository:alice/demo:pull,push&scope=repository:bob/demo:pull,push&scope=repository:library/base:pull,push",
-            Some(&basic("alice", "alice-pw")),
-        ),
-    )
-    .await;
+    let w = World::new();
+    let Reply { status, body, .. } = w.get("/token?service=registry.test&scope=repository:alice/demo:pull,push&scope=repository:bob/demo:pull,push&scope=repository:library/base:pull,push",
+            Some(&alice())).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["token"], body["access_token"]);
     assert!(body.get("refresh_token").is_none());
@@ -133,28 +166,24 @@ async fn password_grants_only_what_policy_allows() {
 
 #[tokio::test]
 async fn anonymous_gets_an_empty_or_public_grant() {
-    let w = world();
-    let (status, body) = send(
-        &w.state,
-        get(
+    let w = World::new();
+    let Reply { status, body, .. } = w
+        .get(
             "/token?service=registry.test&scope=repository:alice/demo:pull",
             None,
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "denial is not an error");
     assert_eq!(
         claims(body["token"].as_str().unwrap())["access"],
         serde_json::json!([])
     );
-    let (_, body) = send(
-        &w.state,
-        get(
+    let Reply { body, .. } = w
+        .get(
             "/token?service=registry.test&scope=repository:library/x:pull",
             None,
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(
         claims(body["token"].as_str().unwrap())["access"][0]["actions"],
         serde_json::json!(["pull"])
@@ -163,17 +192,17 @@ async fn anonymous_gets_an_empty_or_public_grant() {
 
 #[tokio::test]
 async fn access_token_verifies_against_published_jwks() {
-    let w = world();
-    let (_, body) = send(
-        &w.state,
-        get(
+    let w = World::new();
+    let Reply { body, .. } = w
+        .get(
             "/token?service=other.test&scope=repository:bob/x:pull",
             Some(&basic("bob", "bob-pw")),
-        ),
-    )
-    .await;
+        )
+        .await;
     let token = body["token"].as_str().unwrap();
-    let (status, jwks) = send(&w.state, get("/.well-known/jwks.json", None)).await;
+    let Reply {
+        status, body: jwks, ..
+    } = w.get("/.well-known/jwks.json", None).await;
     assert_eq!(status, StatusCode::OK);
     let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks).unwrap();
     let kid = jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
@@ -195,15 +224,13 @@ async fn access_token_verifies_against_published_jwks() {
 
 #[tokio::test]
 async fn offline_get_then_refresh_token_as_basic_password() {
-    let w = world();
-    let (status, body) = send(
-        &w.state,
-        get(
+    let w = World::new();
+    let Reply { status, body, .. } = w
+        .get(
             "/token?service=registry.test&offline_token=true&client_id=t",
-            Some(&basic("alice", "alice-pw")),
-        ),
-    )
-    .await;
+            Some(&alice()),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     let refresh = body["refresh_token"].as_str().unwrap().to_owned();
     assert_eq!(
@@ -212,14 +239,12 @@ async fn offline_get_then_refresh_token_as_basic_password() {
         "refresh audience is the server, not a registry"
     );
 
-    let (status, body) = send(
-        &w.state,
-        get(
+    let Reply { status, body, .. } = w
+        .get(
             "/token?service=registry.test&offline_token=true&scope=repository:alice/a:push",
             Some(&basic("whoever", &refresh)),
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body["refresh_token"],
@@ -234,22 +259,14 @@ async fn offline_get_then_refresh_token_as_basic_password() {
 
 #[tokio::test]
 async fn post_password_and_refresh_grants() {
-    let w = world();
-    let (status, body) = send(
-        &w.state,
-        post("grant_type=password&username=alice&password=alice-pw&access_type=offline&service=registry.test&client_id=t&scope=repository%3Aalice%2Fa%3Apull+repository%3Abob%2Fb%3Apull"),
-    )
-    .await;
+    let w = World::new();
+    let Reply { status, body, .. } = w.post("grant_type=password&username=alice&password=alice-pw&access_type=offline&service=registry.test&client_id=t&scope=repository%3Aalice%2Fa%3Apull+repository%3Abob%2Fb%3Apull").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["scope"], "repository:alice/a:pull");
     let refresh = body["refresh_token"].as_str().unwrap().to_owned();
 
-    let (status, body) = send(
-        &w.state,
-        post(&format!("grant_type=refresh_token&refresh_token={refresh}&service=registry.test&client_id=t&scope=repository:alice/a:push")),
-    )
-    .await;
+    let Reply { status, body, .. } = w.post(&format!("grant_type=refresh_token&refresh_token={refresh}&service=registry.test&client_id=t&scope=repository:alice/a:push")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["refresh_token"], refresh.as_str());
     assert_eq!(
@@ -258,17 +275,15 @@ async fn post_password_and_refresh_grants() {
     );
 
     // Without access_type=offline there is no refresh token.
-    let (_, body) = send(
-        &w.state,
-        post("grant_type=password&username=alice&password=alice-pw&service=registry.test"),
-    )
-    .await;
+    let Reply { body, .. } = w
+        .post("grant_type=password&username=alice&password=alice-pw&service=registry.test")
+        .await;
     assert!(body.get("refresh_token").is_none());
 }
 
 #[tokio::test]
 async fn chunked_post_body_without_content_length() {
-    let w = world();
+    let w = World::new();
     let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
         Ok(Bytes::from_static(b"grant_type=pass")),
         Ok(Bytes::from_static(b"word&username=alice&pass")),
@@ -279,18 +294,18 @@ async fn chunked_post_body_without_content_length() {
         .header(header::TRANSFER_ENCODING, "chunked")
         .body(Body::from_stream(futures_util::stream::iter(chunks)))
         .unwrap();
-    let (status, body) = send(&w.state, req).await;
+    let Reply { status, body, .. } = send(&w.state, req).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test]
 async fn oversized_bodies_get_413_with_or_without_length() {
-    let w = world();
+    let w = World::new();
     let big = format!(
         "grant_type=password&username=alice&password={}",
         "x".repeat(4096)
     );
-    let (status, body) = send(&w.state, post(&big)).await;
+    let Reply { status, body, .. } = w.post(&big).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(body["error"], "invalid_request");
 
@@ -299,33 +314,28 @@ async fn oversized_bodies_get_413_with_or_without_length() {
     let req = Request::post("/token")
         .body(Body::from_stream(futures_util::stream::iter(chunks)))
         .unwrap();
-    let (status, _) = send(&w.state, req).await;
+    let Reply { status, .. } = send(&w.state, req).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 }
 
 #[tokio::test]
 async fn bad_credentials_are_401_on_get_and_invalid_grant_on_post() {
-    let w = world();
+    let w = World::new();
     for auth in [basic("alice", "wrong"), basic("nobody", "alice-pw")] {
-        let resp = router(Arc::clone(&w.state))
-            .oneshot(get("/token?service=registry.test", Some(&auth)))
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-        assert!(resp.headers().contains_key(header::WWW_AUTHENTICATE));
+        let resp = w.get("/token?service=registry.test", Some(&auth)).await;
+        assert_eq!(resp.status, StatusCode::UNAUTHORIZED);
+        assert!(resp.headers.contains_key(header::WWW_AUTHENTICATE));
     }
-    let (status, body) = send(
-        &w.state,
-        post("grant_type=password&username=alice&password=nope&service=registry.test"),
-    )
-    .await;
+    let Reply { status, body, .. } = w
+        .post("grant_type=password&username=alice&password=nope&service=registry.test")
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"], "invalid_grant");
 }
 
 #[tokio::test]
 async fn hostile_get_requests_get_clear_400s() {
-    let w = world();
+    let w = World::new();
     let long_scope = format!("repository:{}:pull", "a".repeat(600));
     let many: String = (0..5)
         .map(|i| format!("&scope=repository:r{i}:pull"))
@@ -380,7 +390,7 @@ async fn hostile_get_requests_get_clear_400s() {
         ),
     ];
     for (uri, auth, code) in cases {
-        let (status, body) = send(&w.state, get(&uri, auth.as_deref())).await;
+        let Reply { status, body, .. } = w.get(&uri, auth.as_deref()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
         assert_eq!(body["errors"][0]["code"], code, "{uri}");
         assert!(!body["errors"][0]["message"].as_str().unwrap().is_empty());
@@ -389,7 +399,7 @@ async fn hostile_get_requests_get_clear_400s() {
 
 #[tokio::test]
 async fn hostile_posts_get_oauth_errors() {
-    let w = world();
+    let w = World::new();
     let cases = [
         (
             "grant_type=magic&service=registry.test",
@@ -418,7 +428,11 @@ async fn hostile_posts_get_oauth_errors() {
         ),
     ];
     for (body, error) in cases {
-        let (status, reply) = send(&w.state, post(body)).await;
+        let Reply {
+            status,
+            body: reply,
+            ..
+        } = w.post(body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {reply}");
         assert_eq!(reply["error"], error, "{body}: {reply}");
     }
@@ -426,43 +440,41 @@ async fn hostile_posts_get_oauth_errors() {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from("{}"))
         .unwrap();
-    assert_eq!(send(&w.state, req).await.1["error"], "invalid_request");
+    assert_eq!(send(&w.state, req).await.body["error"], "invalid_request");
 }
 
 fn two_hours_later() -> SystemTime {
-    SystemTime::now() + Duration::from_secs(7200)
+    crate::clock::now() + Duration::from_secs(7200)
 }
 
 #[tokio::test]
 async fn refresh_tokens_expire_and_are_revoked_by_password_change() {
-    let dir = tempfile::tempdir().unwrap();
-    write_world(dir.path(), &bcrypt::hash("alice-pw", 4).unwrap());
-    let state = state_for(dir.path(), SystemTime::now);
-    let (_, body) = send(
-        &state,
-        post("grant_type=password&username=alice&password=alice-pw&access_type=offline&service=registry.test"),
-    )
-    .await;
-    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+    let w = World::new();
+    let offline = "grant_type=password&username=alice&password=alice-pw&access_type=offline&service=registry.test";
+    let refresh = w.post(offline).await.body["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let refresh_req = || {
         post(&format!(
             "grant_type=refresh_token&refresh_token={refresh}&service=registry.test"
         ))
     };
 
-    let later = state_for(dir.path(), two_hours_later);
-    let (status, body) = send(&later, refresh_req()).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error_description"], "refresh token expired");
+    let later = w.restart(two_hours_later);
+    let r = send(&later, refresh_req()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["error_description"], "refresh token expired");
 
     // Same secret, same account name, new password: the old token is revoked.
-    write_config(dir.path(), &bcrypt::hash("new-pw", 4).unwrap());
-    let changed = state_for(dir.path(), SystemTime::now);
-    let (_, body) = send(&changed, refresh_req()).await;
-    assert_eq!(body["error_description"], "refresh token was revoked");
-    let (status, _) = send(&state, refresh_req()).await;
+    let new_hash = bcrypt::hash("new-pw", 4).unwrap();
+    write_config(w.dir.path(), "test-issuer", &new_hash, "");
+    let changed = w.restart(crate::clock::now);
+    let r = send(&changed, refresh_req()).await;
+    assert_eq!(r.body["error_description"], "refresh token was revoked");
+    let r = send(&w.state, refresh_req()).await;
     assert_eq!(
-        status,
+        r.status,
         StatusCode::OK,
         "the unchanged server still accepts it"
     );
@@ -470,35 +482,27 @@ async fn refresh_tokens_expire_and_are_revoked_by_password_change() {
 
 #[tokio::test]
 async fn health_and_unknown_paths() {
-    let w = world();
-    let resp = router(Arc::clone(&w.state))
-        .oneshot(get("/healthz", None))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let (status, body) = send(&w.state, get("/nope", None)).await;
+    let w = World::new();
+    let resp = w.get("/healthz", None).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    let Reply { status, body, .. } = w.get("/nope", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["errors"][0]["code"], "NOT_FOUND");
 }
 
 #[tokio::test]
 async fn client_credentials_without_a_certificate_is_invalid_client() {
-    let w = world();
-    let resp = router(Arc::clone(&w.state))
-        .oneshot(post("grant_type=client_credentials&service=registry.test"))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
-        .await
-        .unwrap();
-    let body: Value = serde_json::from_slice(&bytes).unwrap();
-    assert_eq!(body["error"], "invalid_client");
+    let w = World::new();
+    let r = w
+        .post("grant_type=client_credentials&service=registry.test")
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.body["error"], "invalid_client");
 }
 
 #[tokio::test]
 async fn token_exchange_request_errors() {
-    let w = world();
+    let w = World::new();
     let exchange = "grant_type=urn:ietf:params:oauth:grant-type:token-exchange";
     let jwt_type = "subject_token_type=urn:ietf:params:oauth:token-type:jwt";
     let forged = format!(
@@ -548,7 +552,11 @@ async fn token_exchange_request_errors() {
         ),
     ];
     for (body, error, text) in cases {
-        let (status, reply) = send(&w.state, post(&body)).await;
+        let Reply {
+            status,
+            body: reply,
+            ..
+        } = w.post(&body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {reply}");
         assert_eq!(reply["error"], error, "{body}: {reply}");
         assert!(
@@ -560,12 +568,10 @@ async fn token_exchange_request_errors() {
 
 #[tokio::test]
 async fn authorization_server_metadata() {
-    let w = world();
-    let (status, m) = send(
-        &w.state,
-        get("/.well-known/oauth-authorization-server", None),
-    )
-    .await;
+    let w = World::new();
+    let Reply {
+        status, body: m, ..
+    } = w.get("/.well-known/oauth-authorization-server", None).await;
     assert_eq!(status, StatusCode::OK);
     let base = m["issuer"].as_str().unwrap();
     assert_eq!(m["token_endpoint"], format!("{base}/token"));
@@ -590,32 +596,28 @@ async fn authorization_server_metadata() {
 /// GET without Basic the node, not anonymous.
 #[tokio::test]
 async fn get_with_a_verified_node_certificate_is_the_node() {
-    use crate::identity::{Kind, Principal};
-    use crate::tls::PeerInfo;
-    use axum::extract::ConnectInfo;
-    let dir = tempfile::tempdir().unwrap();
-    write_world(dir.path(), &bcrypt::hash("alice-pw", 4).unwrap());
-    let mut config = std::fs::read_to_string(dir.path().join("config.yaml")).unwrap();
-    config = config.replace(
-        "policy:\n",
-        "policy:\n  - kind: node\n    resource: \"nodes/${node}/**\"\n    actions: [pull]\n",
+    let w = World::with(
+        "  - kind: node\n    resource: \"nodes/${node}/**\"\n    actions: [pull]\n",
+        4,
     );
-    std::fs::write(dir.path().join("config.yaml"), config).unwrap();
-    let state = state_for(dir.path(), SystemTime::now);
-    let node = Principal {
-        kind: Kind::Node,
-        name: "worker-1".into(),
-        attributes: [("node".to_owned(), "worker-1".to_owned())].into(),
-    };
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "system:node:worker-1");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    let cert = params.self_signed(&key).unwrap();
     let mut req = get(
         "/token?service=registry.test&scope=repository:nodes/worker-1/x:pull&offline_token=true",
         None,
     );
-    req.extensions_mut().insert(ConnectInfo(PeerInfo {
-        addr: "127.0.0.1:9".parse().unwrap(),
-        node: Some(Arc::new(node)),
-    }));
-    let (status, body) = send(&state, req).await;
+    req.extensions_mut().insert(crate::authenticate::Peer {
+        addr: Some("127.0.0.1:9".parse().unwrap()),
+        certificate: Some(Arc::new(cert.der().clone())),
+    });
+    let Reply { status, body, .. } = send(&w.state, req).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let c = claims(body["token"].as_str().unwrap());
     assert_eq!(c["sub"], "node:worker-1");
@@ -628,7 +630,7 @@ async fn get_with_a_verified_node_certificate_is_the_node() {
 
 #[tokio::test]
 async fn repeated_failures_get_429_with_retry_after_then_recover() {
-    let w = world();
+    let w = World::new();
     let wrong = || {
         get(
             "/token?service=registry.test",
@@ -636,48 +638,31 @@ async fn repeated_failures_get_429_with_retry_after_then_recover() {
         )
     };
     for _ in 0..5 {
-        let (status, _) = send(&w.state, wrong()).await;
+        let Reply { status, .. } = send(&w.state, wrong()).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
-    let resp = router(Arc::clone(&w.state))
-        .oneshot(get(
-            "/token?service=registry.test",
-            Some(&basic("alice", "alice-pw")),
-        ))
-        .await
-        .unwrap();
+    let resp = w.get("/token?service=registry.test", Some(&alice())).await;
     assert_eq!(
-        resp.status(),
+        resp.status,
         StatusCode::TOO_MANY_REQUESTS,
         "even the right password waits"
     );
-    assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
-    let (status, body) = send(
-        &w.state,
-        post("grant_type=password&username=alice&password=alice-pw&service=registry.test"),
-    )
-    .await;
+    assert_eq!(resp.headers[header::RETRY_AFTER], "1");
+    let Reply { status, body, .. } = w
+        .post("grant_type=password&username=alice&password=alice-pw&service=registry.test")
+        .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(body["error"], "slow_down");
-    let (status, _) = send(
-        &w.state,
-        get(
+    let Reply { status, .. } = w
+        .get(
             "/token?service=registry.test",
             Some(&basic("bob", "bob-pw")),
-        ),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "other accounts are not affected");
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (status, _) = send(
-        &w.state,
-        get(
-            "/token?service=registry.test",
-            Some(&basic("alice", "alice-pw")),
-        ),
-    )
-    .await;
+    let Reply { status, .. } = w.get("/token?service=registry.test", Some(&alice())).await;
     assert_eq!(
         status,
         StatusCode::OK,
@@ -687,64 +672,29 @@ async fn repeated_failures_get_429_with_retry_after_then_recover() {
 
 #[tokio::test]
 async fn metrics_and_readiness() {
-    let w = world();
-    send(
-        &w.state,
-        get(
-            "/token?service=registry.test",
-            Some(&basic("alice", "alice-pw")),
-        ),
-    )
-    .await;
-    send(
-        &w.state,
-        get(
-            "/token?service=registry.test",
-            Some(&basic("alice", "alice-pw")),
-        ),
-    )
-    .await;
-    send(
-        &w.state,
-        get(
-            "/token?service=registry.test",
-            Some(&basic("alice", "nope")),
-        ),
-    )
-    .await;
+    let w = World::new();
+    w.get(ALICE_GET, Some(&alice())).await;
+    w.get(ALICE_GET, Some(&alice())).await;
+    w.get(ALICE_GET, Some(&basic("alice", "nope"))).await;
     let resp = router(Arc::clone(&w.state))
         .oneshot(get("/metrics", None))
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let text = String::from_utf8(
-        axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .unwrap()
-            .to_vec(),
-    )
-    .unwrap();
-    assert!(
-        text.contains("regauth_requests_total{endpoint=\"/token\",outcome=\"ok\"} 2"),
-        "{text}"
-    );
-    assert!(
-        text.contains("regauth_requests_total{endpoint=\"/token\",outcome=\"unauthorized\"} 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("regauth_auth_failures_total{reason=\"bad_credentials\"} 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("regauth_password_cache_total{result=\"hit\"} 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("regauth_token_issue_seconds_count 2"),
-        "{text}"
-    );
-    let (status, body) = send(&w.state, get("/readyz", None)).await;
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    for want in [
+        "regauth_requests_total{endpoint=\"/token\",outcome=\"ok\"} 2",
+        "regauth_requests_total{endpoint=\"/token\",outcome=\"unauthorized\"} 1",
+        "regauth_auth_failures_total{reason=\"bad_credentials\"} 1",
+        "regauth_password_cache_total{result=\"hit\"} 1",
+        "regauth_token_issue_seconds_count 2",
+    ] {
+        assert!(text.contains(want), "{want} missing from\n{text}");
+    }
+    let Reply { status, body, .. } = w.get("/readyz", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["signing_keys"], 1);
 }
@@ -753,23 +703,77 @@ async fn metrics_and_readiness() {
 /// refresh token through the password grant first.
 #[tokio::test]
 async fn password_grant_accepts_a_refresh_token_as_the_password() {
-    let w = world();
-    let (_, body) = send(
-        &w.state,
-        post("grant_type=password&username=alice&password=alice-pw&access_type=offline&service=registry.test"),
-    )
-    .await;
+    let w = World::new();
+    let Reply { body, .. } = w.post("grant_type=password&username=alice&password=alice-pw&access_type=offline&service=registry.test").await;
     let refresh = body["refresh_token"].as_str().unwrap().to_owned();
-    let (status, body) = send(
-        &w.state,
-        post(&format!(
+    let Reply { status, body, .. } = w.post(&format!(
             "grant_type=password&username=regauth&password={refresh}&service=registry.test&scope=repository:alice/x:pull"
-        )),
-    )
-    .await;
+        )).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         claims(body["access_token"].as_str().unwrap())["sub"],
         "alice"
     );
+}
+
+/// A config reload in the middle of a request does not split it: the
+/// request authenticated under the old config is decided and signed under
+/// the old config too. The reload lands while the password hash runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_mid_request_leaves_the_request_on_one_config() {
+    // A cost-12 hash takes long enough to swap the config while it runs.
+    let w = World::with("", 12);
+    let state = Arc::clone(&w.state);
+    let request = tokio::spawn(async move {
+        send(
+            &state,
+            get(
+                "/token?service=registry.test&scope=repository:alice/x:pull",
+                Some(&alice()),
+            ),
+        )
+        .await
+    });
+    // The cache miss is counted just before the hash starts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while w.state.metrics().password_cache_misses() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never hashed"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The new config has another issuer and grants alice no pull: the
+    // first matching rule wins and allows only delete.
+    let deny_all = "  - kind: account\n    resource: \"alice/**\"\n    actions: [delete]\n";
+    write_config(
+        w.dir.path(),
+        "reloaded-issuer",
+        &bcrypt::hash("other-pw", 4).unwrap(),
+        deny_all,
+    );
+    w.state
+        .replace_settings(config::load(&w.dir.path().join("config.yaml")).unwrap());
+    let reply = request.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let c = claims(reply.body["token"].as_str().unwrap());
+    assert_eq!(
+        c["iss"], "test-issuer",
+        "signed under the config it began with"
+    );
+    assert_eq!(
+        c["access"][0]["actions"],
+        serde_json::json!(["pull"]),
+        "decided under the config it began with"
+    );
+    // The next request runs under the new config.
+    let after = w
+        .get(
+            "/token?service=registry.test&scope=repository:alice/x:pull",
+            Some(&basic("alice", "other-pw")),
+        )
+        .await;
+    let c = claims(after.body["token"].as_str().unwrap());
+    assert_eq!(c["iss"], "reloaded-issuer");
+    assert_eq!(c["access"], serde_json::json!([]));
 }

@@ -20,11 +20,8 @@ pub enum AccountError {
     /// Account names are limited to `[A-Za-z0-9._@-]`, 1 to 128 characters.
     #[error("invalid account name {0:?}: use letters, digits, '.', '_', '-' or '@'")]
     BadName(String),
-    /// The same name is defined twice.
-    #[error("account {0:?} is defined more than once")]
-    Duplicate(String),
     /// An htpasswd file could not be read.
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -41,7 +38,7 @@ pub enum AccountError {
         line: usize,
     },
     /// An htpasswd entry is invalid; the inner error says why.
-    #[error("{path}:{line}: {source}")]
+    #[error("{path}:{line}")]
     HtpasswdEntry {
         /// The file.
         path: PathBuf,
@@ -128,6 +125,11 @@ impl Account {
         })
     }
 
+    /// The login name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The principal this account authenticates as.
     pub fn principal(&self) -> Principal {
         Principal {
@@ -138,9 +140,10 @@ impl Account {
     }
 }
 
-/// Parses an htpasswd file; only bcrypt entries (`htpasswd -B`) are accepted
-/// because the other formats are too weak to keep.
-pub fn read_htpasswd(path: &Path) -> Result<Vec<Account>, AccountError> {
+/// Parses an htpasswd file into (line number, account) pairs; only bcrypt
+/// entries (`htpasswd -B`) are accepted because the other formats are too
+/// weak to keep.
+pub fn read_htpasswd(path: &Path) -> Result<Vec<(usize, Account)>, AccountError> {
     let text = std::fs::read_to_string(path).map_err(|source| AccountError::Io {
         path: path.to_owned(),
         source,
@@ -161,17 +164,21 @@ pub fn read_htpasswd(path: &Path) -> Result<Vec<Account>, AccountError> {
                 line: i + 1,
                 source: Box::new(e),
             })?;
-        out.push(account);
+        out.push((i + 1, account));
     }
     Ok(out)
 }
+
+/// bcrypt cost for hashes this server writes (`hash-password`, the
+/// embedded default's admin account).
+pub const BCRYPT_COST: u32 = 10;
 
 /// A bcrypt hash of a random password, checked when the user is unknown so
 /// that a miss takes about as long as a wrong password.
 static DUMMY_BCRYPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let mut pw = [0u8; 16];
     let _ = aws_lc_rs::rand::fill(&mut pw);
-    bcrypt::hash(pw, crate::defaults::BCRYPT_COST).unwrap_or_default()
+    bcrypt::hash(pw, BCRYPT_COST).unwrap_or_default()
 });
 
 /// Outcome of a password check.
@@ -204,26 +211,18 @@ impl std::fmt::Debug for Accounts {
 }
 
 impl Accounts {
-    /// Builds the account table. `fingerprint_secret` keys the password-hash
-    /// fingerprints, so they stay stable across replicas and restarts.
-    pub fn new(
-        accounts: Vec<Account>,
-        fingerprint_secret: &[u8],
-        cache: PasswordCache,
-    ) -> Result<Self, AccountError> {
-        let mut by_name = HashMap::new();
-        for a in accounts {
-            if by_name.contains_key(&a.name) {
-                return Err(AccountError::Duplicate(a.name));
-            }
-            by_name.insert(a.name.clone(), a);
-        }
+    /// Builds the account table from accounts with distinct names (the
+    /// config loader reports duplicates where they are written).
+    /// `fingerprint_secret` keys the password-hash fingerprints, so they stay
+    /// stable across replicas and restarts.
+    pub fn new(accounts: Vec<Account>, fingerprint_secret: &[u8], cache: PasswordCache) -> Self {
+        let by_name = accounts.into_iter().map(|a| (a.name.clone(), a)).collect();
         let fingerprint_key = hmac::Key::new(hmac::HMAC_SHA256, fingerprint_secret);
-        Ok(Accounts {
+        Accounts {
             by_name,
             fingerprint_key,
             cache,
-        })
+        }
     }
 
     /// Number of accounts.
@@ -296,7 +295,11 @@ mod tests {
     use std::time::Duration;
 
     fn accounts(list: Vec<Account>) -> Accounts {
-        Accounts::new(list, b"k", PasswordCache::new(Duration::from_secs(60))).unwrap()
+        Accounts::new(
+            list,
+            b"k",
+            PasswordCache::new(Duration::from_secs(60), b"k"),
+        )
     }
 
     #[test]
@@ -348,26 +351,25 @@ mod tests {
         std::fs::write(&p, format!("# comment\n\ncarol:{h}\n")).unwrap();
         let list = read_htpasswd(&p).unwrap();
         assert_eq!(list.len(), 1);
-        let acc = accounts(list);
+        assert_eq!(list[0].0, 3, "line number");
+        let acc = accounts(list.into_iter().map(|(_, a)| a).collect());
         assert!(matches!(
             acc.verify_slow("carol", b"pw", Instant::now()),
             Verified::Yes { .. }
         ));
 
         std::fs::write(&p, "dave:$apr1$abc$def\n").unwrap();
-        let err = read_htpasswd(&p).unwrap_err().to_string();
-        assert!(err.contains(":1:") && err.contains("unsupported"), "{err}");
+        let err = read_htpasswd(&p).unwrap_err();
+        assert!(err.to_string().ends_with(":1"), "{err}");
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert!(cause.contains("unsupported"), "{cause}");
         std::fs::write(&p, "x:y\nnocolon\n").unwrap();
         assert!(read_htpasswd(&p).is_err());
     }
 
     #[test]
-    fn duplicates_and_bad_names_are_rejected() {
+    fn bad_names_and_hashes_are_rejected() {
         let h = bcrypt::hash("pw", 4).unwrap();
-        let a = Account::new("a", &h, BTreeMap::new()).unwrap();
-        assert!(
-            Accounts::new(vec![a.clone(), a], b"k", PasswordCache::new(Duration::ZERO)).is_err()
-        );
         assert!(Account::new("a b", &h, BTreeMap::new()).is_err());
         assert!(Account::new("a", "plain", BTreeMap::new()).is_err());
     }

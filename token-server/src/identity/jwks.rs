@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -21,25 +22,74 @@ const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 /// Cached keys older than this are refetched on the next lookup.
 const MAX_KEY_AGE: Duration = Duration::from_secs(3600);
 
-/// Why keys could not be obtained.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why keys could not be obtained. Cheap to clone: the last failure is kept
+/// and reported to every request until a fetch succeeds.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum JwksError {
-    /// The network fetch failed (connection, TLS, timeout, status).
-    #[error("fetching {url} failed: {reason}")]
+    /// The URL is not https and plain HTTP was not allowed.
+    #[error("{url}: only https URLs are allowed (danger_allow_http permits http)")]
+    Insecure {
+        /// The URL.
+        url: String,
+    },
+    /// The network fetch failed (connection, TLS, timeout).
+    #[error("fetching {url} failed")]
     Fetch {
         /// What was fetched.
         url: String,
         /// Why it failed.
-        reason: String,
+        #[source]
+        source: Arc<reqwest::Error>,
+    },
+    /// The server answered with an error status.
+    #[error("fetching {url} failed: status {status}")]
+    Status {
+        /// What was fetched.
+        url: String,
+        /// The HTTP status.
+        status: reqwest::StatusCode,
+    },
+    /// The document is larger than [`MAX_DOCUMENT_BYTES`].
+    #[error("{url}: document larger than {MAX_DOCUMENT_BYTES} bytes")]
+    TooLarge {
+        /// What was fetched.
+        url: String,
+    },
+    /// A local JWKS file could not be read.
+    #[error("reading {path} failed")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
     },
     /// The document is not what it should be.
-    #[error("{url}: {reason}")]
+    #[error("{url}: {problem}")]
     Document {
         /// Where it came from.
         url: String,
         /// What is wrong.
-        reason: String,
+        #[source]
+        problem: DocumentError,
     },
+}
+
+/// What is wrong with a discovery document or a JWKS.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DocumentError {
+    /// Not JSON.
+    #[error("not JSON")]
+    NotJson(#[source] Arc<serde_json::Error>),
+    /// A JWKS without a `keys` array.
+    #[error("no `keys` array")]
+    NoKeys,
+    /// OIDC discovery for another issuer.
+    #[error("the discovery document names another issuer")]
+    IssuerMismatch,
+    /// OIDC discovery without a `jwks_uri`.
+    #[error("the discovery document has no jwks_uri")]
+    NoJwksUri,
 }
 
 /// Where an issuer's keys come from.
@@ -71,7 +121,6 @@ type KeyMap = HashMap<String, Arc<VerifyingKey>>;
 struct Refresh {
     last_attempt: Option<Instant>,
     fetched_at: Option<Instant>,
-    fetches: u64,
     last_error: Option<JwksError>,
 }
 
@@ -83,6 +132,7 @@ pub struct KeyCache {
     min_refresh: Duration,
     keys: ArcSwap<KeyMap>,
     refresh: tokio::sync::Mutex<Refresh>,
+    fetches: AtomicU64,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -109,6 +159,7 @@ impl KeyCache {
             min_refresh,
             keys: ArcSwap::from_pointee(HashMap::new()),
             refresh: tokio::sync::Mutex::new(Refresh::default()),
+            fetches: AtomicU64::new(0),
         }
     }
 
@@ -134,7 +185,7 @@ impl KeyCache {
             .is_none_or(|t| t.elapsed() >= self.min_refresh);
         if allowed {
             refresh.last_attempt = Some(Instant::now());
-            refresh.fetches += 1;
+            self.fetches.fetch_add(1, Ordering::Relaxed);
             match self.load().await {
                 Ok(map) => {
                     self.keys.store(Arc::new(map));
@@ -173,8 +224,8 @@ impl KeyCache {
     }
 
     /// How many times keys were loaded (for metrics and tests).
-    pub async fn fetch_count(&self) -> u64 {
-        self.refresh.lock().await.fetches
+    pub fn fetch_count(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
     }
 
     async fn stale(&self) -> bool {
@@ -197,68 +248,57 @@ impl KeyCache {
     async fn load(&self) -> Result<KeyMap, JwksError> {
         let (url, bytes) = match &self.source {
             KeySource::File(path) => {
-                let url = path.display().to_string();
-                let bytes = tokio::fs::read(path).await.map_err(|e| JwksError::Fetch {
-                    url: url.clone(),
-                    reason: e.to_string(),
+                let bytes = tokio::fs::read(path).await.map_err(|e| JwksError::Read {
+                    path: path.clone(),
+                    source: Arc::new(e),
                 })?;
-                (url, bytes)
+                (path.display().to_string(), bytes)
             }
             KeySource::Uri(uri) => (uri.clone(), self.get(uri).await?),
             KeySource::Discovery { issuer } => {
                 let url = format!("{issuer}/.well-known/openid-configuration");
+                let bad = |problem| JwksError::Document {
+                    url: url.clone(),
+                    problem,
+                };
                 let doc: serde_json::Value = serde_json::from_slice(&self.get(&url).await?)
-                    .map_err(|e| JwksError::Document {
-                        url: url.clone(),
-                        reason: e.to_string(),
-                    })?;
+                    .map_err(|e| bad(DocumentError::NotJson(Arc::new(e))))?;
                 // OpenID Connect Discovery 1.0, section 4.3: the document must
                 // name the issuer it was fetched for.
                 if doc["issuer"].as_str() != Some(issuer.as_str()) {
-                    return Err(JwksError::Document {
-                        url,
-                        reason: "issuer does not match".into(),
-                    });
+                    return Err(bad(DocumentError::IssuerMismatch));
                 }
                 let jwks_uri = doc["jwks_uri"]
                     .as_str()
-                    .ok_or_else(|| JwksError::Document {
-                        url: url.clone(),
-                        reason: "no jwks_uri".into(),
-                    })?
+                    .ok_or_else(|| bad(DocumentError::NoJwksUri))?
                     .to_owned();
                 let bytes = self.get(&jwks_uri).await?;
                 (jwks_uri, bytes)
             }
         };
-        parse_jwks(&bytes).map_err(|reason| JwksError::Document { url, reason })
+        parse_jwks(&bytes).map_err(|problem| JwksError::Document { url, problem })
     }
 
     async fn get(&self, url: &str) -> Result<Vec<u8>, JwksError> {
-        let fail = |reason: String| JwksError::Fetch {
+        let url_owned = || url.to_owned();
+        let fail = |e: reqwest::Error| JwksError::Fetch {
             url: url.to_owned(),
-            reason,
+            source: Arc::new(e),
         };
         if !(url.starts_with("https://") || (self.allow_http && url.starts_with("http://"))) {
-            return Err(fail(
-                "only https URLs are allowed (danger_allow_http permits http)".into(),
-            ));
+            return Err(JwksError::Insecure { url: url_owned() });
         }
-        let mut resp = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let mut resp = self.http.get(url).send().await.map_err(fail)?;
         if !resp.status().is_success() {
-            return Err(fail(format!("status {}", resp.status())));
+            return Err(JwksError::Status {
+                url: url_owned(),
+                status: resp.status(),
+            });
         }
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
+        while let Some(chunk) = resp.chunk().await.map_err(fail)? {
             if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-                return Err(fail(format!(
-                    "document larger than {MAX_DOCUMENT_BYTES} bytes"
-                )));
+                return Err(JwksError::TooLarge { url: url_owned() });
             }
             body.extend_from_slice(&chunk);
         }
@@ -267,10 +307,10 @@ impl KeyCache {
 }
 
 /// Parses a JWKS, keeping the signature keys that have a usable shape.
-pub fn parse_jwks(bytes: &[u8]) -> Result<KeyMap, String> {
+pub fn parse_jwks(bytes: &[u8]) -> Result<KeyMap, DocumentError> {
     let raw: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    let list = raw["keys"].as_array().ok_or("no `keys` array")?;
+        serde_json::from_slice(bytes).map_err(|e| DocumentError::NotJson(Arc::new(e)))?;
+    let list = raw["keys"].as_array().ok_or(DocumentError::NoKeys)?;
     let mut map = HashMap::new();
     for entry in list {
         // Skip encryption keys and key types this crate cannot parse,
@@ -342,7 +382,7 @@ mod tests {
             );
         }
         assert_eq!(
-            cache.fetch_count().await,
+            cache.fetch_count(),
             1,
             "the interval since the first load has not passed"
         );
@@ -363,7 +403,7 @@ mod tests {
             );
         }
         assert_eq!(
-            eager.fetch_count().await,
+            eager.fetch_count(),
             5,
             "with no interval every unknown kid refetches"
         );

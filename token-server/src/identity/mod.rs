@@ -1,10 +1,14 @@
 //! Who is asking: every authenticated caller becomes a [`Principal`].
 
 pub mod account;
+pub mod certificate;
+pub mod issuers;
 pub mod jwks;
-pub mod node;
-pub mod oidc;
+pub mod jws;
+mod kubernetes;
+mod oidc;
 pub mod password_cache;
+mod subject_token;
 
 use std::collections::BTreeMap;
 use std::fmt;

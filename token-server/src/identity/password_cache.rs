@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use aws_lc_rs::hmac;
 
+use crate::secret::constant_time_eq;
+
 /// Entries kept at most; past that, expired entries are dropped and, if the
 /// cache is still full, it starts over. Bounds memory under a password spray.
 const MAX_ENTRIES: usize = 16_384;
@@ -37,14 +39,16 @@ impl std::fmt::Debug for PasswordCache {
 }
 
 impl PasswordCache {
-    /// A cache whose keys are derived with a fresh random key. A `ttl` of zero
-    /// disables it.
-    pub fn new(ttl: Duration) -> Self {
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        // The system RNG failing means the machine cannot do crypto at all.
-        let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).expect("system RNG failed");
+    /// A cache whose slots are keyed by a key derived from `secret` (the
+    /// server's refresh secret), so they mean nothing without it. A `ttl` of
+    /// zero disables it.
+    pub fn new(ttl: Duration, secret: &[u8]) -> Self {
+        let derived = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, secret),
+            b"regauth password cache v1",
+        );
         PasswordCache {
-            key,
+            key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
             ttl,
             entries: Mutex::new(HashMap::new()),
         }
@@ -76,7 +80,7 @@ impl PasswordCache {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries
             .get(&slot)
-            .is_some_and(|e| e.expires > now && &e.fingerprint == fingerprint)
+            .is_some_and(|e| e.expires > now && constant_time_eq(&e.fingerprint, fingerprint))
     }
 
     /// Records a successful verification.
@@ -108,7 +112,7 @@ mod tests {
 
     #[test]
     fn remembers_until_ttl_and_fingerprint_change() {
-        let c = PasswordCache::new(Duration::from_secs(60));
+        let c = PasswordCache::new(Duration::from_secs(60), b"k");
         let now = Instant::now();
         assert!(!c.contains("alice", b"pw", &[1; 16], now));
         c.insert("alice", b"pw", [1; 16], now);
@@ -124,7 +128,7 @@ mod tests {
 
     #[test]
     fn user_and_password_boundary_is_unambiguous() {
-        let c = PasswordCache::new(Duration::from_secs(60));
+        let c = PasswordCache::new(Duration::from_secs(60), b"k");
         let now = Instant::now();
         c.insert("ab", b"c", [1; 16], now);
         assert!(!c.contains("a", b"bc", &[1; 16], now));
@@ -132,7 +136,7 @@ mod tests {
 
     #[test]
     fn zero_ttl_disables() {
-        let c = PasswordCache::new(Duration::ZERO);
+        let c = PasswordCache::new(Duration::ZERO, b"k");
         let now = Instant::now();
         c.insert("a", b"p", [1; 16], now);
         assert!(!c.contains("a", b"p", &[1; 16], now));

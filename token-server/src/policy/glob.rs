@@ -106,6 +106,31 @@ impl Glob {
         })
     }
 
+    /// The pattern that matches only the empty string: a placeholder for a
+    /// pattern that failed to compile, in a config that is refused anyway.
+    pub fn empty() -> Self {
+        Glob {
+            source: String::new(),
+            tokens: Vec::new(),
+        }
+    }
+
+    /// `**`: matches everything, including the empty string.
+    pub fn any() -> Self {
+        Glob {
+            source: "**".to_owned(),
+            tokens: vec![Token::Any],
+        }
+    }
+
+    /// A pattern that matches `text` exactly, whatever characters it holds.
+    pub fn literal(text: &str) -> Self {
+        Glob {
+            source: text.to_owned(),
+            tokens: vec![Token::Literal(text.to_owned())],
+        }
+    }
+
     /// The pattern as written.
     pub fn as_str(&self) -> &str {
         &self.source

@@ -6,13 +6,14 @@
 //! registries accept only asymmetric algorithms, so a registry can never take
 //! one as an access token.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::{Kind, Principal};
+use super::{IssueError, Window, random_id};
+use crate::clock::unix;
+use crate::identity::Principal;
 use crate::secret::Secret;
 
 /// The `token_use` claim value that marks a refresh token.
@@ -30,9 +31,6 @@ pub enum RefreshError {
     /// The account behind the token was removed or its password changed.
     #[error("refresh token was revoked")]
     Revoked,
-    /// Signing failed (a bug or a broken crypto library).
-    #[error("refresh token could not be signed")]
-    Sign,
 }
 
 /// The claims inside a refresh token.
@@ -80,7 +78,7 @@ impl std::fmt::Debug for RefreshTokens {
 
 impl RefreshTokens {
     /// Uses `secret` (at least 32 bytes) for tokens of `issuer`.
-    pub fn new(issuer: &str, secret: &Secret) -> Self {
+    pub fn new(issuer: &str, secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[issuer]);
@@ -92,8 +90,8 @@ impl RefreshTokens {
         validation.validate_nbf = false;
         RefreshTokens {
             issuer: issuer.to_owned(),
-            encoding: EncodingKey::from_secret(secret.expose()),
-            decoding: DecodingKey::from_secret(secret.expose()),
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
             validation,
         }
     }
@@ -105,23 +103,23 @@ impl RefreshTokens {
         pwv: Option<String>,
         ttl: Duration,
         now: SystemTime,
-    ) -> Result<(String, RefreshClaims), RefreshError> {
-        let iat = unix(now);
+    ) -> Result<(Secret, RefreshClaims), IssueError> {
+        let window = Window::starting(now, ttl);
         let claims = RefreshClaims {
             iss: self.issuer.clone(),
             aud: self.issuer.clone(),
             sub: principal.subject(),
-            iat,
-            nbf: iat.saturating_sub(crate::issue::NBF_SKEW.as_secs()),
-            exp: iat + ttl.as_secs(),
-            jti: crate::issue::random_id(),
+            iat: window.iat,
+            nbf: window.nbf,
+            exp: window.exp,
+            jti: random_id()?,
             token_use: TOKEN_USE.to_owned(),
             principal: principal.clone(),
             pwv,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|_| RefreshError::Sign)?;
-        Ok((token, claims))
+            .map_err(IssueError::Mac)?;
+        Ok((Secret::new(token), claims))
     }
 
     /// Verifies signature, issuer, audience, type and validity window.
@@ -146,42 +144,31 @@ impl RefreshTokens {
     }
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Attributes of an account principal worth binding into its token.
-pub fn account_principal(name: &str, labels: &BTreeMap<String, String>) -> Principal {
-    Principal {
-        kind: Kind::Account,
-        name: name.to_owned(),
-        attributes: labels.clone(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn tokens() -> RefreshTokens {
-        RefreshTokens::new("regauth", &Secret::new(vec![7; 32]))
+        RefreshTokens::new("regauth", &[7; 32])
     }
 
     fn alice() -> Principal {
-        account_principal("alice", &BTreeMap::new())
+        Principal {
+            kind: crate::identity::Kind::Account,
+            name: "alice".into(),
+            attributes: Default::default(),
+        }
     }
 
     #[test]
     fn round_trip() {
         let t = tokens();
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         let (tok, claims) = t
             .issue(&alice(), Some("v1".into()), Duration::from_secs(60), now)
             .unwrap();
-        assert!(RefreshTokens::looks_like_token(&tok));
-        assert_eq!(t.verify(&tok, now).unwrap(), claims);
+        assert!(RefreshTokens::looks_like_token(tok.expose()));
+        assert_eq!(t.verify(tok.expose(), now).unwrap(), claims);
         assert_eq!(claims.aud, "regauth");
         assert_eq!(claims.sub, "alice");
     }
@@ -189,42 +176,42 @@ mod tests {
     #[test]
     fn expired_tampered_wrong_audience() {
         let t = tokens();
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         let (tok, _) = t
             .issue(&alice(), None, Duration::from_secs(60), now)
             .unwrap();
         assert_eq!(
-            t.verify(&tok, now + Duration::from_secs(61)),
+            t.verify(tok.expose(), now + Duration::from_secs(61)),
             Err(RefreshError::Expired)
         );
 
-        let mut parts: Vec<String> = tok.split('.').map(String::from).collect();
+        let mut parts: Vec<String> = tok.expose().split('.').map(String::from).collect();
         parts[1] = parts[1].replacen('e', "f", 1);
         assert_eq!(t.verify(&parts.join("."), now), Err(RefreshError::Invalid));
 
-        let other = RefreshTokens::new("someone-else", &Secret::new(vec![7; 32]));
+        let other = RefreshTokens::new("someone-else", &[7; 32]);
         let (foreign, _) = other
             .issue(&alice(), None, Duration::from_secs(60), now)
             .unwrap();
-        assert_eq!(t.verify(&foreign, now), Err(RefreshError::Invalid));
+        assert_eq!(t.verify(foreign.expose(), now), Err(RefreshError::Invalid));
 
-        let wrong_key = RefreshTokens::new("regauth", &Secret::new(vec![8; 32]));
+        let wrong_key = RefreshTokens::new("regauth", &[8; 32]);
         let (forged, _) = wrong_key
             .issue(&alice(), None, Duration::from_secs(60), now)
             .unwrap();
-        assert_eq!(t.verify(&forged, now), Err(RefreshError::Invalid));
+        assert_eq!(t.verify(forged.expose(), now), Err(RefreshError::Invalid));
         assert_eq!(t.verify("not a token", now), Err(RefreshError::Invalid));
     }
 
     #[test]
     fn not_valid_before_issue() {
         let t = tokens();
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         let (tok, _) = t
             .issue(&alice(), None, Duration::from_secs(60), now)
             .unwrap();
         assert_eq!(
-            t.verify(&tok, now - Duration::from_secs(3600)),
+            t.verify(tok.expose(), now - Duration::from_secs(3600)),
             Err(RefreshError::Invalid)
         );
     }

@@ -4,17 +4,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
-use crate::keys::{KeyError, SigningKey};
+use super::{IssueError, Window, random_id};
+use crate::keys::SigningKey;
 use crate::policy::Grant;
-use crate::refresh::unix;
-
-/// How far `nbf` is set before `iat`, to absorb clock skew between this
-/// server and the registry (which itself allows 60 s).
-pub const NBF_SKEW: Duration = Duration::from_secs(10);
+use crate::secret::Secret;
 
 /// The claims of an access token, in the shape distribution expects:
 /// `aud` is a string and times are integers.
@@ -42,7 +37,7 @@ pub struct AccessClaims<'a> {
 #[derive(Debug)]
 pub struct AccessToken {
     /// The compact JWS.
-    pub token: String,
+    pub token: Secret,
     /// Its `jti`, for the audit log.
     pub jti: String,
     /// `iat` as seconds.
@@ -60,46 +55,40 @@ pub fn access_token(
     access: &[Grant],
     ttl: Duration,
     now: SystemTime,
-) -> Result<AccessToken, KeyError> {
-    let iat = unix(now);
+) -> Result<AccessToken, IssueError> {
+    let window = Window::starting(now, ttl);
     let claims = AccessClaims {
         iss: issuer,
         sub,
         aud: service,
-        exp: iat + ttl.as_secs(),
-        nbf: iat.saturating_sub(NBF_SKEW.as_secs()),
-        iat,
-        jti: random_id(),
+        exp: window.exp,
+        nbf: window.nbf,
+        iat: window.iat,
+        jti: random_id()?,
         access,
     };
-    let json = serde_json::to_vec(&claims).map_err(|_| KeyError::Sign)?;
-    let token = key.sign_claims(&json)?;
+    let json = serde_json::to_vec(&claims)?;
+    let token = Secret::new(key.sign_claims(&json)?);
     Ok(AccessToken {
         token,
         jti: claims.jti,
-        issued_at: iat,
+        issued_at: window.iat,
         expires_in: ttl.as_secs(),
     })
-}
-
-/// 128 random bits, base64url: unguessable token IDs.
-pub fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    // The system RNG failing means the machine cannot do crypto at all.
-    aws_lc_rs::rand::fill(&mut bytes).expect("system random number generator failed");
-    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::keys::{Algorithm, generate};
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     #[test]
     fn claim_types_match_what_registries_expect() {
         let dir = tempfile::tempdir().unwrap();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let g = generate(Algorithm::Es256, "t", SystemTime::now()).unwrap();
+        let g = generate(Algorithm::Es256, "t", now).unwrap();
         std::fs::write(dir.path().join("k"), g.key_pem).unwrap();
         std::fs::write(dir.path().join("c"), g.cert_pem).unwrap();
         let key = SigningKey::load(&dir.path().join("k"), &dir.path().join("c"), false).unwrap();
@@ -118,7 +107,7 @@ mod tests {
             now,
         )
         .unwrap();
-        let payload = t.token.split('.').nth(1).unwrap();
+        let payload = t.token.expose().split('.').nth(1).unwrap();
         let claims: serde_json::Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
         assert!(claims["aud"].is_string(), "aud must be a JSON string");
@@ -135,7 +124,7 @@ mod tests {
         );
         let header: serde_json::Value = serde_json::from_slice(
             &URL_SAFE_NO_PAD
-                .decode(t.token.split('.').next().unwrap())
+                .decode(t.token.expose().split('.').next().unwrap())
                 .unwrap(),
         )
         .unwrap();

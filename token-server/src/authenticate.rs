@@ -1,0 +1,269 @@
+//! Every way into the server: a [`Grant`] and the connection it came on
+//! become an [`Authenticated`] caller, or an [`AuthError`].
+//!
+//! Functions here hold passwords and tokens, so they are instrumented with
+//! `skip_all` and log only outcomes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls_pki_types::CertificateDer;
+
+use crate::identity::account::Verified;
+use crate::identity::issuers::SubjectTokenError;
+use crate::identity::{Kind, Principal, certificate};
+use crate::limiter::FailureLimiter;
+use crate::metrics::Metrics;
+use crate::proto::Grant;
+use crate::secret::{Secret, constant_time_eq};
+use crate::settings::Settings;
+use crate::token::refresh::{RefreshError, RefreshTokens};
+
+/// Facts about the connection a request arrived on.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: Option<SocketAddr>,
+    /// The leaf certificate the client presented and TLS verified.
+    pub certificate: Option<Arc<CertificateDer<'static>>>,
+}
+
+/// A caller whose credentials checked out.
+#[derive(Debug)]
+pub struct Authenticated {
+    /// Who it is.
+    pub principal: Principal,
+    /// What refresh token the caller gets when it asks for one.
+    pub refresh: Refresh,
+}
+
+/// The refresh token an authenticated caller may be given.
+#[derive(Debug)]
+pub enum Refresh {
+    /// The refresh token the caller presented: handed back, never rotated,
+    /// because clients such as skopeo keep the token they were given.
+    Presented(Secret),
+    /// A new one, valid for `ttl`, bound to the account's password-hash
+    /// fingerprint when the caller used a password.
+    Mint {
+        /// Fingerprint of the account's password hash.
+        pwv: Option<String>,
+        /// Lifetime.
+        ttl: Duration,
+    },
+    /// None: anonymous callers get no credential.
+    Never,
+}
+
+/// Why a caller was not authenticated. Messages are safe to show the client.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Unknown account or wrong password; the two are not told apart.
+    #[error("invalid username or password")]
+    BadPassword,
+    /// A refresh token that is invalid, expired or revoked.
+    #[error(transparent)]
+    Refresh(#[from] RefreshError),
+    /// A subject token that did not verify.
+    #[error(transparent)]
+    SubjectToken(SubjectTokenError),
+    /// The subject token's issuer keys cannot be fetched; retry later.
+    #[error("the subject token cannot be checked now: {0}")]
+    IssuerUnavailable(#[source] SubjectTokenError),
+    /// `client_credentials` without a trusted client certificate.
+    #[error("client_credentials needs a client certificate the server trusts (mutual TLS)")]
+    NoClientCertificate,
+    /// A client certificate TLS accepted but that names nobody.
+    #[error("the client certificate has no usable subject common name")]
+    UnusableCertificate,
+    /// Too many failed attempts from this client or for this account.
+    #[error("too many failed attempts; retry in {} s", .0.as_secs().max(1))]
+    Throttled(Duration),
+    /// The password check could not run.
+    #[error("the password check failed")]
+    Internal(#[source] tokio::task::JoinError),
+}
+
+impl AuthError {
+    /// Short label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::BadPassword | AuthError::Refresh(_) => "bad_credentials",
+            AuthError::SubjectToken(e) | AuthError::IssuerUnavailable(e) => e.reason(),
+            AuthError::NoClientCertificate | AuthError::UnusableCertificate => "invalid_client",
+            AuthError::Throttled(_) => "rate_limited",
+            AuthError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// What authentication needs besides the settings: process-wide state that
+/// outlives config reloads.
+pub struct Guards<'a> {
+    /// Backoff after failed password checks.
+    pub limiter: &'a FailureLimiter,
+    /// Counters.
+    pub metrics: &'a Metrics,
+}
+
+/// Authenticates `grant`, presented over the connection `peer`, under one
+/// snapshot of the settings.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn authenticate(
+    settings: &Arc<Settings>,
+    grant: Grant,
+    peer: &Peer,
+    now: SystemTime,
+    guards: &Guards<'_>,
+) -> Result<Authenticated, AuthError> {
+    match grant {
+        // A verified client certificate authenticates a request that
+        // carries no other credentials.
+        Grant::NoCredentials => match &peer.certificate {
+            Some(cert) => certificate(settings, cert),
+            None => Ok(Authenticated {
+                principal: Principal::anonymous(),
+                refresh: Refresh::Never,
+            }),
+        },
+        Grant::ClientCredentials => match &peer.certificate {
+            Some(cert) => certificate(settings, cert),
+            None => Err(AuthError::NoClientCertificate),
+        },
+        // Clients handed a username and password by a credential plugin
+        // (the kubelet passes the pair to containerd) send the regauth
+        // refresh token as the password: accept it as such.
+        Grant::Basic { username, password } | Grant::Password { username, password } => {
+            if RefreshTokens::looks_like_token(password.expose()) {
+                refresh(settings, password, now)
+            } else {
+                account_password(settings, &username, password, peer, guards).await
+            }
+        }
+        Grant::RefreshToken(token) => refresh(settings, token, now),
+        Grant::TokenExchange { subject_token, .. } => exchange(settings, &subject_token, now).await,
+    }
+}
+
+fn certificate(settings: &Settings, cert: &CertificateDer<'_>) -> Result<Authenticated, AuthError> {
+    let principal = certificate::principal(cert).ok_or(AuthError::UnusableCertificate)?;
+    Ok(Authenticated {
+        principal,
+        refresh: Refresh::Mint {
+            pwv: None,
+            ttl: settings.refresh_token_ttl,
+        },
+    })
+}
+
+/// Checks an account password, the cache first and the slow hash check on a
+/// blocking thread otherwise.
+async fn account_password(
+    settings: &Arc<Settings>,
+    username: &str,
+    password: Secret,
+    peer: &Peer,
+    guards: &Guards<'_>,
+) -> Result<Authenticated, AuthError> {
+    // Only existing accounts get their own record, so a spray of made-up
+    // names cannot fill the table; the address is limited either way.
+    let account = settings.accounts.principal(username).map(|_| username);
+    let addr = peer.addr.map(|a| a.ip());
+    // Refuse before any hash is computed while in backoff.
+    guards
+        .limiter
+        .check(addr, account, Instant::now())
+        .map_err(AuthError::Throttled)?;
+    let verified = match settings.accounts.verify_cached(
+        username,
+        password.expose().as_bytes(),
+        Instant::now(),
+    ) {
+        Some(v) => {
+            guards.metrics.password_cache(true);
+            v
+        }
+        None => {
+            guards.metrics.password_cache(false);
+            let settings = Arc::clone(settings);
+            let user = username.to_owned();
+            tokio::task::spawn_blocking(move || {
+                settings
+                    .accounts
+                    .verify_slow(&user, password.expose().as_bytes(), Instant::now())
+            })
+            .await
+            .map_err(AuthError::Internal)?
+        }
+    };
+    match verified {
+        Verified::Yes { principal, pwv } => {
+            guards.limiter.success(account);
+            Ok(Authenticated {
+                principal,
+                refresh: Refresh::Mint {
+                    pwv: Some(pwv),
+                    ttl: settings.refresh_token_ttl,
+                },
+            })
+        }
+        Verified::No => {
+            guards.limiter.failure(addr, account, Instant::now());
+            Err(AuthError::BadPassword)
+        }
+    }
+}
+
+/// Verifies a refresh token and re-checks the account it was issued to.
+fn refresh(
+    settings: &Settings,
+    token: Secret,
+    now: SystemTime,
+) -> Result<Authenticated, AuthError> {
+    let claims = settings.refresh.verify(token.expose(), now)?;
+    let principal = if claims.principal.kind == Kind::Account {
+        // A removed account or a changed password revokes its tokens.
+        let current = settings.accounts.current_pwv(&claims.principal.name);
+        let same = match (&current, &claims.pwv) {
+            (Some(c), Some(p)) => constant_time_eq(c.as_bytes(), p.as_bytes()),
+            _ => false,
+        };
+        if !same {
+            return Err(RefreshError::Revoked.into());
+        }
+        settings
+            .accounts
+            .principal(&claims.principal.name)
+            .ok_or(RefreshError::Revoked)?
+    } else {
+        claims.principal
+    };
+    Ok(Authenticated {
+        principal,
+        refresh: Refresh::Presented(token),
+    })
+}
+
+/// RFC 8693: a token from a trusted issuer.
+async fn exchange(
+    settings: &Settings,
+    subject_token: &Secret,
+    now: SystemTime,
+) -> Result<Authenticated, AuthError> {
+    let (principal, issuer) = settings
+        .issuers
+        .verify(subject_token.expose(), now)
+        .await
+        .map_err(|e| match e {
+            SubjectTokenError::Keys(_) => AuthError::IssuerUnavailable(e),
+            e => AuthError::SubjectToken(e),
+        })?;
+    Ok(Authenticated {
+        principal,
+        refresh: Refresh::Mint {
+            pwv: None,
+            ttl: issuer.credential_ttl,
+        },
+    })
+}

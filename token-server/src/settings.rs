@@ -1,0 +1,97 @@
+//! What the server runs with: validated, loaded and ready to use.
+//!
+//! `config` builds a [`Settings`] from the YAML file; nothing below this
+//! module knows the file's shape. A request takes one snapshot of the
+//! settings and uses it throughout, so a reload never splits a request
+//! between two configs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::identity::account::Accounts;
+use crate::identity::issuers::Issuers;
+use crate::keys::KeySet;
+use crate::policy::Policy;
+use crate::tls::TlsSettings;
+use crate::token::refresh::RefreshTokens;
+
+/// Everything the server runs with, validated and loaded.
+#[derive(Debug)]
+pub struct Settings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// External base URL, without a trailing slash.
+    pub public_url: String,
+    /// Token issuer.
+    pub issuer: String,
+    /// Accepted registry services.
+    pub services: Vec<String>,
+    /// Access token lifetime.
+    pub access_token_ttl: Duration,
+    /// Refresh token lifetime.
+    pub refresh_token_ttl: Duration,
+    /// Signing keys.
+    pub keys: KeySet,
+    /// Refresh token issuer/verifier.
+    pub refresh: RefreshTokens,
+    /// Static accounts.
+    pub accounts: Accounts,
+    /// Access policy.
+    pub policy: Policy,
+    /// Request limits.
+    pub limits: Limits,
+    /// Trusted token issuers.
+    pub issuers: Issuers,
+    /// HTTPS settings; `None` serves plain HTTP.
+    pub tls: Option<TlsSettings>,
+}
+
+impl Settings {
+    /// True when `service` is one this server issues tokens for.
+    pub fn serves(&self, service: &str) -> bool {
+        self.services.iter().any(|s| s == service)
+    }
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted request body; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Most distinct scopes in one request.
+    pub max_scopes: usize,
+    /// Deadline for a whole request.
+    pub request_timeout: Duration,
+    /// Deadline for a request's headers, and for a TLS handshake.
+    pub header_read_timeout: Duration,
+    /// Idle read/write timeout of a connection.
+    pub idle_timeout: Duration,
+    /// Largest request head (request line and headers).
+    pub max_header_bytes: usize,
+    /// Most open connections; past it, accepting waits.
+    pub max_connections: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+    /// Failed authentications per account before backoff (an address gets
+    /// four times as many).
+    pub auth_failures_before_backoff: u32,
+    /// Longest backoff.
+    pub max_backoff: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 16 * 1024,
+            max_scopes: 32,
+            request_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 16 * 1024,
+            max_connections: 4096,
+            drain_timeout: Duration::from_secs(30),
+            auth_failures_before_backoff: 5,
+            max_backoff: Duration::from_secs(300),
+        }
+    }
+}
