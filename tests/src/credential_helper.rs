@@ -344,10 +344,7 @@ pub fn mode(path: &Path) -> u32 {
         & 0o777
 }
 
-/// Seconds since the epoch, now.
+/// Seconds since the epoch, now (the test issuers' clock).
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
+    u64::try_from(crate::oidc_issuer::claims::now()).expect("clock after 1970")
 }
