@@ -56,6 +56,8 @@ pub struct TokenServerBuilder {
     embed_x5c: bool,
     extra_config: String,
     tls: Option<ServerTls>,
+    serve_args: Vec<String>,
+    hash_args: Vec<String>,
 }
 
 impl Default for TokenServerBuilder {
@@ -69,6 +71,8 @@ impl Default for TokenServerBuilder {
             embed_x5c: false,
             extra_config: String::new(),
             tls: None,
+            serve_args: Vec::new(),
+            hash_args: Vec::new(),
         }
     }
 }
@@ -89,6 +93,19 @@ impl TokenServerBuilder {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
         });
+        self
+    }
+
+    /// Extra arguments for `serve`, such as `--log-format json`.
+    pub fn serve_args(mut self, args: &[&str]) -> Self {
+        self.serve_args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// Extra arguments for `hash-password` when config accounts are hashed,
+    /// such as `--argon2` or `--cost 5`.
+    pub fn hash_args(mut self, args: &[&str]) -> Self {
+        self.hash_args.extend(args.iter().map(|a| (*a).to_owned()));
         self
     }
 
@@ -168,7 +185,7 @@ impl TokenServerBuilder {
         }
         body.push('\n');
         for account in &self.accounts {
-            let hash = hash_password(&account.password);
+            let hash = hash_password_with(&account.password, &self.hash_args);
             body.push_str(&format!(
                 "  - name: {}\n    password_hash: {}\n",
                 yaml_str(&account.name),
@@ -210,7 +227,8 @@ impl TokenServerBuilder {
             let config = format!("listen: 127.0.0.1:{port}\npublic_url: {url}\n{body}");
             std::fs::write(&config_path, &config).expect("write token server config");
 
-            let cmd = serve_command(&bin, &config_path, parent, &self.env);
+            let mut cmd = serve_command(&bin, &config_path, parent, &self.env);
+            cmd.args(&self.serve_args);
             let mut process = ChildGuard::spawn(cmd, &dir, "token-server");
             let client = TokenClient::with_http(&url, https_client(server_ca_pem.as_deref(), None));
             match wait_ready(&mut process, READY_TIMEOUT, || {
@@ -497,14 +515,19 @@ fn https_client(
 
 /// Hashes `password` with `regauth-token-server hash-password` (bcrypt).
 pub fn hash_password(password: &str) -> String {
+    hash_password_with(password, &[])
+}
+
+/// Hashes `password` with `regauth-token-server hash-password ARGS`.
+pub fn hash_password_with(password: &str, args: &[String]) -> String {
     let mut cmd = Command::new(token_server_bin());
-    cmd.arg("hash-password");
+    cmd.arg("hash-password").args(args);
     let out = run_with_stdin(cmd, password.as_bytes(), SUBCOMMAND_TIMEOUT);
     out.assert_success("regauth-token-server hash-password");
     let hash = out.stdout.trim().to_owned();
     assert!(
-        hash.starts_with("$2"),
-        "hash-password did not print a bcrypt hash: {hash:?}"
+        hash.starts_with("$2") || hash.starts_with("$argon2"),
+        "hash-password did not print a password hash: {hash:?}"
     );
     hash
 }

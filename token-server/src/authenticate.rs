@@ -13,8 +13,9 @@ use rustls_pki_types::CertificateDer;
 use crate::identity::account::Verified;
 use crate::identity::issuers::SubjectTokenError;
 use crate::identity::{Kind, Principal, certificate};
-use crate::limiter::FailureLimiter;
+use crate::limiter::{FailureLimiter, Throttled};
 use crate::metrics::Metrics;
+use crate::password_check::{self, CheckError, PasswordChecks};
 use crate::proto::Grant;
 use crate::secret::{Secret, constant_time_eq};
 use crate::settings::Settings;
@@ -78,11 +79,23 @@ pub enum AuthError {
     #[error("the client certificate has no usable subject common name")]
     UnusableCertificate,
     /// Too many failed attempts from this client or for this account.
-    #[error("too many failed attempts; retry in {} s", .0.as_secs().max(1))]
-    Throttled(Duration),
+    #[error(transparent)]
+    Throttled(#[from] Throttled),
+    /// Every password-hashing slot is busy; retry after the given time.
+    #[error("the server is busy checking passwords; retry in {} s", .0.as_secs().max(1))]
+    Busy(Duration),
     /// The password check could not run.
     #[error("the password check failed")]
-    Internal(#[source] tokio::task::JoinError),
+    Internal,
+}
+
+impl From<CheckError> for AuthError {
+    fn from(e: CheckError) -> Self {
+        match e {
+            CheckError::Busy(wait) => AuthError::Busy(wait),
+            CheckError::Failed => AuthError::Internal,
+        }
+    }
 }
 
 impl AuthError {
@@ -93,7 +106,8 @@ impl AuthError {
             AuthError::SubjectToken(e) | AuthError::IssuerUnavailable(e) => e.reason(),
             AuthError::NoClientCertificate | AuthError::UnusableCertificate => "invalid_client",
             AuthError::Throttled(_) => "rate_limited",
-            AuthError::Internal(_) => "internal",
+            AuthError::Busy(_) => "busy",
+            AuthError::Internal => "internal",
         }
     }
 }
@@ -102,7 +116,9 @@ impl AuthError {
 /// outlives config reloads.
 pub struct Guards<'a> {
     /// Backoff after failed password checks.
-    pub limiter: &'a FailureLimiter,
+    pub limiter: &'a Arc<FailureLimiter>,
+    /// Bounded, joined password hashing.
+    pub checks: &'a Arc<PasswordChecks>,
     /// Counters.
     pub metrics: &'a Metrics,
 }
@@ -157,8 +173,9 @@ fn certificate(settings: &Settings, cert: &CertificateDer<'_>) -> Result<Authent
     })
 }
 
-/// Checks an account password, the cache first and the slow hash check on a
-/// blocking thread otherwise.
+/// Checks an account password: refused at once while the account or the
+/// client's network is in backoff, then the cache, then a slow hash check
+/// that is reserved against the backoff allowance before it runs.
 async fn account_password(
     settings: &Arc<Settings>,
     username: &str,
@@ -166,52 +183,42 @@ async fn account_password(
     peer: &Peer,
     guards: &Guards<'_>,
 ) -> Result<Authenticated, AuthError> {
-    // Only existing accounts get their own record, so a spray of made-up
-    // names cannot fill the table; the address is limited either way.
-    let account = settings.accounts.principal(username).map(|_| username);
     let addr = peer.addr.map(|a| a.ip());
-    // Refuse before any hash is computed while in backoff.
-    guards
-        .limiter
-        .check(addr, account, Instant::now())
-        .map_err(AuthError::Throttled)?;
-    let verified = match settings.accounts.verify_cached(
-        username,
-        password.expose().as_bytes(),
-        Instant::now(),
-    ) {
-        Some(v) => {
-            guards.metrics.password_cache(true);
-            v
-        }
+    guards.limiter.check(addr, username, Instant::now())?;
+    let cached =
+        settings
+            .accounts
+            .verify_cached(username, password.expose().as_bytes(), Instant::now());
+    guards.metrics.password_cache(cached.is_some());
+    let verified = match cached {
+        Some(v) => v,
         None => {
-            guards.metrics.password_cache(false);
-            let settings = Arc::clone(settings);
-            let user = username.to_owned();
-            tokio::task::spawn_blocking(move || {
-                settings
-                    .accounts
-                    .verify_slow(&user, password.expose().as_bytes(), Instant::now())
-            })
-            .await
-            .map_err(AuthError::Internal)?
+            let key = settings
+                .accounts
+                .check_key(username, password.expose().as_bytes());
+            match guards.checks.joinable(&key) {
+                // The same guess is being checked: share its result, and
+                // its single count against the allowance.
+                Some(running) => password_check::wait(running).await?,
+                None => {
+                    let attempt = guards.limiter.reserve(addr, username, Instant::now())?;
+                    guards
+                        .checks
+                        .check(settings, key, username, password, attempt)
+                        .await?
+                }
+            }
         }
     };
     match verified {
-        Verified::Yes { principal, pwv } => {
-            guards.limiter.success(account);
-            Ok(Authenticated {
-                principal,
-                refresh: Refresh::Mint {
-                    pwv: Some(pwv),
-                    ttl: settings.refresh_token_ttl,
-                },
-            })
-        }
-        Verified::No => {
-            guards.limiter.failure(addr, account, Instant::now());
-            Err(AuthError::BadPassword)
-        }
+        Verified::Yes { principal, pwv } => Ok(Authenticated {
+            principal,
+            refresh: Refresh::Mint {
+                pwv: Some(pwv),
+                ttl: settings.refresh_token_ttl,
+            },
+        }),
+        Verified::No => Err(AuthError::BadPassword),
     }
 }
 

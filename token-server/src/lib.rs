@@ -24,6 +24,7 @@ pub mod identity;
 pub mod keys;
 mod limiter;
 pub mod metrics;
+mod password_check;
 pub mod policy;
 mod proto;
 pub mod registry_config;

@@ -100,6 +100,7 @@ pub struct Metrics {
     auth_failures: Family<ReasonLabels, Counter>,
     issue: Histogram,
     password_cache: [Counter; 2],
+    password_hashes: Counter,
     reloads: [Counter; 2],
 }
 
@@ -150,6 +151,12 @@ impl Metrics {
             "Password checks by cache result",
             cache_family,
         );
+        let password_hashes = Counter::default();
+        registry.register(
+            "regauth_password_hashes",
+            "Password hashes computed (bcrypt or argon2 checks that ran)",
+            password_hashes.clone(),
+        );
         let reload_family = Family::<OutcomeLabels, Counter>::default();
         let reloads = ["ok", "rejected"].map(|outcome| {
             reload_family
@@ -167,8 +174,14 @@ impl Metrics {
             auth_failures,
             issue,
             password_cache,
+            password_hashes,
             reloads,
         }
+    }
+
+    /// A handle on the count of password hashes computed.
+    pub fn password_hashes(&self) -> Counter {
+        self.password_hashes.clone()
     }
 
     /// Counts a finished request by endpoint (an index into [`ENDPOINTS`])

@@ -77,6 +77,10 @@ pub struct Limits {
     pub auth_failures_before_backoff: u32,
     /// Longest backoff.
     pub max_backoff: Duration,
+    /// Password hashes computed at once; more wait for a slot.
+    pub max_concurrent_password_checks: usize,
+    /// How long a password check waits for a slot before 503.
+    pub password_check_queue_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -92,6 +96,9 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(30),
             auth_failures_before_backoff: 5,
             max_backoff: Duration::from_secs(300),
+            max_concurrent_password_checks: std::thread::available_parallelism()
+                .map_or(1, |n| n.get()),
+            password_check_queue_timeout: Duration::from_secs(3),
         }
     }
 }

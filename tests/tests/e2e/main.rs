@@ -3,6 +3,7 @@
 //! client. Every test builds its own world on 127.0.0.1 in a temp directory.
 
 mod access_control;
+mod adversarial;
 mod containerd_pull;
 mod credential_helper_cache;
 mod credential_helper_common;

@@ -14,7 +14,7 @@ pub(super) fn accounts(
     fingerprint_secret: &[u8],
     cache_ttl: Duration,
     c: &mut Check,
-) -> Accounts {
+) -> Option<Accounts> {
     let mut list = Vec::new();
     // Where each name was first defined, for the duplicate message.
     let mut seen: HashMap<String, String> = HashMap::new();
@@ -50,5 +50,16 @@ pub(super) fn accounts(
         }
     }
     let cache = PasswordCache::new(cache_ttl, fingerprint_secret);
-    Accounts::new(list, fingerprint_secret, cache)
+    match Accounts::new(list, fingerprint_secret, cache) {
+        Ok(accounts) => Some(accounts),
+        Err(e) => {
+            // Where the accounts are defined: the first entry or file.
+            match (file.accounts.first(), file.htpasswd_files.first()) {
+                (Some(a), _) => c.fail_with("accounts", &a.name, &e),
+                (None, Some(f)) => c.fail_with("htpasswd_files", f, &e),
+                (None, None) => c.fail_unlocated("accounts", &e),
+            }
+            None
+        }
+    }
 }

@@ -39,6 +39,15 @@ impl Check {
         });
     }
 
+    /// Records a problem that no line of the file caused (line 0).
+    pub(super) fn fail_unlocated(&mut self, key: impl Into<String>, error: &dyn std::error::Error) {
+        self.issues.push(ConfigIssue {
+            key: key.into(),
+            line: 0,
+            message: chain(error),
+        });
+    }
+
     /// Records a problem and its cause chain.
     pub(super) fn fail_with<T>(
         &mut self,

@@ -193,4 +193,10 @@ pub(crate) struct LimitsEntry {
     /// Longest wait imposed after repeated failures.
     #[serde(default)]
     pub(crate) max_backoff: Option<S<String>>,
+    /// Password hashes computed at once.
+    #[serde(default)]
+    pub(crate) max_concurrent_password_checks: Option<S<usize>>,
+    /// How long a password check waits for a free slot.
+    #[serde(default)]
+    pub(crate) password_check_queue_timeout: Option<S<String>>,
 }

@@ -72,5 +72,21 @@ pub(super) fn limits(l: &LimitsEntry, c: &mut Check) -> Limits {
         limits.auth_failures_before_backoff = v.value;
     }
 
+    if let Some(v) = &l.max_concurrent_password_checks {
+        if v.value == 0 {
+            c.fail(
+                "limits.max_concurrent_password_checks",
+                v,
+                "must be at least 1",
+            );
+        }
+        limits.max_concurrent_password_checks = v.value;
+    }
+    limits.password_check_queue_timeout = c.duration(
+        "limits.password_check_queue_timeout",
+        &l.password_check_queue_timeout,
+        limits.password_check_queue_timeout,
+        false,
+    );
     limits
 }

@@ -157,7 +157,7 @@ fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
     let limits = limits::limits(&file.limits, c);
     let issuers = issuers::issuers(&file.issuers, c);
     let secret = secret?;
-    let accounts = accounts::accounts(file, &secret, basics.password_cache_ttl, c);
+    let accounts = accounts::accounts(file, &secret, basics.password_cache_ttl, c)?;
     Some(Settings {
         listen: basics.listen?,
         public_url: basics.public_url?,

@@ -3,6 +3,12 @@
 //!
 //! Events name the principal, the service, the client, what was asked and
 //! what was granted, and the token's `jti`; never a token, password or key.
+//!
+//! Every field that a request can influence is recorded as a string value,
+//! never through `Display`: the text format then writes it quoted with
+//! control characters escaped, and the JSON format as a JSON string, so a
+//! newline in a client ID, an annotation or a token's subject cannot start a
+//! forged log line.
 
 use std::fmt::Write;
 
@@ -39,14 +45,14 @@ pub fn issued(principal: &Principal, ask: &Ask, decisions: &[Decision], peer: &P
         target: "regauth::audit",
         outcome = if fully { "granted" } else { "partially_denied" },
         grant = t.grant,
-        kind = %principal.kind,
-        sub = %principal.subject(),
-        service = %ask.service,
-        client = %client(peer),
+        kind = principal.kind.as_str(),
+        sub = principal.subject().as_str(),
+        service = ask.service.as_str(),
+        client = client(peer).as_str(),
         client_id = ask.client_id.as_deref().unwrap_or("-"),
-        requested = %requested(&ask.scopes),
-        granted = %granted(decisions.iter().map(|d| &d.grant)),
-        rules = %rules.join(","),
+        requested = requested(&ask.scopes).as_str(),
+        granted = granted(decisions.iter().map(|d| &d.grant)).as_str(),
+        rules = rules.join(",").as_str(),
         jti = t.jti,
         kid = t.kid,
         refresh = t.refresh,
@@ -71,14 +77,14 @@ pub fn exchanged(
         target: "regauth::audit",
         outcome = "exchanged",
         grant = "token_exchange",
-        kind = %principal.kind,
-        sub = %principal.subject(),
+        kind = principal.kind.as_str(),
+        sub = principal.subject().as_str(),
         issuer = principal.attributes.get("issuer").map_or("-", String::as_str),
-        service = %ask.service,
-        client = %client(peer),
-        requested = %requested(&ask.scopes),
-        granted = %granted(decisions.iter().map(|d| &d.grant)),
-        annotations = %annotations.join(","),
+        service = ask.service.as_str(),
+        client = client(peer).as_str(),
+        requested = requested(&ask.scopes).as_str(),
+        granted = granted(decisions.iter().map(|d| &d.grant)).as_str(),
+        annotations = annotations.join(",").as_str(),
         jti,
         "credential issued for a subject token"
     );
@@ -103,7 +109,8 @@ pub fn rejected(e: &TokenError, grant: &'static str, username: Option<&str>, pee
         reason = e.reason(),
         grant,
         user = user.unwrap_or("-"),
-        client = %client(peer),
+        client = client(peer).as_str(),
+        // Error messages quote whatever the request sent with `{:?}`.
         "token request rejected: {e}"
     );
 }

@@ -55,7 +55,8 @@ impl TokenError {
 
     fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
-            TokenError::Auth(AuthError::Throttled(wait)) => Some(*wait),
+            TokenError::Auth(AuthError::Throttled(t)) => Some(t.0),
+            TokenError::Auth(AuthError::Busy(wait)) => Some(*wait),
             _ => None,
         }
     }
@@ -109,7 +110,7 @@ fn wire(e: &TokenError) -> (StatusCode, &'static str, StatusCode, &'static str) 
             S::BAD_REQUEST,
             "invalid_request",
         ),
-        TokenError::Auth(AuthError::IssuerUnavailable(_)) => (
+        TokenError::Auth(AuthError::IssuerUnavailable(_) | AuthError::Busy(_)) => (
             S::SERVICE_UNAVAILABLE,
             "UNAVAILABLE",
             S::SERVICE_UNAVAILABLE,
@@ -127,7 +128,7 @@ fn wire(e: &TokenError) -> (StatusCode, &'static str, StatusCode, &'static str) 
             S::TOO_MANY_REQUESTS,
             "slow_down",
         ),
-        TokenError::Auth(AuthError::Internal(_)) | TokenError::Internal(_) => (
+        TokenError::Auth(AuthError::Internal) | TokenError::Internal(_) => (
             S::INTERNAL_SERVER_ERROR,
             "INTERNAL",
             S::INTERNAL_SERVER_ERROR,
@@ -139,7 +140,7 @@ fn wire(e: &TokenError) -> (StatusCode, &'static str, StatusCode, &'static str) 
 /// The message a client sees: 5xx bodies never carry detail.
 fn message(e: &TokenError) -> String {
     match e {
-        TokenError::Auth(AuthError::Internal(_)) | TokenError::Internal(_) => {
+        TokenError::Auth(AuthError::Internal) | TokenError::Internal(_) => {
             "internal error".to_owned()
         }
         e => e.to_string(),

@@ -25,6 +25,7 @@ use arc_swap::ArcSwap;
 use crate::authenticate::Guards;
 use crate::limiter::FailureLimiter;
 use crate::metrics::{ENDPOINTS, Metrics};
+use crate::password_check::PasswordChecks;
 use crate::settings::Settings;
 
 /// The clock handlers read; a parameter so tests can fix time.
@@ -35,22 +36,31 @@ pub type Clock = fn() -> SystemTime;
 pub struct AppState {
     settings: ArcSwap<Settings>,
     clock: Clock,
-    limiter: FailureLimiter,
+    limiter: Arc<FailureLimiter>,
+    checks: Arc<PasswordChecks>,
     metrics: Metrics,
 }
 
 impl AppState {
     /// State over `settings`, reading time from `clock`.
     pub fn new(settings: Settings, clock: Clock) -> Arc<Self> {
-        let limiter = FailureLimiter::new(
-            settings.limits.auth_failures_before_backoff,
-            settings.limits.max_backoff,
+        let limits = settings.limits;
+        let limiter = Arc::new(FailureLimiter::new(
+            limits.auth_failures_before_backoff,
+            limits.max_backoff,
+        ));
+        let metrics = Metrics::new();
+        let checks = PasswordChecks::new(
+            limits.max_concurrent_password_checks,
+            limits.password_check_queue_timeout,
+            metrics.password_hashes(),
         );
         Arc::new(AppState {
             settings: ArcSwap::from_pointee(settings),
             clock,
             limiter,
-            metrics: Metrics::new(),
+            checks,
+            metrics,
         })
     }
 
@@ -74,6 +84,7 @@ impl AppState {
     fn guards(&self) -> Guards<'_> {
         Guards {
             limiter: &self.limiter,
+            checks: &self.checks,
             metrics: &self.metrics,
         }
     }
@@ -230,8 +241,8 @@ async fn request_span(State(state): State<Arc<AppState>>, req: Request, next: Ne
     let span = tracing::info_span!(
         "request",
         id,
-        method = %req.method(),
-        path = %req.uri().path(),
+        method = req.method().as_str(),
+        path = req.uri().path(),
         status = tracing::field::Empty,
     );
     async move {

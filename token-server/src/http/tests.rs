@@ -36,16 +36,22 @@ impl World {
 
     /// `extra_rules` go first in the policy; alice's hash has `cost`.
     fn with(extra_rules: &str, cost: u32) -> Self {
+        Self::with_limits(extra_rules, cost, "")
+    }
+
+    /// As [`World::with`], with more `limits:` lines.
+    fn with_limits(extra_rules: &str, cost: u32, extra_limits: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let g = generate(Algorithm::Es256, "t", crate::clock::now()).unwrap();
         std::fs::write(dir.path().join("k.pem"), g.key_pem).unwrap();
         std::fs::write(dir.path().join("c.pem"), g.cert_pem).unwrap();
         std::fs::write(dir.path().join("secret"), [9u8; 32]).unwrap();
-        write_config(
+        write_config_with_limits(
             dir.path(),
             "test-issuer",
             &bcrypt::hash("alice-pw", cost).unwrap(),
             extra_rules,
+            extra_limits,
         );
         let state = state_for(dir.path(), crate::clock::now);
         World { dir, state }
@@ -67,6 +73,16 @@ impl World {
 }
 
 fn write_config(dir: &Path, issuer: &str, alice_hash: &str, extra_rules: &str) {
+    write_config_with_limits(dir, issuer, alice_hash, extra_rules, "");
+}
+
+fn write_config_with_limits(
+    dir: &Path,
+    issuer: &str,
+    alice_hash: &str,
+    extra_rules: &str,
+    extra_limits: &str,
+) {
     let bob = bcrypt::hash("bob-pw", 4).unwrap();
     std::fs::write(
         dir.join("config.yaml"),
@@ -89,7 +105,7 @@ policy:
 limits:
   max_body_bytes: 2048
   max_scopes: 4
-"#
+{extra_limits}"#
         ),
     )
     .unwrap();
@@ -776,4 +792,161 @@ async fn a_reload_mid_request_leaves_the_request_on_one_config() {
     let c = claims(after.body["token"].as_str().unwrap());
     assert_eq!(c["iss"], "reloaded-issuer");
     assert_eq!(c["access"], serde_json::json!([]));
+}
+
+/// A request from `addr`, as the listener records it.
+fn from(addr: &str, mut req: Request<Body>) -> Request<Body> {
+    req.extensions_mut().insert(crate::authenticate::Peer {
+        addr: Some(addr.parse().unwrap()),
+        certificate: None,
+    });
+    req
+}
+
+/// Sends every request at once and returns the statuses.
+async fn all_at_once(state: &Arc<AppState>, requests: Vec<Request<Body>>) -> Vec<StatusCode> {
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|req| {
+            let state = Arc::clone(state);
+            tokio::spawn(async move { send(&state, req).await.status })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn hashes(w: &World) -> u64 {
+    w.state.metrics().password_hashes().get()
+}
+
+/// Concurrent guesses are reserved against the allowance before hashing:
+/// before, 40 at once ran 40 hashes and none was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_wrong_passwords_hash_at_most_the_allowance() {
+    let w = World::new();
+    let guesses = (0..40)
+        .map(|i| {
+            from(
+                "10.0.0.1:1000",
+                get(ALICE_GET, Some(&basic("alice", &format!("guess-{i}")))),
+            )
+        })
+        .collect();
+    let statuses = all_at_once(&w.state, guesses).await;
+    assert_eq!(hashes(&w), 5, "the account's allowance is 5");
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::UNAUTHORIZED)
+            .count(),
+        5
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::UNAUTHORIZED || *s == StatusCode::TOO_MANY_REQUESTS)
+    );
+
+    // One address spraying invented names: 4 x 5 = 20.
+    let w = World::new();
+    let spray = (0..60)
+        .map(|i| {
+            from(
+                "10.0.0.2:1000",
+                get(ALICE_GET, Some(&basic(&format!("user{i}"), "pw"))),
+            )
+        })
+        .collect();
+    let statuses = all_at_once(&w.state, spray).await;
+    assert_eq!(hashes(&w), 20, "the address's allowance is 20");
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count(),
+        40
+    );
+}
+
+/// Fifty parallel pulls with the same password cost one hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_concurrent_checks_share_one_hash() {
+    let w = World::with("", 8);
+    let same = (0..50)
+        .map(|_| from("10.0.0.3:1000", get(ALICE_GET, Some(&alice()))))
+        .collect();
+    let statuses = all_at_once(&w.state, same).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(hashes(&w), 1);
+}
+
+/// Unknown names get a record too, so 429 does not tell them from real ones.
+#[tokio::test]
+async fn invented_names_are_throttled_like_real_ones() {
+    let w = World::new();
+    for name in ["alice", "nobody-here"] {
+        for _ in 0..5 {
+            let r = w.get(ALICE_GET, Some(&basic(name, "wrong"))).await;
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{name}");
+        }
+        let r = w.get(ALICE_GET, Some(&basic(name, "wrong"))).await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{name}");
+    }
+}
+
+/// With every hashing slot busy past the queue timeout, a check is refused
+/// with 503 and Retry-After rather than piling up threads and memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_password_hashing_is_503_with_retry_after() {
+    let w = World::with_limits(
+        "",
+        12,
+        "  max_concurrent_password_checks: 1\n  password_check_queue_timeout: 50ms\n",
+    );
+    let state = Arc::clone(&w.state);
+    let slow = tokio::spawn(async move {
+        send(
+            &state,
+            from("10.0.1.1:1000", get(ALICE_GET, Some(&alice()))),
+        )
+        .await
+    });
+    // The one slot is taken once the hash has started (a cost-12 bcrypt
+    // takes far longer than the 50 ms queue timeout).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while hashes(&w) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hash never started"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let r = send(
+        &w.state,
+        from(
+            "10.0.1.2:1000",
+            get(ALICE_GET, Some(&basic("bob", "bob-pw"))),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(r.headers[header::RETRY_AFTER], "1");
+    assert_eq!(r.body["errors"][0]["code"], "UNAVAILABLE");
+    assert_eq!(
+        slow.await.unwrap().status,
+        StatusCode::OK,
+        "the running check finishes"
+    );
+    assert_eq!(
+        w.get(ALICE_GET, Some(&basic("bob", "bob-pw"))).await.status,
+        StatusCode::OK,
+        "a refused check did not count against bob"
+    );
 }

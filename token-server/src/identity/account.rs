@@ -8,6 +8,7 @@ use aws_lc_rs::hmac;
 
 use super::password_cache::PasswordCache;
 use super::{Kind, Principal};
+use crate::secret::{RandomError, random};
 
 /// Why an account definition was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,10 @@ pub enum AccountError {
         /// 1-based line number.
         line: usize,
     },
+    /// The stand-in hash that unknown names are checked against could not
+    /// be made.
+    #[error("cannot prepare the stand-in hash for unknown account names")]
+    StandIn(#[source] StandInError),
     /// An htpasswd entry is invalid; the inner error says why.
     #[error("{path}:{line}")]
     HtpasswdEntry {
@@ -48,6 +53,20 @@ pub enum AccountError {
         #[source]
         source: Box<AccountError>,
     },
+}
+
+/// Why a stand-in hash could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum StandInError {
+    /// bcrypt refused.
+    #[error(transparent)]
+    Bcrypt(#[from] bcrypt::BcryptError),
+    /// argon2 refused the parameters of a configured hash.
+    #[error("argon2: {0}")]
+    Argon2(argon2::password_hash::Error),
+    /// No random bytes.
+    #[error(transparent)]
+    Random(#[from] RandomError),
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +94,50 @@ impl PasswordHash {
         }
     }
 
+    /// What decides how long a check takes: the scheme and its parameters.
+    fn cost_class(&self) -> String {
+        match self {
+            PasswordHash::Bcrypt(h) => format!("bcrypt:{}", bcrypt_cost(h).unwrap_or(0)),
+            PasswordHash::Argon2(h) => match argon2::PasswordHash::new(h) {
+                Ok(p) => format!(
+                    "{}:{}:{}",
+                    p.algorithm,
+                    p.version.unwrap_or_default(),
+                    p.params
+                ),
+                Err(_) => "argon2".to_owned(),
+            },
+        }
+    }
+
+    /// A hash of a random password with the same scheme and parameters, so
+    /// checking against it costs what checking against this one does.
+    fn stand_in(&self) -> Result<PasswordHash, StandInError> {
+        let password = random::<16>()?;
+        match self {
+            PasswordHash::Bcrypt(h) => bcrypt_stand_in(bcrypt_cost(h).unwrap_or(BCRYPT_COST)),
+            PasswordHash::Argon2(h) => {
+                use argon2::PasswordHasher;
+                let e = StandInError::Argon2;
+                let parsed = argon2::PasswordHash::new(h).map_err(e)?;
+                let algorithm = argon2::Algorithm::try_from(parsed.algorithm).map_err(e)?;
+                let version = match parsed.version {
+                    Some(v) => {
+                        argon2::Version::try_from(v).map_err(|v| StandInError::Argon2(v.into()))?
+                    }
+                    None => argon2::Version::default(),
+                };
+                let params = argon2::Params::try_from(&parsed).map_err(e)?;
+                let salt =
+                    argon2::password_hash::SaltString::encode_b64(&random::<16>()?).map_err(e)?;
+                let hash = argon2::Argon2::new(algorithm, version, params)
+                    .hash_password(&password, &salt)
+                    .map_err(e)?;
+                Ok(PasswordHash::Argon2(hash.to_string()))
+            }
+        }
+    }
+
     fn verify(&self, password: &[u8]) -> bool {
         match self {
             PasswordHash::Bcrypt(h) => bcrypt::verify(password, h).unwrap_or(false),
@@ -88,6 +151,11 @@ impl PasswordHash {
             }
         }
     }
+}
+
+/// A bcrypt hash of a random password at `cost`.
+fn bcrypt_stand_in(cost: u32) -> Result<PasswordHash, StandInError> {
+    Ok(PasswordHash::Bcrypt(bcrypt::hash(random::<16>()?, cost)?))
 }
 
 fn bcrypt_cost(hash: &str) -> Option<u32> {
@@ -170,16 +238,9 @@ pub fn read_htpasswd(path: &Path) -> Result<Vec<(usize, Account)>, AccountError>
 }
 
 /// bcrypt cost for hashes this server writes (`hash-password`, the
-/// embedded default's admin account).
+/// embedded default's admin account), and of the stand-in hash when no
+/// account is configured.
 pub const BCRYPT_COST: u32 = 10;
-
-/// A bcrypt hash of a random password, checked when the user is unknown so
-/// that a miss takes about as long as a wrong password.
-static DUMMY_BCRYPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let mut pw = [0u8; 16];
-    let _ = aws_lc_rs::rand::fill(&mut pw);
-    bcrypt::hash(pw, BCRYPT_COST).unwrap_or_default()
-});
 
 /// Outcome of a password check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,6 +261,12 @@ pub struct Accounts {
     by_name: HashMap<String, Account>,
     fingerprint_key: hmac::Key,
     cache: PasswordCache,
+    /// One stand-in hash per cost class, and for each account (sorted by
+    /// name) the index of its class: an unknown name is checked against the
+    /// class of the account its keyed hash picks, so unknown names cost what
+    /// real ones do, in the same proportions.
+    stand_ins: Vec<PasswordHash>,
+    class_of: Vec<usize>,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -215,14 +282,53 @@ impl Accounts {
     /// config loader reports duplicates where they are written).
     /// `fingerprint_secret` keys the password-hash fingerprints, so they stay
     /// stable across replicas and restarts.
-    pub fn new(accounts: Vec<Account>, fingerprint_secret: &[u8], cache: PasswordCache) -> Self {
+    pub fn new(
+        accounts: Vec<Account>,
+        fingerprint_secret: &[u8],
+        cache: PasswordCache,
+    ) -> Result<Self, AccountError> {
+        let mut sorted: Vec<&Account> = accounts.iter().collect();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut classes: Vec<String> = Vec::new();
+        let mut stand_ins = Vec::new();
+        let mut class_of = Vec::with_capacity(sorted.len());
+        for a in &sorted {
+            let class = a.hash.cost_class();
+            let index = match classes.iter().position(|c| *c == class) {
+                Some(i) => i,
+                None => {
+                    stand_ins.push(a.hash.stand_in().map_err(AccountError::StandIn)?);
+                    classes.push(class);
+                    classes.len() - 1
+                }
+            };
+            class_of.push(index);
+        }
+        if stand_ins.is_empty() {
+            stand_ins.push(bcrypt_stand_in(BCRYPT_COST).map_err(AccountError::StandIn)?);
+        }
         let by_name = accounts.into_iter().map(|a| (a.name.clone(), a)).collect();
         let fingerprint_key = hmac::Key::new(hmac::HMAC_SHA256, fingerprint_secret);
-        Accounts {
+        Ok(Accounts {
             by_name,
             fingerprint_key,
             cache,
-        }
+            stand_ins,
+            class_of,
+        })
+    }
+
+    /// The stand-in hash an unknown `name` is checked against.
+    fn stand_in_for(&self, name: &str) -> &PasswordHash {
+        let tag = hmac::sign(&self.fingerprint_key, name.as_bytes());
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&tag.as_ref()[..8]);
+        let pick = u64::from_be_bytes(n);
+        let class = match self.class_of.len() {
+            0 => 0,
+            len => self.class_of[(pick % len as u64) as usize],
+        };
+        &self.stand_ins[class.min(self.stand_ins.len() - 1)]
     }
 
     /// Number of accounts.
@@ -254,6 +360,12 @@ impl Accounts {
         self.by_name.get(name).map(Account::principal)
     }
 
+    /// The slot of (user, password) in the password cache: the key under
+    /// which identical checks running at once are joined into one.
+    pub fn check_key(&self, user: &str, password: &[u8]) -> [u8; 32] {
+        self.cache.slot(user, password)
+    }
+
     /// Checks a password using only the cache; `None` means the slow check is needed.
     pub fn verify_cached(&self, user: &str, password: &[u8], now: Instant) -> Option<Verified> {
         let account = self.by_name.get(user)?;
@@ -270,7 +382,7 @@ impl Accounts {
     /// async runtime) and remembers a success.
     pub fn verify_slow(&self, user: &str, password: &[u8], now: Instant) -> Verified {
         let Some(account) = self.by_name.get(user) else {
-            let _ = bcrypt::verify(password, DUMMY_BCRYPT.as_str());
+            let _ = self.stand_in_for(user).verify(password);
             return Verified::No;
         };
         if !account.hash.verify(password) {
@@ -300,6 +412,7 @@ mod tests {
             b"k",
             PasswordCache::new(Duration::from_secs(60), b"k"),
         )
+        .unwrap()
     }
 
     #[test]
@@ -372,5 +485,49 @@ mod tests {
         let h = bcrypt::hash("pw", 4).unwrap();
         assert!(Account::new("a b", &h, BTreeMap::new()).is_err());
         assert!(Account::new("a", "plain", BTreeMap::new()).is_err());
+    }
+
+    /// Unknown names are checked against a stand-in with the configured
+    /// scheme and parameters; before, always a cost-10 bcrypt.
+    #[test]
+    fn unknown_names_cost_what_configured_accounts_cost() {
+        use argon2::PasswordHasher;
+        let b5 = bcrypt::hash("pw", 5).unwrap();
+        let acc = accounts(vec![Account::new("alice", &b5, BTreeMap::new()).unwrap()]);
+        for name in ["nobody", "x", "admin2"] {
+            assert_eq!(acc.stand_in_for(name).cost_class(), "bcrypt:5", "{name}");
+        }
+        let params = argon2::Params::new(8192, 3, 1, None).unwrap();
+        let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password(
+                b"pw",
+                &argon2::password_hash::SaltString::encode_b64(b"0123456789abcdef").unwrap(),
+            )
+            .unwrap()
+            .to_string();
+        let acc = accounts(vec![Account::new("bob", &a, BTreeMap::new()).unwrap()]);
+        let class = acc.stand_in_for("nobody").cost_class();
+        assert!(
+            class.starts_with("argon2id:19:") && class.contains("m=8192"),
+            "{class}"
+        );
+        assert_eq!(
+            acc.verify_slow("nobody", b"pw", Instant::now()),
+            Verified::No
+        );
+
+        // Mixed costs: unknown names spread over the classes present.
+        let b4 = bcrypt::hash("pw", 4).unwrap();
+        let acc = accounts(vec![
+            Account::new("a", &b4, BTreeMap::new()).unwrap(),
+            Account::new("b", &b5, BTreeMap::new()).unwrap(),
+        ]);
+        let classes: std::collections::BTreeSet<String> = (0..64)
+            .map(|i| acc.stand_in_for(&format!("n{i}")).cost_class())
+            .collect();
+        assert_eq!(
+            classes.into_iter().collect::<Vec<_>>(),
+            ["bcrypt:4", "bcrypt:5"]
+        );
     }
 }

@@ -54,7 +54,8 @@ impl PasswordCache {
         }
     }
 
-    fn slot(&self, user: &str, password: &[u8]) -> [u8; 32] {
+    /// The keyed hash of (user, password) that names their entry.
+    pub fn slot(&self, user: &str, password: &[u8]) -> [u8; 32] {
         let mut ctx = hmac::Context::with_key(&self.key);
         ctx.update(&(user.len() as u64).to_be_bytes());
         ctx.update(user.as_bytes());
