@@ -5,13 +5,16 @@
 //!   temporary file over it, so a reader never sees half a file;
 //! - `KEY.lock`: locked by the invocation that reads, exchanges and writes
 //!   the key, so concurrent invocations make one exchange, not many;
-//! - `.KEY.PID.tmp`: a write in progress, which exists only while its
+//! - `tmp/KEY.PID`: a write in progress, which exists only while its
 //!   writer holds the key's lock.
 //!
 //! That last fact is what makes cleaning up exact: a temporary file whose
 //! key is not locked was left by a writer that died (`kill -9`) before its
 //! rename, and it holds a live refresh token, so it is removed. Every run
-//! sweeps them, and so does `erase`. A corrupt file is discarded. Entries
+//! sweeps them; they live in a directory of their own so that this costs
+//! one listing of an (almost always) empty directory, however many keys
+//! there are. `erase` sweeps too, and also removes the `.KEY.PID.tmp` files
+//! earlier versions wrote beside the entries. A corrupt file is discarded. Entries
 //! that have expired are collected, with their lock files, after each
 //! exchange. A lock file is removed only while locked, and a locker checks
 //! that the file it locked is still the one at the path, so two invocations
@@ -37,6 +40,9 @@ pub(crate) const EXPIRY_MARGIN: u64 = 30;
 
 /// Largest cache file read; anything bigger is corrupt.
 const MAX_FILE_BYTES: u64 = 64 * 1024;
+
+/// The subdirectory of writes in progress.
+const TEMP_DIR: &str = "tmp";
 
 /// How often a waiting invocation retries the lock.
 const LOCK_POLL: Duration = Duration::from_millis(20);
@@ -147,20 +153,23 @@ pub(crate) fn key(registry: &Registry, identity_fingerprint: &str) -> String {
 enum CacheFile<'a> {
     Entry(&'a str),
     Lock(&'a str),
-    Temp(&'a str),
+    /// `.KEY.PID.tmp`, where earlier versions wrote.
+    LegacyTemp(&'a str),
 }
 
 fn classify(name: &str) -> Option<CacheFile<'_>> {
     if let Some(inner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) {
-        // `.KEY.PID.tmp`: keys hold no dots.
-        return inner
-            .rsplit_once('.')
-            .map(|(key, _pid)| CacheFile::Temp(key));
+        return temp_key(inner).map(CacheFile::LegacyTemp);
     }
     if let Some(key) = name.strip_suffix(".json") {
         return Some(CacheFile::Entry(key));
     }
     name.strip_suffix(".lock").map(CacheFile::Lock)
+}
+
+/// The key of a temporary file named `KEY.PID` (keys hold no dots).
+fn temp_key(name: &str) -> Option<&str> {
+    name.rsplit_once('.').map(|(key, _pid)| key)
 }
 
 /// True when `file` is the file at `path` now (not one unlinked since).
@@ -183,14 +192,12 @@ fn remove_if_present(path: &Path) -> std::io::Result<()> {
 impl Cache {
     /// Opens (creating with mode 0700) the cache directory.
     pub(crate) fn open(dir: &Path) -> Result<Self, CacheError> {
+        let temp = dir.join(TEMP_DIR);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(dir)
-            .map_err(|source| CacheError::Io {
-                path: dir.to_owned(),
-                source,
-            })?;
+            .create(&temp)
+            .map_err(|source| CacheError::Io { path: temp, source })?;
         Ok(Cache {
             dir: dir.to_owned(),
         })
@@ -200,8 +207,13 @@ impl Cache {
         self.dir.join(format!("{key}.{ext}"))
     }
 
+    fn temp_dir(&self) -> PathBuf {
+        self.dir.join(TEMP_DIR)
+    }
+
     fn temp_path(&self, key: &str) -> PathBuf {
-        self.dir.join(format!(".{key}.{}.tmp", std::process::id()))
+        self.temp_dir()
+            .join(format!("{key}.{}", std::process::id()))
     }
 
     /// Takes the lock for `key`, waiting up to `timeout` for another holder.
@@ -305,9 +317,9 @@ impl Cache {
         result.map_err(io)
     }
 
-    /// The names of the files in the cache directory (none if it is gone).
-    fn names(&self) -> Vec<String> {
-        match std::fs::read_dir(&self.dir) {
+    /// The names of the files in `dir` (none if it is gone).
+    fn names_in(dir: &Path) -> Vec<String> {
+        match std::fs::read_dir(dir) {
             Ok(entries) => entries
                 .flatten()
                 .filter_map(|e| e.file_name().into_string().ok())
@@ -316,37 +328,54 @@ impl Cache {
         }
     }
 
+    /// Removes the temporary file `path` of `key` if its writer is dead:
+    /// `key` is `held` (the caller holds its lock), or nobody holds it.
+    fn remove_if_orphaned(&self, path: &Path, key: &str, held: Option<&str>) -> bool {
+        let _guard = if Some(key) == held {
+            None
+        } else {
+            match self.try_lock_idle(key) {
+                Some(lock) => Some(lock),
+                // No lock file means no writer; a held lock means a live one.
+                None if !self.path(key, "lock").exists() => None,
+                None => return false,
+            }
+        };
+        let removed = std::fs::remove_file(path).is_ok();
+        if removed {
+            tracing::debug!(file = %path.display(), "removed a temporary file a killed invocation left");
+        }
+        removed
+    }
+
     /// Removes the temporary files that dead writers left: those of `held`
     /// (whose lock the caller holds), and those of every key nobody holds.
     /// Best effort: returns how many were removed.
     pub(crate) fn sweep(&self, held: Option<&str>) -> usize {
-        let mut removed = 0;
-        for name in self.names() {
-            let Some(CacheFile::Temp(key)) = classify(&name) else {
-                continue;
-            };
-            let _guard = if Some(key) == held {
-                None
-            } else {
-                match self.try_lock_idle(key) {
-                    Some(lock) => Some(lock),
-                    // No lock file means no writer; a held lock means a live one.
-                    None if !self.path(key, "lock").exists() => None,
-                    None => continue,
-                }
-            };
-            if std::fs::remove_file(self.dir.join(&name)).is_ok() {
-                tracing::debug!(file = %name, "removed a temporary file a killed invocation left");
-                removed += 1;
+        let temp = self.temp_dir();
+        Self::names_in(&temp)
+            .iter()
+            .filter(|name| {
+                temp_key(name)
+                    .is_some_and(|key| self.remove_if_orphaned(&temp.join(name), key, held))
+            })
+            .count()
+    }
+
+    /// Removes the `.KEY.PID.tmp` files of earlier versions, as [`Cache::sweep`] does.
+    fn sweep_legacy(&self, names: &[String], held: Option<&str>) {
+        for name in names {
+            if let Some(CacheFile::LegacyTemp(key)) = classify(name) {
+                self.remove_if_orphaned(&self.dir.join(name), key, held);
             }
         }
-        removed
     }
 
     /// Removes entries that expired before `now`, and lock files without an
     /// entry, of every key but `held` that nobody holds. Best effort.
     pub(crate) fn collect_garbage(&self, held: &str, now: u64) {
-        let names = self.names();
+        let names = Self::names_in(&self.dir);
+        self.sweep_legacy(&names, Some(held));
         let mut keys: Vec<&str> = names
             .iter()
             .filter_map(|n| match classify(n) {
@@ -378,9 +407,11 @@ impl Cache {
     /// temporary files dead writers left. Returns how many credentials.
     pub(crate) fn erase(&self, stem: &str) -> Result<usize, CacheError> {
         self.sweep(None);
+        let names = Self::names_in(&self.dir);
+        self.sweep_legacy(&names, None);
         let prefix = format!("{stem}-");
         let mut removed = 0;
-        for name in self.names() {
+        for name in names {
             if let Some(CacheFile::Entry(key)) = classify(&name)
                 && key.starts_with(&prefix)
             {
@@ -519,7 +550,11 @@ mod tests {
     fn file_names_are_classified() {
         assert_eq!(classify("ab-cd.json"), Some(CacheFile::Entry("ab-cd")));
         assert_eq!(classify("ab-cd.lock"), Some(CacheFile::Lock("ab-cd")));
-        assert_eq!(classify(".ab-cd.4242.tmp"), Some(CacheFile::Temp("ab-cd")));
+        assert_eq!(
+            classify(".ab-cd.4242.tmp"),
+            Some(CacheFile::LegacyTemp("ab-cd"))
+        );
+        assert_eq!(temp_key("ab-cd.4242"), Some("ab-cd"));
         assert_eq!(classify(".tmp"), None);
         assert_eq!(classify("notes.txt"), None);
     }
@@ -529,7 +564,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
         let orphan = |key: &str, pid: u32| {
-            let p = dir.path().join(format!(".{key}.{pid}.tmp"));
+            let p = dir.path().join(format!("tmp/{key}.{pid}"));
             std::fs::write(&p, "{\"refresh_token\":\"live\"}").unwrap();
             p
         };
@@ -549,8 +584,11 @@ mod tests {
         assert!(!dead.exists() && !no_lock.exists() && !own.exists());
         assert!(live.exists(), "a live writer's file stays");
         drop((live_lock, own_lock));
+        let legacy = dir.path().join(".e.5.tmp");
+        std::fs::write(&legacy, "{}").unwrap();
         assert_eq!(cache.erase("zzzz").unwrap(), 0);
         assert!(!live.exists(), "erase sweeps too, once the writer is gone");
+        assert!(!legacy.exists(), "and removes what earlier versions left");
     }
 
     #[test]
@@ -559,7 +597,8 @@ mod tests {
         let cache = Cache::open(dir.path()).unwrap();
         std::fs::write(cache.temp_path("k"), "left by a dead writer with our PID").unwrap();
         cache.write("k", &entry("t", 1, 5000)).unwrap();
-        assert_eq!(names(dir.path()), ["k.json"]);
+        assert_eq!(names(dir.path()), ["k.json", "tmp"]);
+        assert!(names(&dir.path().join("tmp")).is_empty());
     }
 
     #[test]
@@ -584,7 +623,8 @@ mod tests {
                 "live.json",
                 "live.lock",
                 "mine.json",
-                "mine.lock"
+                "mine.lock",
+                "tmp"
             ]
         );
         drop(busy);

@@ -418,6 +418,17 @@ mod tests {
         None
     }
 
+    proptest::proptest! {
+        /// Any text parses to a config or to an error that names the file.
+        #[test]
+        fn parsing_never_panics(text in "(registries:|cache_dir:|  - |match:|token_server:|identity:|kind:|[ -~\n]){0,60}") {
+            if let Err(e) = parse(&text, Path::new("/etc/regauth/helper.yaml"), &no_env) {
+                let shown = e.to_string();
+                proptest::prop_assert!(shown.contains("helper.yaml"), "{}", shown);
+            }
+        }
+    }
+
     #[test]
     fn search_order() {
         let env = |k: &str| match k {

@@ -196,7 +196,13 @@ impl JwtFacts {
             ),
             None => format!("{kind} token for {}", self.text("sub")),
         };
+        // The claims are unverified (a pod's token is anyone's input) and the
+        // summary reaches logs and messages: no control characters.
         format!("{who} (issuer {})", self.text("iss"))
+            .chars()
+            .take(300)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
     }
 }
 
@@ -522,6 +528,15 @@ mod tests {
             read(&not_a_cert, &|_| None),
             Err(IdentityError::NoCertificate(_))
         ));
+    }
+
+    #[test]
+    fn a_summary_carries_no_control_characters() {
+        let token = Secret::new(jwt(
+            r#"{"iss":"https://k8s\nINFO forged line","sub":"x\u001b[31m","exp":99999999999}"#,
+        ));
+        let id = service_account_token(&token, 1000).unwrap();
+        assert!(!id.summary.chars().any(char::is_control), "{}", id.summary);
     }
 
     #[test]

@@ -252,6 +252,30 @@ pub(crate) fn build(
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Whatever arrives on stdin, parsing returns; it never panics.
+        #[test]
+        fn parsing_never_panics(input in ".{0,400}") {
+            let _ = parse(&input);
+        }
+
+        /// Near-valid requests too: the right envelope around any values.
+        #[test]
+        fn parsing_near_valid_requests_never_panics(
+            version in "[a-z0-9./]{0,40}",
+            image in ".{0,200}",
+            token in ".{0,200}",
+        ) {
+            let request = serde_json::json!({
+                "apiVersion": version, "kind": "CredentialProviderRequest",
+                "image": image, "serviceAccountToken": token,
+            });
+            if let Ok(req) = parse(&request.to_string()) {
+                let _ = answer(None, &req, &|_| None, &|| 0);
+            }
+        }
+    }
+
     #[test]
     fn durations_look_like_go() {
         assert_eq!(go_duration(0), "0s");

@@ -238,10 +238,16 @@ impl HelperEnv {
         self.files_ending("json")
     }
 
-    /// The temporary files (`.KEY.PID.tmp`) in the cache directory: writes
-    /// in progress, or left behind by an invocation killed mid-write.
+    /// The temporary files in the cache (`tmp/KEY.PID`, and `.KEY.PID.tmp`
+    /// as earlier versions wrote them): writes in progress, or left behind
+    /// by an invocation killed mid-write.
     pub fn temp_files(&self) -> Vec<PathBuf> {
-        self.files_ending("tmp")
+        let mut files = self.files_ending("tmp");
+        if let Ok(entries) = std::fs::read_dir(self.cache_dir.join("tmp")) {
+            files.extend(entries.flatten().map(|e| e.path()));
+        }
+        files.sort();
+        files
     }
 
     /// Starts `get` for `server_url` without waiting for it (stdout and

@@ -72,15 +72,11 @@ fn fifty_parallel_gets_on_a_cold_cache_make_one_exchange() {
         "the file holds the credential served"
     );
     assert!(times.issued_at <= unix_now() && times.expires_at > unix_now());
-    let leftovers: Vec<_> = std::fs::read_dir(helper.cache_dir())
-        .expect("read cache dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".tmp"))
-        .collect();
+    let leftovers = helper.temp_files();
     assert!(
         leftovers.is_empty(),
-        "temporary files left behind: {leftovers:?}"
+        "temporary files left behind: {:?}",
+        file_names(&leftovers)
     );
 }
 
@@ -401,11 +397,15 @@ fn cache_key(helper: &HelperEnv) -> String {
 }
 
 /// A temporary file as a `get` killed between creating it and renaming it
-/// leaves: `.KEY.PID.tmp`, mode 0600, holding a whole credential. Returns
-/// its path.
-fn orphaned_temp_file(helper: &HelperEnv, key: &str, pid: u32) -> PathBuf {
+/// leaves: `tmp/KEY.PID` (or, with `legacy`, `.KEY.PID.tmp` as earlier
+/// versions wrote it), mode 0600, holding a whole credential. Returns its path.
+fn orphaned_temp_file(helper: &HelperEnv, key: &str, pid: u32, legacy: bool) -> PathBuf {
     let content = std::fs::read(helper.only_cache_file()).expect("read the credential file");
-    let path = helper.cache_dir().join(format!(".{key}.{pid}.tmp"));
+    let path = if legacy {
+        helper.cache_dir().join(format!(".{key}.{pid}.tmp"))
+    } else {
+        helper.cache_dir().join(format!("tmp/{key}.{pid}"))
+    };
     regauth_e2e::secrets::write_secret_file(&path, &content);
     path
 }
@@ -420,8 +420,8 @@ fn dead_pid() -> u32 {
 }
 
 /// Temporary files that killed invocations left behind are removed by the
-/// next `get` (served from the cache or not), and by `erase`, for the
-/// registry asked about and for others alike.
+/// next `get` (served from the cache or not), and by `erase` (also those of
+/// earlier versions), for the registry asked about and for others alike.
 #[test]
 fn orphaned_temp_files_are_removed_by_the_next_get_and_by_erase() {
     let hs = HelperServer::start();
@@ -430,9 +430,9 @@ fn orphaned_temp_files_are_removed_by_the_next_get_and_by_erase() {
     let first = helper.get_ok(HOST);
     let key = cache_key(&helper);
 
-    let own = orphaned_temp_file(&helper, &key, dead_pid());
+    let own = orphaned_temp_file(&helper, &key, dead_pid(), false);
     let other_key = format!("{}-{}", &key[..16], "0".repeat(32));
-    let other = orphaned_temp_file(&helper, &other_key, dead_pid());
+    let other = orphaned_temp_file(&helper, &other_key, dead_pid(), false);
     let cached = helper.get_ok(HOST);
     assert_eq!(cached.secret, first.secret, "served from the cache");
     assert!(
@@ -441,11 +441,12 @@ fn orphaned_temp_files_are_removed_by_the_next_get_and_by_erase() {
         file_names(&helper.temp_files())
     );
 
-    let orphan = orphaned_temp_file(&helper, &key, dead_pid());
+    let orphan = orphaned_temp_file(&helper, &key, dead_pid(), false);
+    let legacy = orphaned_temp_file(&helper, &key, dead_pid(), true);
     let out = helper.run(&["erase"], HOST);
     out.assert_success("erase");
     assert!(
-        !orphan.exists(),
+        !orphan.exists() && !legacy.exists(),
         "erase leaves a killed writer's temporary file behind: {:?}",
         file_names(&helper.temp_files())
     );
