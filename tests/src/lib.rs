@@ -15,6 +15,9 @@
 //! images) for inspection; its path is printed to stderr.
 
 #![warn(missing_docs)]
+// Test support: a step that cannot be done should stop the test loudly,
+// with its message, rather than be handled.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod bins;
 pub mod container_image;

@@ -2,6 +2,9 @@
 //! distribution registry 2.8, driven by skopeo, ctr/containerd and an OAuth2
 //! client. Every test builds its own world on 127.0.0.1 in a temp directory.
 
+// A test step that fails should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod access_control;
 mod adversarial;
 mod container_image;
