@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
+use regauth_e2e::bins::credential_helper_bin;
 use regauth_e2e::credential_helper::audit::HELPER_CLIENT_ID;
 use regauth_e2e::credential_helper::skopeo::write_cred_helpers_authfile;
 use regauth_e2e::credential_helper::{HelperConfig, Identity, RegistryEntry};
@@ -199,7 +200,7 @@ fn lintian_finds_nothing_wrong_with_the_packages() {
 
 #[test]
 fn the_docs_describe_every_helper_action() {
-    let mut cmd = Command::new(release_dir().join("docker-credential-regauth"));
+    let mut cmd = Command::new(credential_helper_bin());
     cmd.arg("--help");
     let out = run(cmd, Duration::from_secs(10));
     out.assert_success("docker-credential-regauth --help");
