@@ -24,6 +24,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn arbitrary_text_never_panics() {
+        for text in [
+            "..",
+            "...",
+            "a.\u{0}.b",
+            ".e30.",
+            "\u{feff}.e30.x",
+            &"a.".repeat(10_000),
+        ] {
+            let _ = unverified_claims(text);
+        }
+    }
+
+    #[test]
     fn claims_of_well_formed_tokens_only() {
         let payload = URL_SAFE_NO_PAD.encode(r#"{"sub":"a","exp":5}"#);
         let claims = unverified_claims(&format!("e30.{payload}.sig")).unwrap();

@@ -208,6 +208,17 @@ mod tests {
     }
 
     #[test]
+    fn an_issued_credential_never_shows_in_debug() {
+        let i = reply(
+            Grant::TokenExchange,
+            200,
+            r#"{"access_token":"refresh-s3cret","expires_in":60}"#,
+        )
+        .unwrap();
+        assert!(!format!("{i:?}").contains("refresh-s3cret"));
+    }
+
+    #[test]
     fn password_and_certificate_grants_need_a_refresh_token() {
         let refresh = jwt(r#"{"iat":1000,"exp":4600}"#);
         let body = format!(r#"{{"access_token":"access","refresh_token":"{refresh}"}}"#);

@@ -13,16 +13,20 @@ use serde::Deserialize;
 use crate::matcher::{Pattern, PatternError, Target};
 
 /// Default timeout of one exchange: well under the kubelet's one minute.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest timeout allowed: the kubelet plugin must answer within a minute.
+const MAX_TIMEOUT: Duration = Duration::from_secs(50);
 
 /// Username returned in the `password` output form.
-pub const DEFAULT_USERNAME: &str = "regauth";
+pub(crate) const DEFAULT_USERNAME: &str = "regauth";
 
-/// Why the config could not be used.
+/// Why the config could not be used. Each variant names the file; the
+/// cause follows in the error's source chain, never repeated in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("cannot read the helper config {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -30,13 +34,15 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// Not valid YAML or not the expected shape.
-    #[error("{path}: {message}")]
+    /// Not valid YAML, or not the expected shape (an unknown key, a missing
+    /// one, a value of the wrong type).
+    #[error("the helper config {path} is not valid")]
     Syntax {
         /// The file.
         path: PathBuf,
-        /// What the parser said, with the line.
-        message: String,
+        /// What the parser said, with the line (boxed: it is large).
+        #[source]
+        source: Box<serde_saphyr::Error>,
     },
     /// A value is wrong.
     #[error("{path}: {key}: {message}")]
@@ -45,8 +51,11 @@ pub enum ConfigError {
         path: PathBuf,
         /// Key path, like `registries[0].match`.
         key: String,
-        /// What is wrong.
+        /// What is wrong, and what is expected instead.
         message: String,
+        /// The parser's reason, when a parser rejected the value.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 }
 
@@ -81,7 +90,7 @@ struct RegistryFile {
 /// How `get` presents the credential.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Output {
+pub(crate) enum Output {
     /// `Username: "<token>"`, `Secret: <refresh token>`: clients use the
     /// OAuth2 refresh grant.
     #[default]
@@ -117,7 +126,7 @@ enum IdentityFile {
 
 /// A local identity source.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdentitySource {
+pub(crate) enum IdentitySource {
     /// A projected service-account token file, read fresh each time.
     Kubernetes {
         /// The token file.
@@ -156,7 +165,7 @@ pub enum IdentitySource {
 
 impl IdentitySource {
     /// The config name of this kind.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             IdentitySource::Kubernetes { .. } => "kubernetes",
             IdentitySource::OidcFile { .. } => "oidc_file",
@@ -170,39 +179,34 @@ impl IdentitySource {
 
 /// One registry entry.
 #[derive(Debug, Clone)]
-pub struct Registry {
+pub(crate) struct Registry {
     /// The patterns this entry serves.
-    pub patterns: Vec<Pattern>,
+    pub(crate) patterns: Vec<Pattern>,
     /// Token server base URL, without a trailing slash.
-    pub token_server: String,
+    pub(crate) token_server: String,
     /// The registry's `service`.
-    pub service: String,
+    pub(crate) service: String,
     /// The identity to exchange.
-    pub identity: IdentitySource,
+    pub(crate) identity: IdentitySource,
     /// Extra CA bundle for the token server.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// Timeout of one exchange.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Output form.
-    pub output: Output,
+    pub(crate) output: Output,
     /// Username for the password form (and kubelet responses).
-    pub username: String,
+    pub(crate) username: String,
     /// Kubelet mode: service-account annotation keys forwarded to the token server.
-    pub forward_annotations: Vec<String>,
+    pub(crate) forward_annotations: Vec<String>,
 }
 
 impl Registry {
     /// The entry's first pattern, to name it in messages.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         self.patterns
             .first()
             .map(ToString::to_string)
             .unwrap_or_default()
-    }
-
-    /// The token endpoint.
-    pub fn token_url(&self) -> String {
-        format!("{}/token", self.token_server)
     }
 }
 
@@ -210,16 +214,16 @@ impl Registry {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where it was loaded from.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Registry entries, first match wins.
-    pub registries: Vec<Registry>,
+    pub(crate) registries: Vec<Registry>,
     /// Where credentials are cached.
-    pub cache_dir: PathBuf,
+    pub(crate) cache_dir: PathBuf,
 }
 
 impl Config {
     /// The first entry whose pattern matches `target`.
-    pub fn registry_for(&self, target: &Target) -> Option<&Registry> {
+    pub(crate) fn registry_for(&self, target: &Target) -> Option<&Registry> {
         self.registries
             .iter()
             .find(|r| r.patterns.iter().any(|p| p.matches(target)))
@@ -227,7 +231,10 @@ impl Config {
 }
 
 /// Where to look for the config, in order, given `--config` and the environment.
-pub fn candidates(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Vec<PathBuf> {
+pub(crate) fn candidates(
+    explicit: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<PathBuf> {
     if let Some(p) = explicit {
         return vec![p.to_owned()];
     }
@@ -247,7 +254,7 @@ pub fn candidates(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>)
 /// Finds and loads the config. `Ok(None)` when no file exists at any of the
 /// implicit locations (nothing is configured); an explicit path that does not
 /// exist is an error.
-pub fn find(
+pub(crate) fn find(
     explicit: Option<&Path>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<Config>, ConfigError> {
@@ -268,9 +275,20 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
         path: path.to_owned(),
         source,
     })?;
-    let file: ConfigFile = serde_saphyr::from_str(&text).map_err(|e| ConfigError::Syntax {
+    parse(&text, path, env)
+}
+
+/// Parses config `text` as if read from `path`: relative paths resolve
+/// against `path`'s directory, and errors name it. `env` supplies the
+/// default cache directory's variables.
+pub fn parse(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let file: ConfigFile = serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax {
         path: path.to_owned(),
-        message: e.to_string(),
+        source: Box::new(e),
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let resolve = |p: &str| base.join(p);
@@ -278,6 +296,7 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
         path: path.to_owned(),
         key,
         message,
+        source: None,
     };
     let mut registries = Vec::new();
     for (i, r) in file.registries.iter().enumerate() {
@@ -293,7 +312,12 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
             .iter()
             .map(|p| Pattern::new(p))
             .collect::<Result<Vec<_>, PatternError>>()
-            .map_err(|e| invalid(key("match"), e.to_string()))?;
+            .map_err(|e| ConfigError::Invalid {
+                path: path.to_owned(),
+                key: key("match"),
+                message: "expected HOST[:PORT][/PATH], with * globs inside host labels".into(),
+                source: Some(Box::new(e)),
+            })?;
         let token_server = r.token_server.trim_end_matches('/').to_owned();
         if !(token_server.starts_with("https://") || token_server.starts_with("http://")) {
             return Err(invalid(
@@ -306,15 +330,19 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
         }
         let timeout = match &r.timeout {
             None => DEFAULT_TIMEOUT,
-            Some(t) => humantime::parse_duration(t)
-                .ok()
-                .filter(|d| !d.is_zero() && *d <= Duration::from_secs(50))
-                .ok_or_else(|| {
-                    invalid(
-                        key("timeout"),
-                        format!("{t:?} is not a duration between 1ms and 50s"),
-                    )
-                })?,
+            Some(t) => {
+                let bad = |source: Option<humantime::DurationError>| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    key: key("timeout"),
+                    message: format!("{t:?} is not a duration between 1ms and 50s"),
+                    source: source.map(|e| Box::new(e) as _),
+                };
+                let d = humantime::parse_duration(t).map_err(|e| bad(Some(e)))?;
+                if d.is_zero() || d > MAX_TIMEOUT {
+                    return Err(bad(None));
+                }
+                d
+            }
         };
         let identity = match &r.identity {
             IdentityFile::Kubernetes { token_file } => IdentitySource::Kubernetes {
@@ -369,7 +397,7 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
 
 /// `REGAUTH_CACHE_DIR`, else `$XDG_CACHE_HOME/regauth`, else
 /// `~/.cache/regauth`, else `/var/cache/regauth`.
-pub fn default_cache_dir(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+pub(crate) fn default_cache_dir(env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
     if let Some(d) = env("REGAUTH_CACHE_DIR").filter(|v| !v.is_empty()) {
         return PathBuf::from(d);
     }
@@ -388,6 +416,17 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    proptest::proptest! {
+        /// Any text parses to a config or to an error that names the file.
+        #[test]
+        fn parsing_never_panics(text in "(registries:|cache_dir:|  - |match:|token_server:|identity:|kind:|[ -~\n]){0,60}") {
+            if let Err(e) = parse(&text, Path::new("/etc/regauth/helper.yaml"), &no_env) {
+                let shown = e.to_string();
+                proptest::prop_assert!(shown.contains("helper.yaml"), "{}", shown);
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use crate::cache::{self, Cache, CacheError, Entry};
-use crate::config::{Config, ConfigError, Registry};
+use crate::clock::Clock;
+use crate::config::{Config, Registry};
 use crate::exchange::{self, ExchangeError};
 use crate::identity::{self, Identity, IdentityError};
 use crate::matcher::Target;
@@ -22,9 +23,6 @@ pub enum GetError {
     /// The server URL has no host.
     #[error("{0:?} is not a registry host")]
     BadServerUrl(String),
-    /// The config is broken.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
     /// The local identity cannot be read.
     #[error("cannot read the identity for {registry}")]
     Identity {
@@ -47,88 +45,117 @@ pub enum GetError {
         source: ExchangeError,
     },
     /// The async runtime could not start.
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(String),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// How the credential was obtained.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+#[derive(Debug)]
+pub(crate) enum Source {
     /// From the cache, within the first half of its life.
     Cache,
     /// From a new exchange.
     Exchanged,
-    /// From the cache because the server could not be reached; the reason.
-    StaleFallback(String),
+    /// From the cache because the server could not be reached; why not.
+    StaleFallback(ExchangeError),
 }
 
-/// Seconds since the epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// A credential and how it was obtained.
+#[derive(Debug)]
+pub(crate) struct Obtained {
+    /// The credential.
+    pub(crate) entry: Entry,
+    /// Where it came from.
+    pub(crate) source: Source,
+    /// The time the decision was made at.
+    pub(crate) now: u64,
 }
 
 /// Finds the registry entry for a server URL in any shape clients send.
-pub fn registry_for<'a>(config: &'a Config, server_url: &str) -> Result<&'a Registry, GetError> {
+pub(crate) fn registry_for<'a>(
+    config: &'a Config,
+    server_url: &str,
+) -> Result<&'a Registry, GetError> {
     let target = Target::parse(server_url)
-        .ok_or_else(|| GetError::BadServerUrl(server_url.trim().to_owned()))?;
+        .ok_or_else(|| GetError::BadServerUrl(server_url.trim().chars().take(200).collect()))?;
     config
         .registry_for(&target)
         .ok_or_else(|| GetError::NotConfigured(target.host.clone()))
 }
 
-/// A credential for `registry`, cached or exchanged.
-pub fn credential(
+/// A credential for `registry`, cached or exchanged for the configured identity.
+pub(crate) fn credential(
     config: &Config,
     registry: &Registry,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(Entry, Source), GetError> {
-    let name = registry.name();
+    clock: &Clock,
+) -> Result<Obtained, GetError> {
     let id = identity::read(&registry.identity, env).map_err(|source| GetError::Identity {
-        registry: name.clone(),
+        registry: registry.name(),
         source,
     })?;
-    credential_for_identity(config, registry, &id)
+    credential_for_identity(config, registry, &id, clock)
 }
 
 /// A credential for `registry` and an identity already read (the kubelet
-/// passes a pod's service-account token this way).
-pub fn credential_for_identity(
+/// passes a pod's service-account token this way). An entry bound to a
+/// token is served only to that token.
+pub(crate) fn credential_for_identity(
     config: &Config,
     registry: &Registry,
     id: &Identity,
-) -> Result<(Entry, Source), GetError> {
+    clock: &Clock,
+) -> Result<Obtained, GetError> {
     let name = registry.name();
     let cache = Cache::open(&config.cache_dir)?;
     let key = cache::key(registry, &id.fingerprint);
     // Held across the exchange: concurrent invocations wait here and then
     // find the fresh entry, so a cold cache costs one exchange, not many.
     let _lock = cache.lock(&key, LOCK_WAIT)?;
-    let cached = cache.read(&key)?;
-    let now = unix_now();
+    cache.sweep(Some(&key));
+    // Read after the wait: the decision below is about this moment.
+    let now = clock();
+    let cached = cache.read(&key)?.filter(|e| e.bound_to == id.binding);
     if let Some(entry) = cached.as_ref().filter(|e| e.fresh(now)) {
         tracing::debug!(registry = %name, expires_at = entry.expires_at, "serving the cached credential");
-        return Ok((entry.clone(), Source::Cache));
+        return Ok(Obtained {
+            entry: entry.clone(),
+            source: Source::Cache,
+            now,
+        });
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| GetError::Runtime(e.to_string()))?;
-    tracing::debug!(registry = %name, identity = %id.summary, "exchanging the identity at {}", registry.token_url());
+        .map_err(GetError::Runtime)?;
+    tracing::debug!(registry = %name, identity = %id.summary, "exchanging the identity at {}", registry.token_server);
     match runtime.block_on(exchange::exchange(registry, id, now)) {
         Ok(issued) => {
-            let entry = Entry::new(issued.refresh_token, issued.issued_at, issued.expires_at);
+            let entry = Entry::new(issued, id.binding.clone());
             cache.write(&key, &entry)?;
-            Ok((entry, Source::Exchanged))
+            cache.collect_garbage(&key, now);
+            Ok(Obtained {
+                entry,
+                source: Source::Exchanged,
+                now,
+            })
         }
-        Err(e) if e.is_unavailable() => match cached.filter(|c| c.usable(unix_now())) {
-            Some(entry) => Ok((entry, Source::StaleFallback(e.to_string()))),
-            None => Err(GetError::Exchange {
-                registry: name,
-                source: e,
-            }),
-        },
+        Err(e) if e.is_unavailable() => {
+            // The failed attempt took up to `timeout`: the credential must
+            // still be usable at its end, not just when it began.
+            let after = now + registry.timeout.as_secs();
+            match cached.filter(|c| c.usable(after)) {
+                Some(entry) => Ok(Obtained {
+                    entry,
+                    source: Source::StaleFallback(e),
+                    now,
+                }),
+                None => Err(GetError::Exchange {
+                    registry: name,
+                    source: e,
+                }),
+            }
+        }
         Err(e) => Err(GetError::Exchange {
             registry: name,
             source: e,

@@ -2,45 +2,69 @@
 //! how to fix what fails. Credential helpers that hide their errors cost
 //! their users hours; this prints one line per check instead.
 
+use std::io::Write;
 use std::path::Path;
 
-use crate::config::{self, Config, Registry};
-use crate::credential::unix_now;
+use regauth_client::{Issued, TokenClient, unverified_claims};
+
+use crate::clock::Clock;
+use crate::config::{self, Registry};
 use crate::exchange;
-use crate::identity;
+use crate::identity::{self, Identity};
 use crate::matcher::Target;
 
-/// One check's outcome.
-struct Report {
+/// The checks' outcomes, written as they happen.
+struct Report<'a> {
+    out: &'a mut dyn Write,
     failures: usize,
 }
 
-impl Report {
-    fn ok(&self, what: &str, detail: impl std::fmt::Display) {
-        println!("ok    {what}: {detail}");
+impl Report<'_> {
+    fn ok(&mut self, what: &str, detail: impl std::fmt::Display) -> std::io::Result<()> {
+        writeln!(self.out, "ok    {what}: {detail}")
     }
 
-    fn fail(&mut self, what: &str, detail: impl std::fmt::Display, fix: &str) {
+    fn fail(
+        &mut self,
+        what: &str,
+        detail: impl std::fmt::Display,
+        fix: &str,
+    ) -> std::io::Result<()> {
         self.failures += 1;
-        println!("FAIL  {what}: {detail}");
-        println!("      fix: {fix}");
+        writeln!(self.out, "FAIL  {what}: {detail}")?;
+        writeln!(self.out, "      fix: {fix}")
     }
 
-    fn info(&self, what: &str, detail: impl std::fmt::Display) {
-        println!("info  {what}: {detail}");
+    fn info(&mut self, what: &str, detail: impl std::fmt::Display) -> std::io::Result<()> {
+        writeln!(self.out, "info  {what}: {detail}")
     }
 }
 
-/// Runs the checks; returns the number of failures.
+/// The error and its causes on one line, for a report line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(c) = source {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        source = c.source();
+    }
+    s
+}
+
+/// Runs the checks, writing one line per check to `out`; returns the number
+/// of failures. Every time-dependent judgement uses one reading of `clock`.
 pub fn run(
     explicit: Option<&Path>,
     host: Option<&str>,
     env: &dyn Fn(&str) -> Option<String>,
-) -> usize {
-    let mut r = Report { failures: 0 };
+    clock: &Clock,
+    out: &mut dyn Write,
+) -> std::io::Result<usize> {
+    let mut r = Report { out, failures: 0 };
     let config = match config::find(explicit, env) {
         Ok(Some(c)) => {
-            r.ok("config", c.path.display());
+            r.ok("config", c.path.display())?;
             c
         }
         Ok(None) => {
@@ -52,26 +76,27 @@ pub fn run(
                 "config",
                 format!("no config file (looked in {})", looked.join(", ")),
                 "write one; see the README's helper section",
-            );
-            return r.failures;
+            )?;
+            return Ok(r.failures);
         }
         Err(e) => {
             r.fail(
                 "config",
-                e,
+                chain(&e),
                 "correct the file; unknown keys and bad values are errors",
-            );
-            return r.failures;
+            )?;
+            return Ok(r.failures);
         }
     };
-    r.ok("cache", config.cache_dir.display());
+    r.ok("cache", config.cache_dir.display())?;
+    let now = clock();
     match host {
         Some(h) => match Target::parse(h) {
             None => r.fail(
                 "registry",
                 format!("{h:?} is not a registry host"),
                 "pass HOST, HOST:PORT or HOST/REPO",
-            ),
+            )?,
             Some(t) => match config.registry_for(&t) {
                 None => {
                     let patterns: Vec<String> = config
@@ -83,59 +108,33 @@ pub fn run(
                         "registry",
                         format!("{} matches no pattern ({})", t.host, patterns.join(", ")),
                         "add a `match` pattern; labels must match one to one, and the port exactly",
-                    );
+                    )?;
                 }
                 Some(reg) => {
-                    r.ok(
-                        "registry",
-                        format!("{} matches {}", t.host, reg.patterns[0]),
-                    );
-                    check_registry(&mut r, &config, reg, Some(h), env);
+                    r.ok("registry", format!("{} matches {}", t.host, reg.name()))?;
+                    check_registry(&mut r, reg, Some(&t), env, now)?;
                 }
             },
         },
         None => {
             for reg in &config.registries {
-                r.info("registry", &reg.patterns[0]);
-                check_registry(&mut r, &config, reg, None, env);
+                r.info("registry", reg.name())?;
+                check_registry(&mut r, reg, None, env, now)?;
             }
         }
     }
-    r.failures
+    Ok(r.failures)
 }
 
 fn check_registry(
-    r: &mut Report,
-    _config: &Config,
+    r: &mut Report<'_>,
     reg: &Registry,
-    host: Option<&str>,
+    target: Option<&Target>,
     env: &dyn Fn(&str) -> Option<String>,
-) {
-    let id = match identity::read(&reg.identity, env) {
-        Ok(id) => {
-            let expiry = match id.expires_at {
-                Some(exp) if exp <= unix_now() => format!(", EXPIRED {}s ago", unix_now() - exp),
-                Some(exp) => format!(", expires in {}s", exp - unix_now()),
-                None => String::new(),
-            };
-            r.ok(
-                "identity",
-                format!("{} ({}){expiry}", id.summary, reg.identity.kind()),
-            );
-            if id.expires_at.is_some_and(|e| e <= unix_now()) {
-                r.fail(
-                    "identity",
-                    "the token has expired",
-                    "check that the token file is being rotated (projected volume mounted?)",
-                );
-                return;
-            }
-            id
-        }
-        Err(e) => {
-            r.fail("identity", &e, identity_fix(reg));
-            return;
-        }
+    now: u64,
+) -> std::io::Result<()> {
+    let Some(id) = check_identity(r, reg, env, now)? else {
+        return Ok(());
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -143,102 +142,138 @@ fn check_registry(
     {
         Ok(rt) => rt,
         Err(e) => {
-            r.fail(
+            return r.fail(
                 "runtime",
                 e,
                 "the process could not start its async runtime",
             );
-            return;
         }
     };
-    let reachable = runtime.block_on(async {
-        let http = exchange::http_client(reg, None)?;
-        let url = format!("{}/healthz", reg.token_server);
-        http.get(&url)
-            .send()
-            .await
-            .map_err(|e| exchange::ExchangeError::Unreachable {
-                url: url.clone(),
-                reason: error_chain(&e),
-            })
-    });
-    match reachable {
-        Ok(resp) if resp.status().is_success() => {
-            r.ok("token server", format!("{} answers", reg.token_server))
-        }
-        Ok(resp) => r.fail(
-            "token server",
-            format!("{}/healthz answered {}", reg.token_server, resp.status()),
-            "check token_server: it must be the server's base URL",
-        ),
+    let client = match TokenClient::new(&exchange::settings(reg, None)) {
+        Ok(c) => c,
         Err(e) => {
-            r.fail("token server", &e, "check token_server, the network path, and ca_file if the server's certificate is not publicly trusted");
-            return;
+            return r.fail(
+                "token server",
+                chain(&e),
+                "check token_server and ca_file in the config",
+            );
         }
+    };
+    match runtime.block_on(client.health()) {
+        Ok(()) => r.ok("token server", format!("{} answers", reg.token_server))?,
+        Err(e) if matches!(e, regauth_client::Error::Unreachable { .. }) => {
+            return r.fail(
+                "token server",
+                chain(&e),
+                "check token_server, the network path, and ca_file if the server's certificate is not publicly trusted",
+            );
+        }
+        Err(e) => r.fail(
+            "token server",
+            chain(&e),
+            "check token_server: it must be the server's base URL",
+        )?,
     }
-    let issued = match runtime.block_on(exchange::exchange(reg, &id, unix_now())) {
+    let issued = match runtime.block_on(exchange::exchange(reg, &id, now)) {
         Ok(i) => {
             r.ok(
                 "exchange",
-                format!(
-                    "credential valid for {}s",
-                    i.expires_at.saturating_sub(unix_now())
-                ),
-            );
+                format!("credential valid for {}s", i.expires_at.saturating_sub(now)),
+            )?;
             i
         }
         Err(e) => {
-            r.fail("exchange", &e, "check the server's issuers/accounts config and that `service` is one of its services");
-            return;
+            let fix = match &e {
+                exchange::ExchangeError::Server(s) if s.is_unknown_target() => {
+                    "set `service` to a service the token server serves (its `services` list)"
+                }
+                _ => {
+                    "check the server's issuers/accounts config and that `service` is one of its services"
+                }
+            };
+            return r.fail("exchange", chain(&e), fix);
         }
     };
-    let repo = host
-        .and_then(Target::parse)
+    let repo = target
         .map(|t| t.path().to_owned())
         .filter(|p| !p.is_empty());
     let Some(repo) = repo else {
-        r.info(
+        return r.info(
             "scopes",
             "pass HOST/REPO to see what a pull of REPO is granted",
         );
-        return;
     };
-    let scope = format!("repository:{repo}:pull,push");
-    let granted = runtime.block_on(async {
-        let http = exchange::http_client(reg, None)?;
-        let url = reg.token_url();
-        let resp = http
-            .get(&url)
-            .query(&[("service", reg.service.as_str()), ("scope", scope.as_str())])
-            .basic_auth(&reg.username, Some(&issued.refresh_token))
-            .send()
-            .await
-            .map_err(|e| exchange::ExchangeError::Unreachable {
-                url: url.clone(),
-                reason: error_chain(&e),
-            })?;
-        let body: serde_json::Value =
-            resp.json()
-                .await
-                .map_err(|e| exchange::ExchangeError::BadReply {
-                    url: url.clone(),
-                    reason: e.to_string(),
-                })?;
-        let token = body["token"].as_str().unwrap_or_default();
-        Ok::<_, exchange::ExchangeError>(
-            identity::unverified_claims(token).map(|c| c["access"].clone()),
-        )
-    });
-    match granted {
-        Ok(Some(access)) if access.as_array().is_some_and(|a| !a.is_empty()) => {
-            r.ok("scopes", format!("{scope} -> {access}"));
+    check_scopes(r, reg, &runtime, &client, &issued, &repo)
+}
+
+/// Reads the identity; `None` when it is unusable (reported).
+fn check_identity(
+    r: &mut Report<'_>,
+    reg: &Registry,
+    env: &dyn Fn(&str) -> Option<String>,
+    now: u64,
+) -> std::io::Result<Option<Identity>> {
+    let id = match identity::read(&reg.identity, env) {
+        Ok(id) => id,
+        Err(e) => {
+            r.fail("identity", chain(&e), identity_fix(reg))?;
+            return Ok(None);
         }
-        Ok(_) => r.fail(
+    };
+    let expiry = match id.expires_at {
+        Some(exp) if exp <= now => format!(", EXPIRED {}s ago", now - exp),
+        Some(exp) => format!(", expires in {}s", exp - now),
+        None => String::new(),
+    };
+    r.ok(
+        "identity",
+        format!("{} ({}){expiry}", id.summary, reg.identity.kind()),
+    )?;
+    if id.expires_at.is_some_and(|e| e <= now) {
+        r.fail(
+            "identity",
+            "the token has expired",
+            "check that the token file is being rotated (projected volume mounted?)",
+        )?;
+        return Ok(None);
+    }
+    Ok(Some(id))
+}
+
+fn check_scopes(
+    r: &mut Report<'_>,
+    reg: &Registry,
+    runtime: &tokio::runtime::Runtime,
+    client: &TokenClient,
+    issued: &Issued,
+    repo: &str,
+) -> std::io::Result<()> {
+    let scope = format!("repository:{repo}:pull,push");
+    let granted = runtime.block_on(client.access_token(
+        &reg.service,
+        std::slice::from_ref(&scope),
+        &reg.username,
+        &issued.refresh_token,
+    ));
+    match granted {
+        Ok(token) => {
+            let access = unverified_claims(token.expose())
+                .and_then(|c| c.get("access").cloned())
+                .filter(|a| a.as_array().is_some_and(|a| !a.is_empty()));
+            match access {
+                Some(access) => r.ok("scopes", format!("{scope} -> {access}")),
+                None => r.fail(
+                    "scopes",
+                    format!("{scope} -> nothing granted"),
+                    "the server's policy gives this identity no access to that repository",
+                ),
+            }
+        }
+        Err(e) => r.fail(
             "scopes",
-            format!("{scope} -> nothing granted"),
-            "the server's policy gives this identity no access to that repository",
+            chain(&e),
+            "the token server did not answer the test pull",
         ),
-        Err(e) => r.fail("scopes", e, "the token server did not answer the test pull"),
     }
 }
 
@@ -253,15 +288,4 @@ fn identity_fix(reg: &Registry) -> &'static str {
         "client_certificate" => "point cert and key at readable PEM files",
         _ => "point password_file at a readable file holding the password",
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(c) = source {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        source = c.source();
-    }
-    s
 }

@@ -6,28 +6,36 @@
 //! apiVersion, so the response carries exactly the known fields. With a
 //! `serviceAccountToken` (KEP-4412) the pod's token is exchanged as workload
 //! identity; without one, the node identity from the helper config is used.
+//!
+//! A pod's token comes from outside and is not verified here, so it earns
+//! nothing before the token server has accepted it: an expired or not yet
+//! valid one is refused at once, and a cached credential is served only to
+//! the exact token it was issued for. The kubelet may cache the answer no
+//! longer than the token lives.
 
 use std::collections::BTreeMap;
 
+use regauth_client::Secret;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::Entry;
-use crate::config::{Config, Registry};
+use crate::clock::Clock;
+use crate::config::{Config, ConfigError, Registry};
 use crate::credential::{self, GetError};
-use crate::identity;
+use crate::identity::{self, IdentityError};
 use crate::matcher::Target;
 
 /// The API group of the plugin protocol.
-pub const GROUP: &str = "credentialprovider.kubelet.k8s.io";
+pub(crate) const GROUP: &str = "credentialprovider.kubelet.k8s.io";
 /// The versions this plugin speaks.
-pub const VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha1"];
+pub(crate) const VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha1"];
 
 /// Why a request could not be answered.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeletError {
     /// Not JSON, or not the request shape.
-    #[error("malformed CredentialProviderRequest: {0}")]
-    Malformed(String),
+    #[error("malformed CredentialProviderRequest")]
+    Malformed(#[source] serde_json::Error),
     /// An apiVersion this plugin does not speak.
     #[error("unsupported apiVersion {0:?}; expected {GROUP}/v1, v1beta1 or v1alpha1")]
     ApiVersion(String),
@@ -37,12 +45,15 @@ pub enum KubeletError {
     /// The image reference has no registry host.
     #[error("image {0:?} has no registry host")]
     Image(String),
+    /// The helper config could not be loaded.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// No credential could be obtained.
     #[error(transparent)]
     Credential(#[from] GetError),
     /// The pod's service-account token is unusable.
-    #[error("serviceAccountToken: {0}")]
-    Token(#[from] identity::IdentityError),
+    #[error("refusing the pod's service-account token")]
+    Token(#[source] IdentityError),
 }
 
 /// The request, as the kubelet sends it.
@@ -57,7 +68,7 @@ pub struct Request {
     pub image: String,
     /// The pod's service-account token, when the kubelet is configured to send it.
     #[serde(default)]
-    pub service_account_token: Option<String>,
+    pub service_account_token: Option<Secret>,
     /// Selected annotations of the pod's service account.
     #[serde(default)]
     pub service_account_annotations: Option<BTreeMap<String, String>>,
@@ -69,7 +80,7 @@ pub struct AuthConfig {
     /// The username.
     pub username: String,
     /// The password (a regauth refresh token).
-    pub password: String,
+    pub password: Secret,
 }
 
 /// The response; field order and names follow the API.
@@ -80,7 +91,8 @@ pub struct Response {
     pub api_version: String,
     /// `CredentialProviderResponse`.
     pub kind: &'static str,
-    /// `Registry`: one credential serves every image of a matching registry.
+    /// `Registry`: one credential serves every image of a matching registry;
+    /// `Image`: only this image.
     pub cache_key_type: &'static str,
     /// Go duration, such as `29m30s`.
     pub cache_duration: String,
@@ -88,27 +100,28 @@ pub struct Response {
     pub auth: BTreeMap<String, AuthConfig>,
 }
 
+fn shown(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
 /// Parses and checks a request.
 pub fn parse(input: &str) -> Result<Request, KubeletError> {
-    let req: Request =
-        serde_json::from_str(input).map_err(|e| KubeletError::Malformed(e.to_string()))?;
+    let req: Request = serde_json::from_str(input).map_err(KubeletError::Malformed)?;
     let version = req
         .api_version
         .strip_prefix(GROUP)
         .and_then(|v| v.strip_prefix('/'));
     if !version.is_some_and(|v| VERSIONS.contains(&v)) {
-        return Err(KubeletError::ApiVersion(
-            req.api_version.chars().take(100).collect(),
-        ));
+        return Err(KubeletError::ApiVersion(shown(&req.api_version, 100)));
     }
     if req.kind != "CredentialProviderRequest" {
-        return Err(KubeletError::Kind(req.kind.chars().take(100).collect()));
+        return Err(KubeletError::Kind(shown(&req.kind, 100)));
     }
     Ok(req)
 }
 
 /// A Go `time.Duration` string, as `metav1.Duration` serializes it.
-pub fn go_duration(secs: u64) -> String {
+pub(crate) fn go_duration(secs: u64) -> String {
     let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
     match (h, m) {
         (0, 0) => format!("{s}s"),
@@ -119,13 +132,14 @@ pub fn go_duration(secs: u64) -> String {
 
 /// Answers `req` with `config`. An image no registry entry matches gets an
 /// empty `auth`, which tells the kubelet this plugin has nothing for it.
-pub fn answer(
+pub(crate) fn answer(
     config: Option<&Config>,
     req: &Request,
     env: &dyn Fn(&str) -> Option<String>,
+    clock: &Clock,
 ) -> Result<Response, KubeletError> {
-    let target = Target::parse(&req.image)
-        .ok_or_else(|| KubeletError::Image(req.image.chars().take(200).collect()))?;
+    let target =
+        Target::parse(&req.image).ok_or_else(|| KubeletError::Image(shown(&req.image, 200)))?;
     let nothing = || Response {
         api_version: req.api_version.clone(),
         kind: "CredentialProviderResponse",
@@ -141,11 +155,14 @@ pub fn answer(
     };
     let sa_token = req
         .service_account_token
-        .as_deref()
-        .filter(|t| !t.trim().is_empty());
-    let (entry, _) = match sa_token {
+        .as_ref()
+        .filter(|t| !t.expose().trim().is_empty());
+    let (obtained, token_expires_at) = match sa_token {
         Some(token) => {
-            let mut id = identity::service_account_token(token)?;
+            // Checked before the cache is consulted: an expired token gets
+            // nothing, not even what its earlier self was given.
+            let mut id =
+                identity::service_account_token(token, clock()).map_err(KubeletError::Token)?;
             let forwarded: BTreeMap<String, String> = req
                 .service_account_annotations
                 .iter()
@@ -163,11 +180,22 @@ pub fn answer(
             let pairs: Vec<String> = forwarded.iter().map(|(k, v)| format!("{k}={v}")).collect();
             id.fingerprint = identity::fingerprint(&[&id.fingerprint, &pairs.join("\n")]);
             id.annotations = forwarded;
-            credential::credential_for_identity(config, registry, &id)?
+            let expires = id.expires_at;
+            (
+                credential::credential_for_identity(config, registry, &id, clock)?,
+                expires,
+            )
         }
-        None => credential::credential(config, registry, env)?,
+        None => (credential::credential(config, registry, env, clock)?, None),
     };
-    let mut resp = build(req, registry, &target, &entry, credential::unix_now());
+    let mut resp = build(req, registry, &target, &obtained.entry, obtained.now);
+    if let Some(token_exp) = token_expires_at {
+        // The kubelet keys its cache on the pod's token or service account:
+        // an answer must not outlive the token it was given for.
+        let limit = token_exp.saturating_sub(obtained.now);
+        let half_life = obtained.entry.expires_at.saturating_sub(obtained.now) / 2;
+        resp.cache_duration = go_duration(half_life.min(limit));
+    }
     if !covers_whole_host(config, &target) {
         resp.cache_key_type = "Image";
     }
@@ -191,7 +219,7 @@ fn covers_whole_host(config: &Config, target: &Target) -> bool {
 /// The response for a credential: every pattern of the entry that matches
 /// the image becomes an `auth` key, and the kubelet may cache the credential
 /// for half of its remaining life.
-pub fn build(
+pub(crate) fn build(
     req: &Request,
     registry: &Registry,
     target: &Target,
@@ -223,6 +251,30 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Whatever arrives on stdin, parsing returns; it never panics.
+        #[test]
+        fn parsing_never_panics(input in ".{0,400}") {
+            let _ = parse(&input);
+        }
+
+        /// Near-valid requests too: the right envelope around any values.
+        #[test]
+        fn parsing_near_valid_requests_never_panics(
+            version in "[a-z0-9./]{0,40}",
+            image in ".{0,200}",
+            token in ".{0,200}",
+        ) {
+            let request = serde_json::json!({
+                "apiVersion": version, "kind": "CredentialProviderRequest",
+                "image": image, "serviceAccountToken": token,
+            });
+            if let Ok(req) = parse(&request.to_string()) {
+                let _ = answer(None, &req, &|_| None, &|| 0);
+            }
+        }
+    }
 
     #[test]
     fn durations_look_like_go() {
@@ -272,7 +324,7 @@ mod tests {
             r#"{{"apiVersion":"{GROUP}/v1beta1","kind":"CredentialProviderRequest","image":"other.example.com/a:1"}}"#
         ))
         .unwrap();
-        let resp = answer(None, &req, &|_| None).unwrap();
+        let resp = answer(None, &req, &|_| None, &|| 1_000_000).unwrap();
         let json = serde_json::to_value(&resp).unwrap();
         assert_eq!(
             json,
@@ -301,7 +353,14 @@ mod tests {
             let req = parse(&fixture(&format!("request-{v}.json"))).unwrap();
             let target = Target::parse(&req.image).unwrap();
             let now = 1_000_000;
-            let entry = Entry::new("<regauth refresh token>".into(), now - 60, now + 3540);
+            let entry = Entry::new(
+                regauth_client::Issued {
+                    refresh_token: Secret::from("<regauth refresh token>"),
+                    issued_at: now - 60,
+                    expires_at: now + 3540,
+                },
+                None,
+            );
             let resp = build(&req, &example_registry(), &target, &entry, now);
             let got = serde_json::to_value(&resp).unwrap();
             let want: serde_json::Value =
@@ -310,10 +369,39 @@ mod tests {
         }
     }
 
+    /// The pod's token and the credential serialize as the API says, and
+    /// stay out of every `Debug` rendering.
+    #[test]
+    fn debug_shows_no_token_or_credential() {
+        let req = parse(&format!(
+            r#"{{"apiVersion":"{GROUP}/v1","kind":"CredentialProviderRequest","image":"registry.example.com/a:1","serviceAccountToken":"sa-token-s3cret"}}"#
+        ))
+        .unwrap();
+        assert!(!format!("{req:?}").contains("sa-token-s3cret"));
+        let target = Target::parse(&req.image).unwrap();
+        let entry = Entry::new(
+            regauth_client::Issued {
+                refresh_token: Secret::from("refresh-s3cret"),
+                issued_at: 1,
+                expires_at: 3601,
+            },
+            None,
+        );
+        let resp = build(&req, &example_registry(), &target, &entry, 1);
+        assert!(!format!("{resp:?}").contains("refresh-s3cret"));
+        let auth = resp.auth.values().next().unwrap();
+        assert!(!format!("{auth:?}").contains("refresh-s3cret"));
+        let json = serde_json::to_value(&resp).unwrap();
+        assert_eq!(
+            json["auth"]["registry.example.com"]["password"],
+            "refresh-s3cret"
+        );
+    }
+
     #[test]
     fn service_account_request_sample() {
         let req = parse(&fixture("request-v1-service-account.json")).unwrap();
-        assert!(req.service_account_token.unwrap().starts_with('<'));
+        assert!(req.service_account_token.unwrap().expose().starts_with('<'));
         assert_eq!(
             req.service_account_annotations.unwrap()["regauth.io/purpose"],
             "build"

@@ -8,7 +8,7 @@ use std::fmt;
 /// A compiled registry pattern such as `*.example.com`, `registry:5000` or
 /// `registry.example.com/team`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Pattern {
+pub(crate) struct Pattern {
     source: String,
     labels: Vec<String>,
     port: Option<String>,
@@ -32,7 +32,7 @@ impl fmt::Display for Pattern {
 #[error(
     "invalid registry pattern {0:?}: expect HOST[:PORT][/PATH], with * globs inside host labels"
 )]
-pub struct PatternError(pub String);
+pub(crate) struct PatternError(pub(crate) String);
 
 /// A registry location split into host labels, port and path.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,19 +3,20 @@
 
 use std::io::Read;
 
+use regauth_client::Secret;
 use serde::{Deserialize, Serialize};
 
 /// The exact text clients treat as "this helper has nothing for that registry".
 pub const NOT_FOUND: &str = "credentials not found in native keychain";
 
 /// The username that marks `Secret` as an identity (refresh) token.
-pub const IDENTITY_TOKEN_USERNAME: &str = "<token>";
+pub(crate) const IDENTITY_TOKEN_USERNAME: &str = "<token>";
 
 /// Longest stdin payload read.
 const MAX_STDIN: u64 = 64 * 1024;
 
-/// The reply to `get`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// The reply to `get`: `{"ServerURL","Username","Secret"}`, in that order.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Credentials {
     /// The server URL as asked.
     #[serde(rename = "ServerURL")]
@@ -25,26 +26,44 @@ pub struct Credentials {
     pub username: String,
     /// The secret.
     #[serde(rename = "Secret")]
-    pub secret: String,
+    pub secret: Secret,
 }
 
-/// Reads the stdin payload, bounded: a larger one is an error that says so.
-pub fn read_stdin() -> std::io::Result<String> {
+/// Why stdin could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// Reading failed.
+    #[error("cannot read stdin")]
+    Read(#[source] std::io::Error),
+    /// More than the limit arrived.
+    #[error("input on stdin is larger than {} KiB", MAX_STDIN / 1024)]
+    TooLarge,
+    /// Not UTF-8.
+    #[error("input on stdin is not UTF-8")]
+    NotUtf8(#[source] std::string::FromUtf8Error),
+}
+
+/// Reads a payload from `input` (stdin), bounded: a larger one is an error
+/// that says so.
+pub fn read_input(input: impl Read) -> Result<String, InputError> {
     let mut bytes = Vec::new();
-    std::io::stdin()
+    input
         .take(MAX_STDIN + 1)
-        .read_to_end(&mut bytes)?;
+        .read_to_end(&mut bytes)
+        .map_err(InputError::Read)?;
     if bytes.len() as u64 > MAX_STDIN {
-        return Err(std::io::Error::other(format!(
-            "input on stdin is larger than {} KiB",
-            MAX_STDIN / 1024
-        )));
+        return Err(InputError::TooLarge);
     }
-    String::from_utf8(bytes).map_err(|_| std::io::Error::other("input on stdin is not UTF-8"))
+    String::from_utf8(bytes).map_err(InputError::NotUtf8)
 }
 
-/// Validates a `store` payload: `{"ServerURL","Username","Secret"}`.
-pub fn parse_store(payload: &str) -> Result<String, String> {
+/// A `store` payload that is not `{"ServerURL","Username","Secret"}`.
+#[derive(Debug, thiserror::Error)]
+#[error("store expects {{\"ServerURL\",\"Username\",\"Secret\"}} on stdin")]
+pub struct StoreError(#[source] serde_json::Error);
+
+/// Validates a `store` payload; returns its server URL.
+pub(crate) fn parse_store(payload: &str) -> Result<String, StoreError> {
     #[derive(Deserialize)]
     struct Store {
         #[serde(rename = "ServerURL")]
@@ -52,9 +71,7 @@ pub fn parse_store(payload: &str) -> Result<String, String> {
     }
     serde_json::from_str::<Store>(payload)
         .map(|s| s.server_url)
-        .map_err(|e| {
-            format!("store expects {{\"ServerURL\",\"Username\",\"Secret\"}} on stdin: {e}")
-        })
+        .map_err(StoreError)
 }
 
 #[cfg(test)]
@@ -62,16 +79,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn credentials_use_docker_field_names() {
+    fn credentials_use_docker_field_names_and_hide_the_secret_from_debug() {
         let c = Credentials {
             server_url: "r".into(),
             username: "<token>".into(),
-            secret: "s".into(),
+            secret: Secret::from("s3cret"),
         };
         assert_eq!(
             serde_json::to_string(&c).unwrap(),
-            r#"{"ServerURL":"r","Username":"<token>","Secret":"s"}"#
+            r#"{"ServerURL":"r","Username":"<token>","Secret":"s3cret"}"#
         );
+        assert!(!format!("{c:?}").contains("s3cret"));
     }
 
     #[test]
@@ -81,5 +99,16 @@ mod tests {
             "r"
         );
         assert!(parse_store("nonsense").is_err());
+    }
+
+    #[test]
+    fn input_is_bounded_and_utf8() {
+        assert_eq!(read_input(&b"host:5000\n"[..]).unwrap(), "host:5000\n");
+        let big = vec![b'a'; MAX_STDIN as usize + 1];
+        assert!(matches!(read_input(&big[..]), Err(InputError::TooLarge)));
+        assert!(matches!(
+            read_input(&[0xff, 0xfe][..]),
+            Err(InputError::NotUtf8(_))
+        ));
     }
 }

@@ -13,6 +13,9 @@
 //! (`PULL_SECRETS_NAMESPACES`, default 500; `PULL_SECRETS_STEADY_SECONDS`,
 //! default 60).
 
+// A benchmark harness, like a test: a failed step should stop it loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -258,14 +258,7 @@ fn run_ctr(socket: &Path, dir: &Path, namespace: &str, args: &[&str]) -> CmdOutp
         .env_remove("CONTAINERD_ADDRESS")
         .env_remove("CONTAINERD_NAMESPACE")
         .env_remove("CONTAINERD_SNAPSHOTTER");
-    for proxy in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
+    for proxy in crate::process::PROXY_VARS {
         cmd.env_remove(proxy);
     }
     run(cmd, CTR_TIMEOUT)

@@ -219,18 +219,53 @@ impl HelperEnv {
         parse_get(&self.get(server_url), &format!("get {server_url:?}"))
     }
 
-    /// The credential files (`*.json`) in the cache directory.
-    pub fn cache_files(&self) -> Vec<PathBuf> {
+    /// The files in the cache directory whose extension is `ext`, sorted.
+    fn files_ending(&self, ext: &str) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(&self.cache_dir) else {
             return Vec::new();
         };
         let mut files: Vec<PathBuf> = entries
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter(|p| p.extension().is_some_and(|x| x == ext))
             .collect();
         files.sort();
         files
+    }
+
+    /// The credential files (`*.json`) in the cache directory.
+    pub fn cache_files(&self) -> Vec<PathBuf> {
+        self.files_ending("json")
+    }
+
+    /// The temporary files in the cache (`tmp/KEY.PID`, and `.KEY.PID.tmp`
+    /// as earlier versions wrote them): writes in progress, or left behind
+    /// by an invocation killed mid-write.
+    pub fn temp_files(&self) -> Vec<PathBuf> {
+        let mut files = self.files_ending("tmp");
+        if let Ok(entries) = std::fs::read_dir(self.cache_dir.join("tmp")) {
+            files.extend(entries.flatten().map(|e| e.path()));
+        }
+        files.sort();
+        files
+    }
+
+    /// Starts `get` for `server_url` without waiting for it (stdout and
+    /// stderr discarded), for tests that kill it midway.
+    pub fn spawn_get(&self, server_url: &str) -> std::process::Child {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = self
+            .command(&["get"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn docker-credential-regauth get");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        // The helper may already be dead (killed): a broken pipe is fine.
+        let _ = stdin.write_all(server_url.as_bytes());
+        child
     }
 
     /// The single credential file in the cache; panics unless there is exactly one.
@@ -277,6 +312,23 @@ pub fn read_cache_file(path: &Path) -> (serde_json::Value, CacheTimes) {
     (value, times)
 }
 
+/// True when `path` holds a whole cache entry in the helper's format: a
+/// JSON object with a non-empty `refresh_token` and integer `issued_at` and
+/// `expires_at`, the first before the second. A half-written file is not.
+pub fn is_whole_cache_file(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
+    let token = value["refresh_token"].as_str().unwrap_or_default();
+    match (value["issued_at"].as_u64(), value["expires_at"].as_u64()) {
+        (Some(issued), Some(expires)) => !token.is_empty() && issued < expires,
+        _ => false,
+    }
+}
+
 /// Rewrites a cache file's `issued_at` and `expires_at`, keeping its token,
 /// so a test can age a credential without waiting for it. The file keeps
 /// mode 0600.
@@ -298,7 +350,7 @@ pub fn mode(path: &Path) -> u32 {
         & 0o777
 }
 
-/// Seconds since the epoch, now (through the test issuers' clock reader).
+/// Seconds since the epoch, now (the test issuers' clock).
 pub fn unix_now() -> u64 {
     u64::try_from(crate::oidc_issuer::claims::now()).expect("clock after 1970")
 }

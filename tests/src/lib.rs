@@ -16,10 +16,16 @@
 //! images) for inspection; its path is printed to stderr.
 
 #![warn(missing_docs)]
+// Test support: a step that cannot be done should stop the test loudly,
+// with its message, rather than be handled.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod bins;
+pub mod container_image;
 pub mod containerd;
 pub mod credential_helper;
+pub mod dns;
+pub mod docker;
 pub mod http_stub;
 pub mod jwt;
 pub mod kube_api;
@@ -28,10 +34,12 @@ pub mod net;
 pub mod oci;
 pub mod oidc_issuer;
 pub mod ops;
+pub mod packages;
 pub mod pki;
 pub mod process;
 pub mod pull_secrets;
 pub mod registry;
+pub mod release;
 pub mod secrets;
 pub mod skopeo;
 pub mod token_client;

@@ -221,5 +221,16 @@ pub fn address_in_use(logs: &str) -> bool {
     logs.to_ascii_lowercase().contains("address already in use")
 }
 
+/// Proxy variables no test command may inherit: everything a test talks to
+/// is on loopback.
+pub const PROXY_VARS: [&str; 6] = [
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+];
+
 /// How many ports a fixture tries before giving up on port races.
 pub const PORT_ATTEMPTS: usize = 3;

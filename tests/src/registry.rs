@@ -32,18 +32,28 @@ impl Registry {
     /// Starts a registry under `parent/registry` whose `auth:` block is exactly
     /// what `regauth-token-server registry-config` prints for `server`.
     pub fn start(server: &TokenServer, parent: &Path) -> Self {
-        let bin = docker_registry();
         let dir = parent.join("registry");
         std::fs::create_dir_all(&dir).expect("create registry dir");
-
         let auth_block = server.registry_config(&dir.join("auth"));
-        assert!(
-            auth_block.trim_start().starts_with("auth:") && auth_block.contains("token:"),
-            "registry-config did not print an `auth:` block with `token:`:\n{auth_block}"
-        );
         assert!(
             dir.join("auth").join("bundle.pem").is_file(),
             "registry-config did not write bundle.pem"
+        );
+        Self::start_with_auth(&auth_block, &server.token_url(), SERVICE, parent)
+    }
+
+    /// Starts a registry under `parent/registry` with the `auth:` block a
+    /// token server printed (its `rootcertbundle` must exist), checking that
+    /// its challenge names `realm` and `service`: for token servers that are
+    /// not a [`TokenServer`] fixture (a container, a packaged install).
+    pub fn start_with_auth(auth_block: &str, realm: &str, service: &str, parent: &Path) -> Self {
+        let bin = docker_registry();
+        let dir = parent.join("registry");
+        std::fs::create_dir_all(&dir).expect("create registry dir");
+        let auth_block = auth_block.to_owned();
+        assert!(
+            auth_block.trim_start().starts_with("auth:") && auth_block.contains("token:"),
+            "registry-config did not print an `auth:` block with `token:`:\n{auth_block}"
         );
 
         let config_path = dir.join("config.yml");
@@ -102,11 +112,11 @@ impl Registry {
                 ),
             }
         };
-        let expected_realm = format!("realm=\"{}\"", server.token_url());
+        let expected_realm = format!("realm=\"{realm}\"");
         assert!(
             challenge.contains(&expected_realm)
-                && challenge.contains(&format!("service=\"{SERVICE}\"")),
-            "registry challenge {challenge:?} does not point at {expected_realm} for service {SERVICE}"
+                && challenge.contains(&format!("service=\"{service}\"")),
+            "registry challenge {challenge:?} does not point at {expected_realm} for service {service}"
         );
 
         Self {

@@ -103,14 +103,7 @@ impl Skopeo {
             .env("REGISTRIES_CONFIG_PATH", self.dir.join("registries.conf"))
             .env_remove("REGISTRY_AUTH_FILE")
             .env_remove("DOCKER_CONFIG");
-        for proxy in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-        ] {
+        for proxy in crate::process::PROXY_VARS {
             cmd.env_remove(proxy);
         }
         run(cmd, TIMEOUT)

@@ -163,7 +163,8 @@ pub async fn authenticate(
 }
 
 fn certificate(settings: &Settings, cert: &CertificateDer<'_>) -> Result<Authenticated, AuthError> {
-    let principal = certificate::principal(cert).ok_or(AuthError::UnusableCertificate)?;
+    let principal = certificate::principal(cert, &settings.certificates)
+        .ok_or(AuthError::UnusableCertificate)?;
     Ok(Authenticated {
         principal,
         refresh: Refresh::Mint {

@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 mod authenticate;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod defaults;
@@ -28,6 +29,7 @@ mod password_check;
 pub mod policy;
 mod proto;
 pub mod registry_config;
+pub mod report;
 pub mod scope;
 pub mod secret;
 pub mod serve;

@@ -9,146 +9,19 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
+use regauth_token_server::cli::{Cli, Command, KeysCommand, LogFormat, ServeArgs};
 use regauth_token_server::clock;
 use regauth_token_server::config;
 use regauth_token_server::defaults::{self, write_private};
 use regauth_token_server::http::{AppState, router};
-use regauth_token_server::identity::account::BCRYPT_COST;
 use regauth_token_server::keys::{self, Algorithm};
 use regauth_token_server::registry_config::{self, RegistryVersion};
+use regauth_token_server::report::Chain;
 use regauth_token_server::secret::{RandomError, random};
 use regauth_token_server::serve;
 use regauth_token_server::settings::Settings;
 use regauth_token_server::tls::TlsReloader;
-
-/// OAuth2 bearer token server for container registries.
-///
-/// Registries (distribution 2.x and 3.x) delegate authentication to it: clients
-/// follow the registry's `WWW-Authenticate: Bearer` challenge to `/token`, and
-/// get a short-lived JWT carrying exactly the access the policy allows.
-/// With no subcommand, `serve` runs.
-#[derive(Parser, Debug)]
-#[command(
-    name = "regauth-token-server",
-    version,
-    args_conflicts_with_subcommands = true
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    #[command(flatten)]
-    serve: ServeArgs,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run the token server (the default).
-    ///
-    /// Without --config it runs an embedded default: it listens on
-    /// 127.0.0.1:5001, keeps its key and secrets in the data directory
-    /// (created on first start), and has one account, `admin`, whose password
-    /// is printed once at first start or taken from REGAUTH_ADMIN_PASSWORD.
-    Serve(ServeArgs),
-    /// Validate a config file and report every problem with its line.
-    CheckConfig {
-        /// The config file to check.
-        #[arg(long)]
-        config: PathBuf,
-    },
-    /// Write what a registry needs to trust this server, and print the
-    /// `auth.token` block for its config.yml.
-    ///
-    /// For --registry 2 it writes bundle.pem (the signing certificates); for
-    /// --registry 3 also jwks.json.
-    RegistryConfig {
-        /// The server's config file; the embedded default if omitted.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Data directory of the embedded default.
-        #[arg(long, env = "REGAUTH_DATA_DIR")]
-        data_dir: Option<PathBuf>,
-        /// Registry major version.
-        #[arg(long, value_enum)]
-        registry: RegistryVersion,
-        /// Directory to write the files into (created if missing).
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Read a password on stdin and print a hash for the config's `accounts`.
-    HashPassword {
-        /// Print an argon2id PHC string instead of a bcrypt hash.
-        #[arg(long)]
-        argon2: bool,
-        /// bcrypt cost (4 to 31); each step doubles the work.
-        #[arg(long, default_value_t = BCRYPT_COST)]
-        cost: u32,
-    },
-    /// Create signing keys and secrets.
-    #[command(subcommand)]
-    Keys(KeysCommand),
-}
-
-#[derive(Subcommand, Debug)]
-enum KeysCommand {
-    /// Write a new private key (signing.key, PKCS#8, mode 0600) and its
-    /// self-signed certificate (signing.crt) into a directory.
-    Generate {
-        /// Signature algorithm.
-        #[arg(long, value_enum, default_value = "ES256")]
-        alg: Algorithm,
-        /// Output directory (created if missing).
-        #[arg(long)]
-        out: PathBuf,
-        /// Replace existing files.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Start a signing-key rotation: write a new key and certificate under
-    /// a dated name (never overwriting) and print the three steps that
-    /// follow: publish, sign, retire.
-    Rotate {
-        /// Signature algorithm of the new key.
-        #[arg(long, value_enum, default_value = "ES256")]
-        alg: Algorithm,
-        /// Directory for the new key (created if missing).
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Write 32 random bytes (mode 0600) for `refresh_secret_file`.
-    Secret {
-        /// Output file.
-        #[arg(long)]
-        out: PathBuf,
-        /// Replace an existing file (this invalidates every refresh token).
-        #[arg(long)]
-        force: bool,
-    },
-}
-
-#[derive(Args, Debug, Default)]
-struct ServeArgs {
-    /// Config file; without it the embedded default runs.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Data directory of the embedded default
-    /// (default: $XDG_DATA_HOME/regauth or ~/.local/share/regauth).
-    #[arg(long, env = "REGAUTH_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Override the listen address.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// Log format.
-    #[arg(long, value_enum, default_value = "text")]
-    log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, Default, clap::ValueEnum)]
-enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
 
 /// Errors of the command line; printed once, with their cause chain.
 #[derive(Debug, thiserror::Error)]
@@ -191,18 +64,6 @@ enum CliError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// An error and its causes on one line, for logs: `what: why: why`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn main() -> ExitCode {
@@ -432,7 +293,7 @@ async fn reload_on_hangup(
                 state.metrics().reload(false);
                 tracing::error!(
                     "config reload refused; the previous config keeps serving: {}",
-                    chain(&e)
+                    Chain(&e)
                 );
             }
             Err(e) => tracing::error!(error = %e, "config reload task failed"),

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::identity::account::Accounts;
+use crate::identity::certificate::CertificateRules;
 use crate::identity::issuers::Issuers;
 use crate::keys::KeySet;
 use crate::policy::Policy;
@@ -42,6 +43,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Trusted token issuers.
     pub issuers: Issuers,
+    /// What makes a client certificate a node.
+    pub certificates: CertificateRules,
     /// HTTPS settings; `None` serves plain HTTP.
     pub tls: Option<TlsSettings>,
 }

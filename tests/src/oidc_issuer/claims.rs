@@ -17,8 +17,9 @@ pub const KUBERNETES_FIXTURE: &str = "kubernetes-sa-token-claims.json";
 /// The GitHub Actions sample claim set in `fixtures/identity/`.
 pub const GITHUB_FIXTURE: &str = "github-actions-token-claims.json";
 
-/// Seconds since the epoch, now: the test support's one clock reader.
-#[allow(clippy::disallowed_methods)] // this is the one place that reads it
+/// Seconds since the epoch, now: the test suite's one reader of the wall
+/// clock.
+#[allow(clippy::disallowed_methods)]
 pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -13,7 +13,8 @@ use regauth_e2e::credential_helper::{
 use regauth_e2e::oidc_issuer::claims::ServiceAccount;
 
 use crate::credential_helper_common::{
-    AUDIENCE, DOWN_TOKEN_SERVER, HelperServer, HelperWorld, service_account_identity,
+    AUDIENCE, DOWN_TOKEN_SERVER, HelperServer, HelperWorld, account_identity,
+    service_account_identity,
 };
 
 /// The patterns of the shapes test's one registry entry.
@@ -250,6 +251,37 @@ fn failures_are_real_errors_never_not_found() {
         "{}",
         out.describe()
     );
+}
+
+/// A `service` the token server does not serve is reported as that, for
+/// every grant: never as a refused password or token.
+#[test]
+fn a_wrong_service_is_named_not_blamed_on_the_credential() {
+    let hs = HelperServer::start();
+    let dir = hs.new_dir("id");
+    let host = "registry.fail.test";
+    let wrong = "no-such-service.test";
+    let (sa, _) = service_account_identity(&hs.k8s, &dir, "team-a");
+    let alice = account_identity(&dir, "alice", &hs.alice_password);
+    for (label, identity, credential) in [
+        ("account", alice, "account password"),
+        ("kubernetes", sa, "subject token"),
+    ] {
+        let helper = hs.helper(RegistryEntry::new(&[host], &hs.url(), identity).service(wrong));
+        let out = helper.get(host);
+        let line = assert_real_failure(&out, &format!("{label} identity, service {wrong}"));
+        assert!(
+            !line.contains(&format!("refused the {credential}")),
+            "{label}: the {credential} is fine; the service is wrong:\n{}",
+            out.describe()
+        );
+        assert!(
+            line.contains(&format!("{wrong:?}"))
+                && (line.contains("unknown service") || line.contains("does not serve")),
+            "{label}: the message should say the token server does not know service {wrong:?}:\n{}",
+            out.describe()
+        );
+    }
 }
 
 #[test]

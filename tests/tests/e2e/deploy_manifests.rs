@@ -1032,7 +1032,7 @@ fn systemd_unit_has_the_operational_keys() {
 
     assert_eq!(
         one("ExecStart"),
-        "/usr/local/bin/regauth-token-server serve --config /etc/regauth/server.yaml --log-format json"
+        "/usr/bin/regauth-token-server serve --config /etc/regauth/server.yaml --log-format json"
     );
     assert!(
         all("ExecReload")
@@ -1086,14 +1086,13 @@ fn systemd_unit_has_the_operational_keys() {
     let copy = dir.path().join("regauth-token-server.service");
     std::fs::write(
         &copy,
-        text.replace(
-            "/usr/local/bin/regauth-token-server",
-            &bin.display().to_string(),
-        ),
+        text.replace("/usr/bin/regauth-token-server", &bin.display().to_string()),
     )
     .expect("write unit copy");
     let mut c = Command::new(analyze);
-    c.arg("verify").arg(&copy);
+    // Documentation= names a man page that the Debian package installs;
+    // the package test verifies the installed unit with it in place.
+    c.args(["verify", "--man=no"]).arg(&copy);
     let out = run(c, COMMAND_TIMEOUT);
     // Unknown keys are only warnings to systemd, so read its stderr too.
     let complaints: Vec<&str> = out

@@ -65,6 +65,34 @@ fn broken_config_is_a_real_error_not_not_found() {
     );
 }
 
+/// A config named but missing is one error, its I/O cause said once on
+/// each stream: the summary line on stdout, the chain on stderr.
+#[test]
+fn a_missing_config_names_its_io_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.yaml");
+    let out = helper(
+        &["get"],
+        "a\n",
+        &[("REGAUTH_HELPER_CONFIG", missing.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", out.describe());
+    let cause = "No such file or directory";
+    for (stream, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        assert_eq!(
+            text.matches(cause).count(),
+            1,
+            "{stream} should say {cause:?} once:\n{}",
+            out.describe()
+        );
+        assert!(
+            text.contains(missing.to_str().unwrap()),
+            "{stream} names the file:\n{}",
+            out.describe()
+        );
+    }
+}
+
 #[test]
 fn store_is_accepted_and_kept_nowhere() {
     let out = helper(

@@ -3,8 +3,9 @@
 //! are handed to ctr and skopeo the way the kubelet hands them to the CRI; a
 //! pod's service-account token is the pod's identity; every apiVersion gets
 //! exactly the API's fields back; `auth` keys follow the kubelet's matching
-//! rules and survive its cache; bad input and a hung token server end in a
-//! prompt, clear failure with nothing on stdout.
+//! rules and survive its cache; a cached credential goes only to the exact
+//! pod token the token server accepted for it; bad input and a hung token
+//! server end in a prompt, clear failure with nothing on stdout.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -23,8 +24,9 @@ use regauth_e2e::kubelet_plugin::{
 use regauth_e2e::net::free_port;
 use regauth_e2e::oci::layout_manifest_digest;
 use regauth_e2e::oidc_issuer::OidcIssuer;
-use regauth_e2e::oidc_issuer::claims::ServiceAccount;
+use regauth_e2e::oidc_issuer::claims::{ServiceAccount, now};
 use regauth_e2e::oidc_issuer::config::{IssuerConfig, issuers_yaml};
+use regauth_e2e::oidc_issuer::forge;
 use regauth_e2e::pki::{NODE_NAME, TestPki};
 use regauth_e2e::process::CmdOutput;
 use regauth_e2e::secrets::{random_bytes, random_hex, random_password};
@@ -1101,5 +1103,214 @@ fn hung_token_server_with_the_default_timeout_ends_well_before_the_kubelet_kill(
         run.elapsed >= Duration::from_secs(2) && run.elapsed < Duration::from_secs(30),
         "with the default timeout the plugin should wait, then end well under 60 s; took {:?}",
         run.elapsed
+    );
+}
+
+/// The token server's audit lines with `outcome` (`exchanged`, `rejected`…).
+fn audit_outcomes(server: &TokenServer, outcome: &str) -> usize {
+    strip_ansi(&format!("{}\n{}", server.stdout(), server.stderr()))
+        .lines()
+        .filter(|l| {
+            l.contains("regauth::audit") && log_field(l, "outcome").as_deref() == Some(outcome)
+        })
+        .count()
+}
+
+/// Polls until the server has logged `want` audit lines with `outcome`
+/// (a line is written just before the reply); returns the last count.
+fn wait_for_outcomes(server: &TokenServer, outcome: &str, want: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = audit_outcomes(server, outcome);
+        if n >= want || Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `token` with one character in the middle of its signature changed.
+fn flip_signature(token: &str) -> String {
+    let (signed, signature) = token.rsplit_once('.').expect("a JWS");
+    let mut chars: Vec<char> = signature.chars().collect();
+    let i = chars.len() / 2;
+    chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
+    format!("{signed}.{}", chars.into_iter().collect::<String>())
+}
+
+/// A team-a pod's token, minted for the registry audience with `lifetime`,
+/// and the token server and plugin that serve its registry.
+struct PodTokenBench {
+    issuer: OidcIssuer,
+    bench: Bench,
+    plugin: Plugin,
+    image: String,
+    pod: ServiceAccount,
+}
+
+impl PodTokenBench {
+    fn start() -> Self {
+        let issuer = OidcIssuer::start();
+        let issuers = issuers_yaml(&[
+            IssuerConfig::kubernetes("cluster-a", &issuer.url()).audiences(&[SERVICE])
+        ]);
+        let bench = Bench::start(|b| b.policy(POD_POLICY).extra_config(&issuers));
+        let entry = Entry::new(
+            &[ABSENT_REGISTRY],
+            &bench.server.url(),
+            bench.node_identity("identity"),
+        );
+        let plugin = bench.plugin("plugin", &[entry]);
+        Self {
+            issuer,
+            bench,
+            plugin,
+            image: format!("{ABSENT_REGISTRY}/team-a/app:1.0"),
+            pod: ServiceAccount::new("team-a", "builder"),
+        }
+    }
+
+    fn claims(&self, lifetime: Duration) -> Value {
+        self.pod.claims(&self.issuer.url(), SERVICE, lifetime)
+    }
+}
+
+/// The plugin once served the credential of one good exchange to any token
+/// naming the same service account: an expired one, one with a flipped
+/// signature, an unsigned one. A credential now goes only to the exact
+/// token the token server accepted; the others fail, the forged ones after
+/// the server refused them (its audit shows them presented), the expired
+/// one at once. The kubelet may cache the answer no longer than the token
+/// lives, and a rotated token is exchanged anew.
+#[test]
+fn only_the_pod_token_the_server_accepted_gets_its_cached_credential() {
+    let pt = PodTokenBench::start();
+    let server = &pt.bench.server;
+    let lifetime = Duration::from_secs(600);
+    let claims = pt.claims(lifetime);
+    let token = pt.issuer.mint(&claims);
+    let response = pt
+        .plugin
+        .answer(&Request::new(&pt.image).token(&token), "the pod's token");
+    let credential = response.credential().clone();
+    assert_not_the_token(&credential.password, &token);
+    assert_cache_duration(
+        response.cache_duration(),
+        lifetime - Duration::from_secs(60),
+        lifetime,
+        "a 10-minute pod token with a 1-hour credential: the kubelet caches the answer no longer \
+         than the token lives",
+    );
+    assert_eq!(wait_for_outcomes(server, "exchanged", 1), 1);
+
+    let mut expired = claims.clone();
+    let t = now();
+    expired["iat"] = json!(t - 660);
+    expired["nbf"] = json!(t - 660);
+    expired["exp"] = json!(t - 60);
+    let kid = pt.issuer.current_key().kid().to_owned();
+    let (_, unsigned) = forge::alg_none(&kid, &claims).remove(0);
+    let attacks = [
+        (
+            "an expired token of the same service account",
+            pt.issuer.mint(&expired),
+            "expired",
+            false,
+        ),
+        (
+            "the accepted token with a flipped signature",
+            flip_signature(&token),
+            "refused",
+            true,
+        ),
+        (
+            "an unsigned (alg none) token with the accepted token's claims",
+            unsigned,
+            "refused",
+            true,
+        ),
+    ];
+    for (what, attack, keyword, reaches_server) in attacks {
+        let rejected = audit_outcomes(server, "rejected");
+        let run = pt.plugin.run(&Request::new(&pt.image).token(&attack));
+        run.assert_refused(what, &[keyword]);
+        assert!(
+            !run.output.stderr.contains(&credential.password),
+            "{what}: the cached credential leaked on stderr"
+        );
+        if reaches_server {
+            assert_eq!(
+                wait_for_outcomes(server, "rejected", rejected + 1),
+                rejected + 1,
+                "{what}: the token server must have seen (and refused) the new token:\n{}",
+                server.logs()
+            );
+        } else {
+            std::thread::sleep(Duration::from_millis(200));
+            assert_eq!(
+                audit_outcomes(server, "rejected"),
+                rejected,
+                "{what}: refused before any request"
+            );
+        }
+        assert_eq!(
+            audit_outcomes(server, "exchanged"),
+            1,
+            "{what}: nothing was exchanged"
+        );
+    }
+
+    // The accepted token still gets its credential, from the cache.
+    let again = pt.plugin.answer(
+        &Request::new(&pt.image).token(&token),
+        "the accepted token again",
+    );
+    assert_eq!(again.credential(), &credential);
+    assert_eq!(
+        audit_outcomes(server, "exchanged"),
+        1,
+        "served from the cache"
+    );
+
+    // The kubelet rotates the token: the new one is exchanged, not matched.
+    let rotated = pt.issuer.mint(&pt.claims(lifetime));
+    let fresh = pt
+        .plugin
+        .answer(&Request::new(&pt.image).token(&rotated), "a rotated token");
+    assert_ne!(fresh.credential(), &credential, "a new exchange");
+    assert_eq!(wait_for_outcomes(server, "exchanged", 2), 2);
+}
+
+/// Concurrent plugin runs for one pod token make one exchange: the cache
+/// binding to the token keeps the per-key lock.
+#[test]
+fn fifty_parallel_runs_with_one_pod_token_make_one_exchange() {
+    let pt = PodTokenBench::start();
+    let token = pt.issuer.mint(&pt.claims(Duration::from_secs(3600)));
+    let request = Request::new(&pt.image).token(&token);
+    let passwords: BTreeSet<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..50)
+            .map(|i| {
+                let (plugin, request) = (&pt.plugin, &request);
+                scope.spawn(move || {
+                    plugin
+                        .answer(request, &format!("parallel run #{i}"))
+                        .credential()
+                        .password
+                        .clone()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a plugin thread panicked"))
+            .collect()
+    });
+    assert_eq!(passwords.len(), 1, "every run answers the one credential");
+    assert_eq!(
+        wait_for_outcomes(&pt.bench.server, "exchanged", 1),
+        1,
+        "50 concurrent runs with one token must make exactly one exchange:\n{}",
+        pt.bench.server.logs()
     );
 }

@@ -2,8 +2,12 @@
 //! distribution registry 2.8, driven by skopeo, ctr/containerd and an OAuth2
 //! client. Every test builds its own world on 127.0.0.1 in a temp directory.
 
+// A test step that fails should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod access_control;
 mod adversarial;
+mod container_image;
 mod containerd_pull;
 mod credential_helper_cache;
 mod credential_helper_common;
@@ -11,6 +15,9 @@ mod credential_helper_doctor;
 mod credential_helper_identities;
 mod credential_helper_protocol;
 mod deploy_manifests;
+mod docker_common;
+mod docker_credentials;
+mod docker_login;
 mod embedded_default;
 mod helper_cli;
 mod htpasswd_accounts;
@@ -19,6 +26,7 @@ mod kubelet_plugin;
 mod node_identity;
 mod oauth2_client;
 mod operations;
+mod packages;
 mod pull_secrets;
 mod pull_secrets_deploy;
 mod pull_secrets_kube_api;

@@ -238,6 +238,48 @@ fn certificate_authenticated_get_token_without_basic_is_the_node() {
     );
 }
 
+/// The cluster's client CA also signs user and admin certificates. Before,
+/// `CN=alice` became `node:alice` and got every node grant; now only
+/// `CN=system:node:NAME` with `O=system:nodes` is a node, and any other
+/// trusted certificate is a `certificate` principal that no node rule
+/// matches.
+#[test]
+fn user_certificates_from_the_client_ca_are_not_nodes() {
+    let pki = TestPki::new();
+    let standalone = tls_server(&pki);
+    let server = &standalone.server;
+    for (cn, org) in [
+        ("alice", Some("system:masters")),
+        (
+            regauth_e2e::pki::node_common_name("worker-1").as_str(),
+            Some("developers"),
+        ),
+        (
+            regauth_e2e::pki::node_common_name("worker-1").as_str(),
+            None,
+        ),
+    ] {
+        let user = pki
+            .client_ca
+            .issue_client(cn, org, regauth_e2e::pki::Validity::Current);
+        let reply = server
+            .client_with_cert(Some(&user))
+            .client_credentials_grant(SERVICE, NODE_SCOPE);
+        assert_eq!(reply.status, 200, "{cn} {org:?}: {}", reply.body);
+        let claims = verify(server, &reply.json_str("token"));
+        assert_eq!(
+            claims.sub,
+            format!("certificate:{cn}"),
+            "{cn} {org:?} is a certificate principal"
+        );
+        assert!(
+            claims.access.iter().all(|e| e.actions.is_empty()),
+            "{cn} {org:?} matches no node rule: {:?}",
+            claims.access
+        );
+    }
+}
+
 #[test]
 fn client_credentials_without_a_client_certificate_is_invalid_client() {
     let pki = TestPki::new();

@@ -9,6 +9,7 @@ use serde_saphyr::Spanned;
 use super::ConfigIssue;
 use super::file::S;
 use crate::policy::Glob;
+use crate::report::Chain;
 
 /// Collects problems while a config is translated.
 pub(super) struct Check {
@@ -44,7 +45,7 @@ impl Check {
         self.issues.push(ConfigIssue {
             key: key.into(),
             line: 0,
-            message: chain(error),
+            message: Chain(error).to_string(),
         });
     }
 
@@ -55,7 +56,7 @@ impl Check {
         at: &Spanned<T>,
         error: &dyn std::error::Error,
     ) {
-        self.fail(key, at, chain(error));
+        self.fail(key, at, Chain(error));
     }
 
     /// A path from the file, resolved.
@@ -99,20 +100,4 @@ impl Check {
             Glob::empty()
         })
     }
-}
-
-/// An error and its causes on one line: `what: why: why`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        // Wrappers that print their cause would otherwise repeat it.
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }

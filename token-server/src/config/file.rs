@@ -48,6 +48,9 @@ pub(crate) struct ConfigFile {
     /// Ordered access rules.
     #[serde(default)]
     pub(crate) policy: Vec<RuleEntry>,
+    /// Actions of resource types other than the registry's own.
+    #[serde(default)]
+    pub(crate) resource_types: BTreeMap<String, S<Vec<String>>>,
     /// Request limits.
     #[serde(default)]
     pub(crate) limits: LimitsEntry,
@@ -92,9 +95,12 @@ pub(crate) struct IssuerEntry {
     /// OIDC: claim naming the principal.
     #[serde(default)]
     pub(crate) name_claim: Option<S<String>>,
-    /// Minimum time between key refetches for unknown kids.
+    /// Minimum time between key refetches (and the floor for `max-age`).
     #[serde(default)]
     pub(crate) jwks_min_refresh_interval: Option<S<String>>,
+    /// Longest time fetched keys are trusted (the ceiling for `max-age`).
+    #[serde(default)]
+    pub(crate) jwks_max_refresh_interval: Option<S<String>>,
 }
 
 /// The `tls` section.
@@ -108,6 +114,12 @@ pub(crate) struct TlsEntry {
     /// CA bundle that client certificates must chain to (enables node identity).
     #[serde(default)]
     pub(crate) client_ca: Option<S<String>>,
+    /// A node's certificate CN is this prefix and the node name.
+    #[serde(default)]
+    pub(crate) node_common_name_prefix: Option<S<String>>,
+    /// A node's certificate must list this organization.
+    #[serde(default)]
+    pub(crate) node_organization: Option<S<String>>,
 }
 
 /// One `signing_keys` entry.

@@ -4,9 +4,12 @@ use std::time::Duration;
 
 use super::check::Check;
 use super::file::IssuerEntry;
-use super::{DEFAULT_CREDENTIAL_TTL, DEFAULT_JWKS_MIN_REFRESH, DEFAULT_MAX_TOKEN_AGE};
+use super::{
+    DEFAULT_CREDENTIAL_TTL, DEFAULT_JWKS_MAX_REFRESH, DEFAULT_JWKS_MIN_REFRESH,
+    DEFAULT_MAX_TOKEN_AGE,
+};
 use crate::identity::issuers::{Issuer, IssuerKind, Issuers};
-use crate::identity::jwks::{KeyCache, KeySource, parse_jwks};
+use crate::identity::jwks::{KeyCache, KeySource, RefreshBounds, parse_jwks};
 
 /// The trusted issuers, each with its key source and HTTP client.
 pub(super) fn issuers(entries: &[IssuerEntry], c: &mut Check) -> Issuers {
@@ -101,12 +104,27 @@ pub(super) fn issuers(entries: &[IssuerEntry], c: &mut Check) -> Issuers {
                 continue;
             }
         };
-        let min_refresh = c.duration(
+        let min = c.duration(
             &key("jwks_min_refresh_interval"),
             &e.jwks_min_refresh_interval,
             DEFAULT_JWKS_MIN_REFRESH,
             true,
         );
+        let max = c.duration(
+            &key("jwks_max_refresh_interval"),
+            &e.jwks_max_refresh_interval,
+            DEFAULT_JWKS_MAX_REFRESH,
+            false,
+        );
+        if let Some(at) = &e.jwks_max_refresh_interval
+            && max < min
+        {
+            c.fail(
+                key("jwks_max_refresh_interval"),
+                at,
+                "must not be shorter than jwks_min_refresh_interval",
+            );
+        }
         list.push(Issuer {
             name: e.name.value.clone(),
             kind,
@@ -128,7 +146,12 @@ pub(super) fn issuers(entries: &[IssuerEntry], c: &mut Check) -> Issuers {
                 .name_claim
                 .as_ref()
                 .map_or_else(|| "sub".to_owned(), |n| n.value.clone()),
-            keys: KeyCache::new(source, http, e.danger_allow_http, min_refresh),
+            keys: KeyCache::new(
+                source,
+                http,
+                e.danger_allow_http,
+                RefreshBounds { min, max },
+            ),
         });
     }
     Issuers::new(list)

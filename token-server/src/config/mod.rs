@@ -23,7 +23,6 @@ use std::time::Duration;
 use check::Check;
 use file::ConfigFile;
 
-use crate::policy::Policy;
 use crate::settings::Settings;
 use crate::token::refresh::RefreshTokens;
 
@@ -41,6 +40,8 @@ const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(3600);
 const DEFAULT_MAX_TOKEN_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Default minimum interval between issuer key refetches.
 const DEFAULT_JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
+/// Default longest time issuer keys are trusted without a refetch.
+const DEFAULT_JWKS_MAX_REFRESH: Duration = Duration::from_secs(300);
 /// Smallest accepted refresh secret.
 const MIN_SECRET_BYTES: usize = 32;
 
@@ -145,15 +146,10 @@ pub fn load_str(text: &str, base: &Path, name: &Path) -> Result<Settings, Config
 fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
     let basics = basics::basics(file, c);
     let tls = file.tls.as_ref().and_then(|t| tls::tls(t, c));
+    let certificates = tls::certificate_rules(file.tls.as_ref(), c);
     let keys = keys::signing_keys(file, c);
     let secret = keys::refresh_secret(file, c);
-    let policy = Policy::new(
-        file.policy
-            .iter()
-            .enumerate()
-            .map(|(i, r)| policy::rule(i, r, c))
-            .collect(),
-    );
+    let policy = policy::policy(file, c);
     let limits = limits::limits(&file.limits, c);
     let issuers = issuers::issuers(&file.issuers, c);
     let secret = secret?;
@@ -171,6 +167,7 @@ fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
         policy,
         limits,
         issuers,
+        certificates,
         tls,
     })
 }
@@ -280,6 +277,50 @@ mod tests {
         .unwrap_err();
         let err = std::error::Error::source(&err).unwrap().to_string();
         assert!(err.contains("action") && err.contains("line 5"), "{err}");
+    }
+
+    /// Before, `actions: [pull, pussh]` loaded and granted nothing for the
+    /// typo; unknown actions of known resource types are errors now.
+    #[test]
+    fn unknown_actions_of_known_types_are_errors() {
+        let head = "issuer: x\nservices: [y]\nsigning_keys: []\nrefresh_secret_file: s\n";
+        let issues = |text: &str| -> Vec<(String, String)> {
+            match load_str(
+                &format!("{head}{text}"),
+                Path::new("/nonexistent"),
+                Path::new("c"),
+            ) {
+                Err(ConfigError::Invalid { issues, .. }) => issues
+                    .into_iter()
+                    .filter(|i| i.key.starts_with("policy") || i.key.starts_with("resource_types"))
+                    .map(|i| (i.key, i.message))
+                    .collect(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let found = issues(
+            "policy:\n  - {resource: \"a/**\", actions: [pull, pussh]}\n  - {type: registry, resource: catalog, actions: [pull]}\n  - {type: \"*\", resource: x, actions: [pul]}\n",
+        );
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(found[0].0, "policy[0].actions");
+        assert!(
+            found[0].1.contains("\"pussh\"") && found[0].1.contains("pull, push, delete"),
+            "{}",
+            found[0].1
+        );
+        assert_eq!(found[1].0, "policy[1].actions");
+        assert_eq!(found[2].0, "policy[2].actions");
+        let ok = issues(
+            "resource_types: {helm: [fetch]}\npolicy:\n  - {type: helm, resource: c, actions: [fetch]}\n  - {type: custom, resource: d, actions: [anything]}\n  - {resource: e, actions: [\"*\"]}\n",
+        );
+        assert!(ok.is_empty(), "{ok:?}");
+        let declared = issues(
+            "resource_types: {helm: [fetch], repository: [pull]}\npolicy:\n  - {type: helm, resource: c, actions: [fech]}\n",
+        );
+        assert_eq!(
+            declared.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["resource_types.repository", "policy[0].actions"]
+        );
     }
 
     /// A name defined twice is reported where the second definition is,

@@ -2,6 +2,7 @@
 
 use super::check::Check;
 use super::file::TlsEntry;
+use crate::identity::certificate::CertificateRules;
 use crate::tls::{TlsError, TlsFiles, TlsSettings};
 
 /// Loads the TLS files, or records why not at the key naming the bad file.
@@ -23,4 +24,31 @@ pub(super) fn tls(t: &TlsEntry, c: &mut Check) -> Option<TlsSettings> {
             None
         }
     }
+}
+
+/// What makes a client certificate a node: the kubelet convention unless
+/// the `tls` section says otherwise.
+pub(super) fn certificate_rules(t: Option<&TlsEntry>, c: &mut Check) -> CertificateRules {
+    let mut rules = CertificateRules::default();
+    let Some(t) = t else { return rules };
+    for (key, value, slot) in [
+        (
+            "tls.node_common_name_prefix",
+            &t.node_common_name_prefix,
+            &mut rules.node_common_name_prefix,
+        ),
+        (
+            "tls.node_organization",
+            &t.node_organization,
+            &mut rules.node_organization,
+        ),
+    ] {
+        if let Some(v) = value {
+            if v.value.is_empty() {
+                c.fail(key, v, "must not be empty");
+            }
+            *slot = v.value.clone();
+        }
+    }
+    rules
 }

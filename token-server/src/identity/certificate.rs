@@ -1,7 +1,10 @@
-//! Node identity from a client certificate that TLS already verified.
+//! Principals from client certificates that TLS already verified.
 //!
-//! A subject CN of `system:node:NAME` (the kubelet client-certificate
-//! convention) names node NAME; any other CN is used as the name as is.
+//! Following the Kubernetes node authorizer, a certificate is a **node**
+//! only when its subject CN is `system:node:NAME` *and* its organizations
+//! include `system:nodes` (both configurable). A cluster's client CA also
+//! signs user and admin certificates; any other trusted certificate is a
+//! **certificate** principal, named by its CN, which no `node` rule matches.
 
 use std::collections::BTreeMap;
 
@@ -10,29 +13,58 @@ use x509_parser::prelude::FromDer;
 
 use super::{Kind, Principal};
 
-/// The kubelet convention for node certificate subjects.
-const NODE_CN_PREFIX: &str = "system:node:";
+/// What makes a client certificate a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRules {
+    /// The subject CN of a node is this prefix and the node's name.
+    pub node_common_name_prefix: String,
+    /// A node's subject must list this organization.
+    pub node_organization: String,
+}
 
-/// Builds the node principal for a verified leaf certificate, or `None` if it
-/// does not parse or has no common name.
-pub fn principal(cert_der: &[u8]) -> Option<Principal> {
+impl Default for CertificateRules {
+    /// The kubelet's client-certificate convention.
+    fn default() -> Self {
+        CertificateRules {
+            node_common_name_prefix: "system:node:".to_owned(),
+            node_organization: "system:nodes".to_owned(),
+        }
+    }
+}
+
+/// The principal of a verified leaf certificate, or `None` if it does not
+/// parse or names no one (no CN).
+pub fn principal(cert_der: &[u8], rules: &CertificateRules) -> Option<Principal> {
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(cert_der).ok()?;
     let subject = cert.subject();
     let cn = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
-    let name = cn.strip_prefix(NODE_CN_PREFIX).unwrap_or(&cn).to_owned();
-    if name.is_empty() {
+    if cn.is_empty() {
         return None;
     }
-    let mut attributes = BTreeMap::new();
-    attributes.insert("node".to_owned(), name.clone());
-    attributes.insert("cn".to_owned(), cn);
-    if let Some(o) = subject
+    let organizations: Vec<String> = subject
         .iter_organization()
-        .next()
-        .and_then(|o| o.as_str().ok())
-    {
-        attributes.insert("organization".to_owned(), o.to_owned());
+        .filter_map(|o| o.as_str().ok().map(str::to_owned))
+        .collect();
+    let units: Vec<String> = subject
+        .iter_organizational_unit()
+        .filter_map(|o| o.as_str().ok().map(str::to_owned))
+        .collect();
+    let node = cn
+        .strip_prefix(rules.node_common_name_prefix.as_str())
+        .filter(|name| !name.is_empty())
+        .filter(|_| organizations.contains(&rules.node_organization))
+        .map(str::to_owned);
+    let mut attributes = BTreeMap::new();
+    attributes.insert("cn".to_owned(), cn.clone());
+    // The first organization, as before; every one under `organizations`.
+    if let Some(o) = organizations.first() {
+        attributes.insert("organization".to_owned(), o.clone());
+        attributes.insert("organizations".to_owned(), organizations.join(","));
     }
+    if !units.is_empty() {
+        attributes.insert("organizational_units".to_owned(), units.join(","));
+    }
+    attributes.insert("issuer".to_owned(), cert.issuer().to_string());
     let (mut dns, mut ips) = (Vec::new(), Vec::new());
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {
@@ -49,10 +81,20 @@ pub fn principal(cert_der: &[u8]) -> Option<Principal> {
     if !ips.is_empty() {
         attributes.insert("ip_sans".to_owned(), ips.join(","));
     }
-    Some(Principal {
-        kind: Kind::Node,
-        name,
-        attributes,
+    Some(match node {
+        Some(name) => {
+            attributes.insert("node".to_owned(), name.clone());
+            Principal {
+                kind: Kind::Node,
+                name,
+                attributes,
+            }
+        }
+        None => Principal {
+            kind: Kind::Certificate,
+            name: cn,
+            attributes,
+        },
     })
 }
 
@@ -72,17 +114,27 @@ fn ip_text(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn cert(cn: &str, sans: Vec<rcgen::SanType>) -> Vec<u8> {
+    fn cert_with(cn: &str, org: Option<&str>, sans: Vec<rcgen::SanType>) -> Vec<u8> {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = rcgen::CertificateParams::default();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::OrganizationName, "system:nodes");
+        if let Some(org) = org {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, org);
+        }
         params.subject_alt_names = sans;
         params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn cert(cn: &str, sans: Vec<rcgen::SanType>) -> Vec<u8> {
+        cert_with(cn, Some("system:nodes"), sans)
+    }
+
+    fn principal(der: &[u8]) -> Option<Principal> {
+        super::principal(der, &CertificateRules::default())
     }
 
     #[test]
@@ -104,10 +156,34 @@ mod tests {
         assert_eq!(p.subject(), "node:worker-1");
     }
 
+    /// Before, any certificate under the client CA was a node: CN=alice
+    /// became node:alice and matched every node rule.
     #[test]
-    fn other_names_and_garbage() {
-        assert_eq!(principal(&cert("builder", vec![])).unwrap().name, "builder");
-        assert!(principal(&cert("system:node:", vec![])).is_none());
+    fn only_node_cn_and_node_organization_make_a_node() {
+        let alice = principal(&cert_with("alice", Some("system:masters"), vec![])).unwrap();
+        assert_eq!(alice.kind, Kind::Certificate);
+        assert_eq!(alice.subject(), "certificate:alice");
+        assert_eq!(alice.attributes["organization"], "system:masters");
+        assert!(alice.variable("node").is_none());
+        let impostor =
+            principal(&cert_with("system:node:worker-1", Some("users"), vec![])).unwrap();
+        assert_eq!(impostor.kind, Kind::Certificate, "CN alone is not enough");
+        let no_org = principal(&cert_with("system:node:worker-1", None, vec![])).unwrap();
+        assert_eq!(no_org.kind, Kind::Certificate);
+        let custom = CertificateRules {
+            node_common_name_prefix: "node/".into(),
+            node_organization: "fleet".into(),
+        };
+        let p = super::principal(&cert_with("node/n7", Some("fleet"), vec![]), &custom).unwrap();
+        assert_eq!((p.kind, p.name.as_str()), (Kind::Node, "n7"));
+    }
+
+    #[test]
+    fn empty_names_and_garbage() {
+        assert_eq!(
+            principal(&cert("system:node:", vec![])).unwrap().kind,
+            Kind::Certificate
+        );
         assert!(principal(b"not a certificate").is_none());
     }
 }

@@ -229,7 +229,10 @@ mod tests {
                 KeySource::File(dir.path().join("jwks.json")),
                 reqwest::Client::new(),
                 false,
-                Duration::from_secs(60),
+                crate::identity::jwks::RefreshBounds {
+                    min: Duration::from_secs(60),
+                    max: Duration::from_secs(300),
+                },
             ),
         };
         TestIssuer {

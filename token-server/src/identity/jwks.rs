@@ -2,9 +2,14 @@
 //!
 //! Keys come from OIDC discovery (`{issuer}/.well-known/openid-configuration`
 //! then its `jwks_uri`), from a fixed JWKS URL, or from a local file for
-//! air-gapped clusters. Lookups are lock-free. A token with a kid the cache
-//! does not know triggers one refetch, and refetches are rate-limited so a
-//! flood of made-up kids cannot hammer the issuer.
+//! air-gapped clusters. Lookups are lock-free.
+//!
+//! Fetched keys are fresh for the JWKS response's `Cache-Control: max-age`,
+//! held between `min_refresh` and `max_refresh` (files: `max_refresh`), and
+//! refetched once stale, so a key the issuer withdraws stops verifying within
+//! `max_refresh`. A token with a kid the cache does not know triggers one
+//! refetch, at most once per `min_refresh`, so a flood of made-up kids cannot
+//! hammer the issuer. While the issuer is down, the cached keys keep serving.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,11 +21,10 @@ use arc_swap::ArcSwap;
 use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::Jwk;
 
+use crate::report::Chain;
+
 /// Largest JWKS or discovery document accepted.
 const MAX_DOCUMENT_BYTES: usize = 1 << 20;
-
-/// Cached keys older than this are refetched on the next lookup.
-const MAX_KEY_AGE: Duration = Duration::from_secs(3600);
 
 /// Why keys could not be obtained. Cheap to clone: the last failure is kept
 /// and reported to every request until a fetch succeeds.
@@ -120,8 +124,34 @@ type KeyMap = HashMap<String, Arc<VerifyingKey>>;
 #[derive(Default)]
 struct Refresh {
     last_attempt: Option<Instant>,
-    fetched_at: Option<Instant>,
+    /// Until when the loaded keys are fresh.
+    fresh_until: Option<Instant>,
     last_error: Option<JwksError>,
+}
+
+impl Refresh {
+    fn fresh(&self, now: Instant) -> bool {
+        self.fresh_until.is_some_and(|t| now < t)
+    }
+}
+
+/// How often an issuer's keys are refetched: `max-age` held within these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshBounds {
+    /// Never sooner than this, whatever `max-age` says; also the least time
+    /// between refetches for unknown kids.
+    pub min: Duration,
+    /// Never later than this, whatever `max-age` says (or without one).
+    pub max: Duration,
+}
+
+impl RefreshBounds {
+    /// How long a document with `max_age` (if any) stays fresh.
+    fn fresh_for(&self, max_age: Option<Duration>) -> Duration {
+        max_age
+            .unwrap_or(self.max)
+            .clamp(self.min, self.max.max(self.min))
+    }
 }
 
 /// The cached keys of one issuer.
@@ -129,7 +159,7 @@ pub struct KeyCache {
     source: KeySource,
     http: reqwest::Client,
     allow_http: bool,
-    min_refresh: Duration,
+    bounds: RefreshBounds,
     keys: ArcSwap<KeyMap>,
     refresh: tokio::sync::Mutex<Refresh>,
     fetches: AtomicU64,
@@ -144,19 +174,18 @@ impl std::fmt::Debug for KeyCache {
 }
 
 impl KeyCache {
-    /// A cache that loads from `source`, refetching at most once per
-    /// `min_refresh` when an unknown kid arrives.
+    /// A cache that loads from `source` and refetches within `bounds`.
     pub fn new(
         source: KeySource,
         http: reqwest::Client,
         allow_http: bool,
-        min_refresh: Duration,
+        bounds: RefreshBounds,
     ) -> Self {
         KeyCache {
             source,
             http,
             allow_http,
-            min_refresh,
+            bounds,
             keys: ArcSwap::from_pointee(HashMap::new()),
             refresh: tokio::sync::Mutex::new(Refresh::default()),
             fetches: AtomicU64::new(0),
@@ -174,27 +203,27 @@ impl KeyCache {
         }
         let mut refresh = self.refresh.lock().await;
         // Another request may have refreshed while this one waited.
-        let fresh = refresh
-            .fetched_at
-            .is_some_and(|t| t.elapsed() < MAX_KEY_AGE);
-        if let Some(k) = self.lookup(kid).filter(|_| fresh) {
+        if let Some(k) = self.lookup(kid).filter(|_| refresh.fresh(Instant::now())) {
             return Ok(Some(k));
         }
         let allowed = refresh
             .last_attempt
-            .is_none_or(|t| t.elapsed() >= self.min_refresh);
+            .is_none_or(|t| t.elapsed() >= self.bounds.min);
         if allowed {
             refresh.last_attempt = Some(Instant::now());
             self.fetches.fetch_add(1, Ordering::Relaxed);
             match self.load().await {
-                Ok(map) => {
+                Ok((map, max_age)) => {
                     self.keys.store(Arc::new(map));
-                    refresh.fetched_at = Some(Instant::now());
+                    refresh.fresh_until = Some(Instant::now() + self.bounds.fresh_for(max_age));
                     refresh.last_error = None;
                 }
                 // Keep serving known keys when the issuer is briefly down.
                 Err(e) if !self.keys.load().is_empty() => {
-                    tracing::warn!(error = %e, "refreshing issuer keys failed; keeping the cached keys");
+                    tracing::warn!(
+                        error = %Chain(&e),
+                        "refreshing issuer keys failed; keeping the cached keys"
+                    );
                 }
                 Err(e) => {
                     refresh.last_error = Some(e.clone());
@@ -219,7 +248,7 @@ impl KeyCache {
         if !self.is_loaded()
             && let Err(e) = self.key(None).await
         {
-            tracing::warn!(error = %e, "fetching issuer keys failed");
+            tracing::warn!(error = %Chain(&e), "fetching issuer keys failed");
         }
     }
 
@@ -230,7 +259,7 @@ impl KeyCache {
 
     async fn stale(&self) -> bool {
         match self.refresh.try_lock() {
-            Ok(r) => r.fetched_at.is_none_or(|t| t.elapsed() >= MAX_KEY_AGE),
+            Ok(r) => !r.fresh(Instant::now()),
             // A refresh is running right now; the current keys are fine.
             Err(_) => false,
         }
@@ -245,14 +274,15 @@ impl KeyCache {
         }
     }
 
-    async fn load(&self) -> Result<KeyMap, JwksError> {
-        let (url, bytes) = match &self.source {
+    /// Loads the keys and how long the issuer says they stay fresh.
+    async fn load(&self) -> Result<(KeyMap, Option<Duration>), JwksError> {
+        let (url, (bytes, max_age)) = match &self.source {
             KeySource::File(path) => {
                 let bytes = tokio::fs::read(path).await.map_err(|e| JwksError::Read {
                     path: path.clone(),
                     source: Arc::new(e),
                 })?;
-                (path.display().to_string(), bytes)
+                (path.display().to_string(), (bytes, None))
             }
             KeySource::Uri(uri) => (uri.clone(), self.get(uri).await?),
             KeySource::Discovery { issuer } => {
@@ -261,7 +291,7 @@ impl KeyCache {
                     url: url.clone(),
                     problem,
                 };
-                let doc: serde_json::Value = serde_json::from_slice(&self.get(&url).await?)
+                let doc: serde_json::Value = serde_json::from_slice(&self.get(&url).await?.0)
                     .map_err(|e| bad(DocumentError::NotJson(Arc::new(e))))?;
                 // OpenID Connect Discovery 1.0, section 4.3: the document must
                 // name the issuer it was fetched for.
@@ -272,14 +302,16 @@ impl KeyCache {
                     .as_str()
                     .ok_or_else(|| bad(DocumentError::NoJwksUri))?
                     .to_owned();
-                let bytes = self.get(&jwks_uri).await?;
-                (jwks_uri, bytes)
+                let fetched = self.get(&jwks_uri).await?;
+                (jwks_uri, fetched)
             }
         };
-        parse_jwks(&bytes).map_err(|problem| JwksError::Document { url, problem })
+        let keys = parse_jwks(&bytes).map_err(|problem| JwksError::Document { url, problem })?;
+        Ok((keys, max_age))
     }
 
-    async fn get(&self, url: &str) -> Result<Vec<u8>, JwksError> {
+    /// GETs `url`: the body and the response's `max-age`, if any.
+    async fn get(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), JwksError> {
         let url_owned = || url.to_owned();
         let fail = |e: reqwest::Error| JwksError::Fetch {
             url: url.to_owned(),
@@ -295,6 +327,11 @@ impl KeyCache {
                 status: resp.status(),
             });
         }
+        let max_age = resp
+            .headers()
+            .get(reqwest::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(max_age);
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(fail)? {
             if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
@@ -302,8 +339,24 @@ impl KeyCache {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(body)
+        Ok((body, max_age))
     }
+}
+
+/// The freshness a `Cache-Control` value grants: `max-age=N`, or zero for
+/// `no-cache` and `no-store`; `None` when it says neither.
+fn max_age(cache_control: &str) -> Option<Duration> {
+    let mut found = None;
+    for directive in cache_control.split(',').map(str::trim) {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-cache" || lower == "no-store" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(n) = lower.strip_prefix("max-age=") {
+            found = n.trim_matches('"').parse().ok().map(Duration::from_secs);
+        }
+    }
+    found
 }
 
 /// Parses a JWKS, keeping the signature keys that have a usable shape.
@@ -365,7 +418,10 @@ mod tests {
             KeySource::File(path.clone()),
             reqwest::Client::new(),
             false,
-            Duration::from_secs(3600),
+            RefreshBounds {
+                min: Duration::from_secs(3600),
+                max: Duration::from_secs(3600),
+            },
         );
         assert!(cache.key(Some("k1")).await.unwrap().is_some());
         assert!(
@@ -391,7 +447,10 @@ mod tests {
             KeySource::File(path),
             reqwest::Client::new(),
             false,
-            Duration::ZERO,
+            RefreshBounds {
+                min: Duration::ZERO,
+                max: Duration::from_secs(300),
+            },
         );
         for i in 0..5 {
             assert!(
@@ -415,9 +474,145 @@ mod tests {
             KeySource::Uri("http://127.0.0.1:9/jwks".into()),
             reqwest::Client::new(),
             false,
-            Duration::ZERO,
+            RefreshBounds {
+                min: Duration::ZERO,
+                max: Duration::from_secs(300),
+            },
         );
         let err = cache.key(Some("k")).await.unwrap_err();
         assert!(err.to_string().contains("only https"), "{err}");
+    }
+
+    #[test]
+    fn cache_control_max_age_is_read() {
+        assert_eq!(max_age("public, max-age=60"), Some(Duration::from_secs(60)));
+        assert_eq!(
+            max_age("Max-Age=5, must-revalidate"),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(max_age("public"), None);
+        assert_eq!(max_age("max-age=soon"), None);
+        let b = RefreshBounds {
+            min: Duration::from_secs(10),
+            max: Duration::from_secs(300),
+        };
+        assert_eq!(b.fresh_for(Some(Duration::from_secs(3600))), b.max);
+        assert_eq!(b.fresh_for(Some(Duration::ZERO)), b.min);
+        assert_eq!(b.fresh_for(None), b.max);
+    }
+
+    /// A JWKS endpoint whose document and Cache-Control the test changes.
+    struct Issuer {
+        url: String,
+        doc: Arc<std::sync::Mutex<(u16, String, String)>>,
+    }
+
+    impl Issuer {
+        async fn start(kids: &[&str], cache_control: &str) -> Self {
+            use axum::routing::get;
+            let doc = Arc::new(std::sync::Mutex::new((200, String::new(), String::new())));
+            let served = Arc::clone(&doc);
+            let app = axum::Router::new().route(
+                "/jwks",
+                get(move || {
+                    let (status, body, cc) = served.lock().unwrap().clone();
+                    async move {
+                        (
+                            axum::http::StatusCode::from_u16(status).unwrap(),
+                            [(axum::http::header::CACHE_CONTROL, cc)],
+                            body,
+                        )
+                    }
+                }),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            let issuer = Issuer { url, doc };
+            issuer.publish(kids, cache_control);
+            issuer
+        }
+
+        fn publish(&self, kids: &[&str], cache_control: &str) {
+            let keys: Vec<String> = kids
+                .iter()
+                .map(|k| EC_JWK.replace("\"k1\"", &format!("\"{k}\"")))
+                .collect();
+            *self.doc.lock().unwrap() = (
+                200,
+                format!(r#"{{"keys":[{}]}}"#, keys.join(",")),
+                cache_control.to_owned(),
+            );
+        }
+
+        fn fail(&self) {
+            self.doc.lock().unwrap().0 = 503;
+        }
+
+        fn cache(&self, min: u64, max: u64) -> KeyCache {
+            KeyCache::new(
+                KeySource::Uri(self.url.clone()),
+                reqwest::Client::new(),
+                true,
+                RefreshBounds {
+                    min: Duration::from_millis(min),
+                    max: Duration::from_millis(max),
+                },
+            )
+        }
+    }
+
+    /// Before, fetched keys were trusted for an hour whatever the issuer
+    /// said, so a withdrawn key kept verifying.
+    #[tokio::test]
+    async fn a_withdrawn_key_stops_verifying_once_max_age_passes() {
+        let issuer = Issuer::start(&["k1"], "max-age=1").await;
+        let cache = issuer.cache(0, 300_000);
+        assert!(cache.key(Some("k1")).await.unwrap().is_some());
+        issuer.publish(&["k2"], "max-age=1");
+        assert!(
+            cache.key(Some("k1")).await.unwrap().is_some(),
+            "fresh for max-age"
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(
+            cache.key(Some("k1")).await.unwrap().is_none(),
+            "withdrawn after max-age"
+        );
+        assert!(cache.key(Some("k2")).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn max_age_is_held_within_the_bounds() {
+        // A year of max-age, capped at 800 ms.
+        let issuer = Issuer::start(&["k1"], "max-age=31536000").await;
+        let cache = issuer.cache(0, 800);
+        assert!(cache.key(Some("k1")).await.unwrap().is_some());
+        issuer.publish(&["k2"], "");
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(cache.key(Some("k1")).await.unwrap().is_none(), "capped");
+
+        // no-store, floored at 10 s: no refetch in between.
+        let issuer = Issuer::start(&["k1"], "no-store").await;
+        let cache = issuer.cache(10_000, 60_000);
+        assert!(cache.key(Some("k1")).await.unwrap().is_some());
+        issuer.publish(&["k2"], "no-store");
+        assert!(cache.key(Some("k1")).await.unwrap().is_some(), "floored");
+        assert_eq!(cache.fetch_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn cached_keys_keep_serving_through_an_issuer_outage() {
+        let issuer = Issuer::start(&["k1"], "max-age=1").await;
+        let cache = issuer.cache(0, 300_000);
+        assert!(cache.key(Some("k1")).await.unwrap().is_some());
+        issuer.fail();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(
+            cache.key(Some("k1")).await.unwrap().is_some(),
+            "stale but the issuer is down"
+        );
+        assert!(cache.fetch_count() >= 2, "a refetch was tried");
     }
 }

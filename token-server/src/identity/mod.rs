@@ -25,8 +25,11 @@ pub enum Kind {
     Kubernetes,
     /// A token from a trusted OIDC issuer.
     Oidc,
-    /// A node proven by a client certificate.
+    /// A node proven by a client certificate (`CN=system:node:NAME`,
+    /// `O=system:nodes`).
     Node,
+    /// Any other client certificate the TLS client CA vouches for.
+    Certificate,
     /// A caller that presented no credentials.
     Anonymous,
 }
@@ -39,6 +42,7 @@ impl Kind {
             Kind::Kubernetes => "kubernetes",
             Kind::Oidc => "oidc",
             Kind::Node => "node",
+            Kind::Certificate => "certificate",
             Kind::Anonymous => "anonymous",
         }
     }
