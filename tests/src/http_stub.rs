@@ -102,6 +102,15 @@ pub fn respond(status: u16, content_type: &str, body: impl Into<Body>) -> Respon
     response
 }
 
+/// `response` marked cacheable for `seconds`, as issuers mark their
+/// discovery documents and key sets (kube-apiserver: `max-age=3600`).
+pub fn cacheable(mut response: Response, seconds: u32) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&format!("public, max-age={seconds}")) {
+        response.headers_mut().insert(header::CACHE_CONTROL, value);
+    }
+    response
+}
+
 /// A JSON response of the given content type.
 pub fn json(status: u16, content_type: &str, body: &serde_json::Value) -> Response {
     respond(status, content_type, body.to_string())

@@ -124,10 +124,12 @@ impl Shared {
         if self.unavailable.load(Ordering::SeqCst) {
             return http_stub::text(503, "issuer unavailable");
         }
-        match path {
+        let response = match path {
             DISCOVERY_PATH => http_stub::json(200, "application/json", &self.discovery()),
             _ => http_stub::json(200, "application/jwk-set+json", &self.jwks()),
-        }
+        };
+        // As kube-apiserver marks its discovery document and keys.
+        http_stub::cacheable(response, 3600)
     }
 }
 

@@ -46,14 +46,15 @@ pub async fn handle(
     // system:service-account-issuer-discovery role bound to everyone.
     match (method.clone(), path.as_str()) {
         (Method::GET, tokens::DISCOVERY_PATH) => {
-            return http_stub::json(
-                200,
-                "application/json",
-                &tokens::discovery(&state.url(), &state.key),
-            );
+            let body = tokens::discovery(&state.url(), &state.key);
+            return http_stub::cacheable(http_stub::json(200, "application/json", &body), 3600);
         }
         (Method::GET, tokens::JWKS_PATH) => {
-            return http_stub::json(200, "application/jwk-set+json", &tokens::jwks(&state.key));
+            let body = tokens::jwks(&state.key);
+            return http_stub::cacheable(
+                http_stub::json(200, "application/jwk-set+json", &body),
+                3600,
+            );
         }
         _ => {}
     }
