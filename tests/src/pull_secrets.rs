@@ -11,7 +11,7 @@ use crate::bins::workspace_bin;
 use crate::kube_api::KubeApi;
 use crate::net::free_port;
 use crate::oidc_issuer::config::{IssuerConfig, issuers_yaml};
-use crate::process::{ChildGuard, CmdOutput, Readiness, run, wait_ready};
+use crate::process::{ChildGuard, CmdOutput, PROXY_VARS, Readiness, run, wait_ready};
 use crate::secrets::random_password;
 use crate::token_client::{http_client, try_send};
 use base64::Engine as _;
@@ -206,14 +206,7 @@ fn command(dir: &Path, name: &str) -> Command {
         .env("REGAUTH_LOG", "info,regauth_pull_secrets=debug")
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env_remove("REGAUTH_PULL_SECRETS_CONFIG");
-    for proxy in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
+    for proxy in PROXY_VARS {
         cmd.env_remove(proxy);
     }
     cmd

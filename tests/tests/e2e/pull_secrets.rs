@@ -240,6 +240,18 @@ fn namespaces_are_picked_up_when_added_and_cleaned_when_they_leave() {
     cluster.wait_pull_secret("team-late", "default");
 }
 
+/// Someone else lists `name` in team-a's default ServiceAccount.
+fn add_foreign_entry(cluster: &Cluster, name: &str) {
+    let mut sa = cluster
+        .api
+        .get::<ServiceAccount>("team-a", "default")
+        .expect("default SA");
+    sa.image_pull_secrets
+        .get_or_insert_with(Vec::new)
+        .push(LocalObjectReference { name: name.into() });
+    cluster.api.update(&sa);
+}
+
 fn token_requests(cluster: &Cluster, namespace: &str) -> usize {
     cluster
         .api
@@ -253,14 +265,7 @@ fn token_requests(cluster: &Cluster, namespace: &str) -> usize {
 fn foreign_image_pull_secrets_entries_are_kept() {
     let cluster = Cluster::start("1h");
     team_namespaces(&cluster, &["team-a"]);
-    let mut sa = cluster
-        .api
-        .get::<ServiceAccount>("team-a", "default")
-        .expect("default SA");
-    sa.image_pull_secrets = Some(vec![LocalObjectReference {
-        name: "vendor-creds".into(),
-    }]);
-    cluster.api.update(&sa);
+    add_foreign_entry(&cluster, "vendor-creds");
     let _controller =
         cluster.start_controller("replica-a", &cluster.config(&selector_config(), ""));
     cluster.wait_attached("team-a", "default");
@@ -269,16 +274,7 @@ fn foreign_image_pull_secrets_entries_are_kept() {
         ["vendor-creds".to_owned(), format!("{PREFIX}-default")]
     );
     // Someone else adds another entry later; ours and theirs stay.
-    let mut sa = cluster
-        .api
-        .get::<ServiceAccount>("team-a", "default")
-        .expect("default SA");
-    sa.image_pull_secrets
-        .get_or_insert_with(Vec::new)
-        .push(LocalObjectReference {
-            name: "late".into(),
-        });
-    cluster.api.update(&sa);
+    add_foreign_entry(&cluster, "late");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         cluster.pull_secret_names("team-a", "default"),
@@ -441,14 +437,7 @@ fn two_replicas_elect_one_writer_and_fail_over_when_its_lease_lapses() {
 fn cleanup_removes_what_the_controller_wrote_and_nothing_else() {
     let cluster = Cluster::start("1h");
     team_namespaces(&cluster, &["team-a", "team-b"]);
-    let mut sa = cluster
-        .api
-        .get::<ServiceAccount>("team-a", "default")
-        .expect("default SA");
-    sa.image_pull_secrets = Some(vec![LocalObjectReference {
-        name: "vendor-creds".into(),
-    }]);
-    cluster.api.update(&sa);
+    add_foreign_entry(&cluster, "vendor-creds");
     let mut foreign = Secret::default();
     foreign.metadata.name = Some("vendor-creds".into());
     foreign.metadata.namespace = Some("team-a".into());
