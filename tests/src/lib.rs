@@ -8,7 +8,8 @@
 //!
 //! Tools the tests need (a missing one fails the test, naming the Debian
 //! package): `docker-registry`, `skopeo`, `containerd` (also `ctr`),
-//! `apache2-utils` (`htpasswd`) and `kubernetes-client` (`kubectl`). The
+//! `apache2-utils` (`htpasswd`), `kubernetes-client` (`kubectl`), and for
+//! the fleet tests `redis-server` and `haproxy`. The
 //! workspace binaries are built on first use with
 //! `$CARGO build --workspace --bins`.
 //!
@@ -26,6 +27,7 @@ pub mod containerd;
 pub mod credential_helper;
 pub mod dns;
 pub mod docker;
+pub mod fleet;
 pub mod http_stub;
 pub mod jwt;
 pub mod kube_api;

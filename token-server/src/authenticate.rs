@@ -13,12 +13,15 @@ use rustls_pki_types::CertificateDer;
 use crate::identity::account::Verified;
 use crate::identity::issuers::SubjectTokenError;
 use crate::identity::{Kind, Principal, certificate};
-use crate::limiter::{FailureLimiter, Throttled};
-use crate::metrics::Metrics;
+use crate::limiter::Throttled;
+use crate::metrics::{Metrics, SharedUse};
 use crate::password_check::{self, CheckError, PasswordChecks};
 use crate::proto::Grant;
 use crate::secret::{Secret, constant_time_eq};
-use crate::settings::Settings;
+use crate::settings::{RevocationUnavailable, Settings};
+use crate::shared::SharedState;
+use crate::shared::limiter::Limiter;
+use crate::shared::revocation::{self, Presented, Revoked};
 use crate::token::refresh::{RefreshError, RefreshTokens};
 
 /// Facts about the connection a request arrived on.
@@ -84,6 +87,12 @@ pub enum AuthError {
     /// Every password-hashing slot is busy; retry after the given time.
     #[error("the server is busy checking passwords; retry in {} s", .0.as_secs().max(1))]
     Busy(Duration),
+    /// The credential, or its subject, was revoked.
+    #[error(transparent)]
+    Revoked(#[from] Revoked),
+    /// Revocations cannot be read and `revocation_unavailable` is `deny`.
+    #[error("revocation status cannot be checked now; retry shortly")]
+    RevocationUnavailable,
     /// The password check could not run.
     #[error("the password check failed")]
     Internal,
@@ -107,6 +116,8 @@ impl AuthError {
             AuthError::NoClientCertificate | AuthError::UnusableCertificate => "invalid_client",
             AuthError::Throttled(_) => "rate_limited",
             AuthError::Busy(_) => "busy",
+            AuthError::Revoked(_) => "revoked",
+            AuthError::RevocationUnavailable => "revocation_unavailable",
             AuthError::Internal => "internal",
         }
     }
@@ -115,8 +126,10 @@ impl AuthError {
 /// What authentication needs besides the settings: process-wide state that
 /// outlives config reloads.
 pub struct Guards<'a> {
-    /// Backoff after failed password checks.
-    pub limiter: &'a Arc<FailureLimiter>,
+    /// Backoff after failed password checks, fleet-wide when shared.
+    pub limiter: &'a Limiter,
+    /// The fleet's shared state, when configured.
+    pub shared: Option<&'a SharedState>,
     /// Bounded, joined password hashing.
     pub checks: &'a Arc<PasswordChecks>,
     /// Counters.
@@ -124,7 +137,7 @@ pub struct Guards<'a> {
 }
 
 /// Authenticates `grant`, presented over the connection `peer`, under one
-/// snapshot of the settings.
+/// snapshot of the settings; then, in a fleet, checks the revocations.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn authenticate(
     settings: &Arc<Settings>,
@@ -133,18 +146,45 @@ pub async fn authenticate(
     now: SystemTime,
     guards: &Guards<'_>,
 ) -> Result<Authenticated, AuthError> {
+    let (authenticated, presented) = identify(settings, grant, peer, now, guards).await?;
+    if let Some(shared) = guards.shared
+        && authenticated.principal.kind != Kind::Anonymous
+    {
+        match revocation::check(shared, &authenticated.principal, presented.as_ref()).await {
+            Ok(verdict) => verdict?,
+            Err(e) => {
+                guards.metrics.shared_state_fallback(SharedUse::Revocation);
+                tracing::debug!(error = %crate::report::Chain(&e), "revocations unreadable");
+                if settings.revocation_unavailable == RevocationUnavailable::Deny {
+                    return Err(AuthError::RevocationUnavailable);
+                }
+            }
+        }
+    }
+    Ok(authenticated)
+}
+
+/// Who the caller is, and the refresh token it presented, if any.
+async fn identify(
+    settings: &Arc<Settings>,
+    grant: Grant,
+    peer: &Peer,
+    now: SystemTime,
+    guards: &Guards<'_>,
+) -> Result<(Authenticated, Option<Presented>), AuthError> {
+    let alone = |a: Authenticated| (a, None);
     match grant {
         // A verified client certificate authenticates a request that
         // carries no other credentials.
         Grant::NoCredentials => match &peer.certificate {
-            Some(cert) => certificate(settings, cert),
-            None => Ok(Authenticated {
+            Some(cert) => certificate(settings, cert).map(alone),
+            None => Ok(alone(Authenticated {
                 principal: Principal::anonymous(),
                 refresh: Refresh::Never,
-            }),
+            })),
         },
         Grant::ClientCredentials => match &peer.certificate {
-            Some(cert) => certificate(settings, cert),
+            Some(cert) => certificate(settings, cert).map(alone),
             None => Err(AuthError::NoClientCertificate),
         },
         // Clients handed a username and password by a credential plugin
@@ -154,11 +194,15 @@ pub async fn authenticate(
             if RefreshTokens::looks_like_token(password.expose()) {
                 refresh(settings, password, now)
             } else {
-                account_password(settings, &username, password, peer, guards).await
+                account_password(settings, &username, password, peer, guards)
+                    .await
+                    .map(alone)
             }
         }
         Grant::RefreshToken(token) => refresh(settings, token, now),
-        Grant::TokenExchange { subject_token, .. } => exchange(settings, &subject_token, now).await,
+        Grant::TokenExchange { subject_token, .. } => {
+            exchange(settings, &subject_token, now).await.map(alone)
+        }
     }
 }
 
@@ -185,7 +229,7 @@ async fn account_password(
     guards: &Guards<'_>,
 ) -> Result<Authenticated, AuthError> {
     let addr = peer.addr.map(|a| a.ip());
-    guards.limiter.check(addr, username, Instant::now())?;
+    guards.limiter.check(addr, username, guards.metrics).await?;
     let cached =
         settings
             .accounts
@@ -202,7 +246,10 @@ async fn account_password(
                 // its single count against the allowance.
                 Some(running) => password_check::wait(running).await?,
                 None => {
-                    let attempt = guards.limiter.reserve(addr, username, Instant::now())?;
+                    let attempt = guards
+                        .limiter
+                        .reserve(addr, username, guards.metrics)
+                        .await?;
                     guards
                         .checks
                         .check(settings, key, username, password, attempt)
@@ -228,7 +275,7 @@ fn refresh(
     settings: &Settings,
     token: Secret,
     now: SystemTime,
-) -> Result<Authenticated, AuthError> {
+) -> Result<(Authenticated, Option<Presented>), AuthError> {
     let claims = settings.refresh.verify(token.expose(), now)?;
     let principal = if claims.principal.kind == Kind::Account {
         // A removed account or a changed password revokes its tokens.
@@ -247,10 +294,17 @@ fn refresh(
     } else {
         claims.principal
     };
-    Ok(Authenticated {
-        principal,
-        refresh: Refresh::Presented(token),
-    })
+    let presented = Presented {
+        jti: claims.jti,
+        iat: claims.iat,
+    };
+    Ok((
+        Authenticated {
+            principal,
+            refresh: Refresh::Presented(token),
+        },
+        Some(presented),
+    ))
 }
 
 /// RFC 8693: a token from a trusted issuer.

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::identity::Kind;
 use crate::identity::account::BCRYPT_COST;
 use crate::keys::Algorithm;
 use crate::registry_config::RegistryVersion;
@@ -85,6 +86,70 @@ pub enum Command {
     /// Create signing keys and secrets.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Revoke refresh tokens, or every credential of a subject, on every
+    /// replica at once (needs `shared_state`), list what is in force, or
+    /// lift a revocation.
+    ///
+    /// --subject refuses the subject's refresh tokens and its new sign-ins
+    /// and exchanges; --jti refuses one refresh token; --all-before TIME
+    /// (RFC 3339, or `now`) refuses refresh tokens issued before TIME.
+    /// --issuer and --kind narrow --subject and --all-before. Entries last
+    /// as long as the longest-lived refresh token, or --for. Access tokens
+    /// are not revocable: they expire within access_token_ttl.
+    #[command(override_usage = usage::REVOKE)]
+    Revoke(RevokeArgs),
+}
+
+/// The flags of `revoke`.
+#[derive(Args, Debug)]
+#[command(group(
+    clap::ArgGroup::new("what")
+        .required(true)
+        .args(["subject", "jti", "all_before", "list"])
+))]
+pub struct RevokeArgs {
+    /// The server's config file (for `shared_state` and token lifetimes).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Revoke a subject: the `sub` of the tokens issued to it.
+    #[arg(long, value_name = "SUB")]
+    pub subject: Option<String>,
+    /// Revoke one refresh token by its `jti`.
+    #[arg(long, value_name = "JTI")]
+    pub jti: Option<String>,
+    /// Revoke every refresh token issued before TIME (RFC 3339 or `now`).
+    #[arg(long, value_name = "TIME")]
+    pub all_before: Option<String>,
+    /// List the revocations in force.
+    #[arg(long)]
+    pub list: bool,
+    /// Only principals from this issuer (its `name` in `issuers`).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["jti", "list"])]
+    pub issuer: Option<String>,
+    /// Only principals of this kind.
+    #[arg(long, value_name = "KIND", value_parser = parse_kind, conflicts_with_all = ["jti", "list"])]
+    pub kind: Option<Kind>,
+    /// Keep the entry this long instead of the longest refresh-token lifetime.
+    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "list")]
+    pub duration: Option<std::time::Duration>,
+    /// Lift the revocation named instead of adding it.
+    #[arg(long, conflicts_with_all = ["list", "duration"])]
+    pub lift: bool,
+}
+
+fn parse_kind(text: &str) -> Result<Kind, String> {
+    [
+        Kind::Account,
+        Kind::Kubernetes,
+        Kind::Oidc,
+        Kind::Node,
+        Kind::Certificate,
+    ]
+    .into_iter()
+    .find(|k| k.as_str() == text)
+    .ok_or_else(|| {
+        format!("unknown kind {text:?}; use account, kubernetes, oidc, node or certificate")
+    })
 }
 
 /// The `keys` subcommands.
@@ -168,9 +233,10 @@ pub mod usage {
         "regauth-token-server keys generate [--alg ES256|RS256] --out DIR [--force]";
     pub const KEYS_ROTATE: &str = "regauth-token-server keys rotate [--alg ES256|RS256] --out DIR";
     pub const KEYS_SECRET: &str = "regauth-token-server keys secret --out FILE [--force]";
+    pub const REVOKE: &str = "regauth-token-server revoke --config FILE (--subject SUB | --jti JTI | --all-before TIME | --list) [--issuer NAME] [--kind KIND] [--for DURATION] [--lift]";
     /// All of them.
     #[cfg(test)]
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         SERVE,
         CHECK_CONFIG,
         REGISTRY_CONFIG,
@@ -178,6 +244,7 @@ pub mod usage {
         KEYS_GENERATE,
         KEYS_ROTATE,
         KEYS_SECRET,
+        REVOKE,
     ];
 }
 

@@ -34,5 +34,6 @@ pub mod scope;
 pub mod secret;
 pub mod serve;
 pub mod settings;
+pub mod shared;
 pub mod tls;
 pub mod token;

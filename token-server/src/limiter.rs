@@ -106,9 +106,45 @@ pub struct FailureLimiter {
 #[derive(Debug)]
 #[must_use = "settle the attempt with success() or failure()"]
 pub struct Attempt {
-    limiter: Arc<FailureLimiter>,
-    keys: Vec<Key>,
-    settled: bool,
+    kept: Option<Kept>,
+}
+
+/// Where a reservation is counted.
+#[derive(Debug)]
+enum Kept {
+    Here {
+        limiter: Arc<FailureLimiter>,
+        keys: Vec<Key>,
+    },
+    Elsewhere(Box<dyn Settle>),
+}
+
+/// How a reserved attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The password was right.
+    Success,
+    /// The password was wrong: counts against the allowance.
+    Failure,
+    /// The check did not run: the reservation is given back.
+    Released,
+}
+
+/// Settles an attempt counted outside this process (the fleet's limiter).
+pub trait Settle: Send + Sync + std::fmt::Debug {
+    /// Records how the attempt ended.
+    fn settle(self: Box<Self>, outcome: Outcome);
+}
+
+/// One record an attempt counts against, as the shared limiter names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// `n:<network>` or `a:<account name>`.
+    pub name: String,
+    /// Failures allowed before backoff.
+    pub allowance: u32,
+    /// True for an account's record: a success clears it.
+    pub account: bool,
 }
 
 impl FailureLimiter {
@@ -194,13 +230,34 @@ impl FailureLimiter {
             e.last = now;
         }
         Ok(Attempt {
-            limiter: Arc::clone(self),
-            keys,
-            settled: false,
+            kept: Some(Kept::Here {
+                limiter: Arc::clone(self),
+                keys,
+            }),
         })
     }
 
     /// A long quiet spell forgives old failures.
+    /// The records an attempt for `account` from `addr` counts against.
+    pub fn records(&self, addr: Option<IpAddr>, account: &str) -> Vec<Record> {
+        Self::keys(addr, account)
+            .into_iter()
+            .map(|key| Record {
+                allowance: self.allowance(&key),
+                account: matches!(key, Key::Account(_)),
+                name: match key {
+                    Key::Network(ip) => format!("n:{ip}"),
+                    Key::Account(name) => format!("a:{name}"),
+                },
+            })
+            .collect()
+    }
+
+    /// The longest backoff.
+    pub fn max_backoff(&self) -> Duration {
+        self.max_backoff
+    }
+
     fn forgiven(&self, e: &Entry, now: Instant) -> bool {
         e.in_flight == 0 && now.duration_since(e.last) > self.max_backoff * 2
     }
@@ -264,34 +321,50 @@ impl FailureLimiter {
 }
 
 impl Attempt {
-    /// The password was right.
-    pub fn success(mut self, now: Instant) {
-        self.settled = true;
-        self.limiter.settle(&self.keys, false, now);
+    /// An attempt reserved by another limiter, settled through `kept`.
+    pub fn elsewhere(kept: Box<dyn Settle>) -> Self {
+        Attempt {
+            kept: Some(Kept::Elsewhere(kept)),
+        }
     }
 
-    /// The password was wrong (or the account does not exist).
+    /// The password was right.
+    pub fn success(mut self, now: Instant) {
+        self.finish(Outcome::Success, now);
+    }
+
+    /// The password was wrong.
     pub fn failure(mut self, now: Instant) {
-        self.settled = true;
-        self.limiter.settle(&self.keys, true, now);
+        self.finish(Outcome::Failure, now);
+    }
+
+    fn finish(&mut self, outcome: Outcome, now: Instant) {
+        match self.kept.take() {
+            None => {}
+            Some(Kept::Elsewhere(kept)) => kept.settle(outcome),
+            Some(Kept::Here { limiter, keys }) => match outcome {
+                Outcome::Success => limiter.settle(&keys, false, now),
+                Outcome::Failure => limiter.settle(&keys, true, now),
+                Outcome::Released => limiter.release(&keys),
+            },
+        }
+    }
+}
+
+impl FailureLimiter {
+    fn release(&self, keys: &[Key]) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            if let Some(e) = entries.get_mut(key) {
+                e.in_flight = e.in_flight.saturating_sub(1);
+            }
+        }
     }
 }
 
 impl Drop for Attempt {
     fn drop(&mut self) {
-        if self.settled {
-            return;
-        }
-        let mut entries = self
-            .limiter
-            .entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for key in &self.keys {
-            if let Some(e) = entries.get_mut(key) {
-                e.in_flight = e.in_flight.saturating_sub(1);
-            }
-        }
+        self.finish(Outcome::Released, Instant::now());
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use regauth_token_server::cli::{Cli, Command, KeysCommand, LogFormat, ServeArgs};
+use regauth_token_server::cli::{Cli, Command, KeysCommand, LogFormat, RevokeArgs, ServeArgs};
 use regauth_token_server::clock;
 use regauth_token_server::config;
 use regauth_token_server::defaults::{self, write_private};
@@ -21,6 +21,8 @@ use regauth_token_server::report::Chain;
 use regauth_token_server::secret::{RandomError, random};
 use regauth_token_server::serve;
 use regauth_token_server::settings::Settings;
+use regauth_token_server::shared::SharedState;
+use regauth_token_server::shared::revocation::{self, RevokeError, Target};
 use regauth_token_server::tls::TlsReloader;
 
 /// Errors of the command line; printed once, with their cause chain.
@@ -42,6 +44,14 @@ enum CliError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot set up the shared state")]
+    Shared(#[source] regauth_token_server::shared::SharedError),
+    #[error(transparent)]
+    Revoke(#[from] RevokeError),
+    #[error("{} has no shared_state: revocation needs the Redis the fleet shares", .0.display())]
+    NoSharedState(PathBuf),
+    #[error("--all-before takes an RFC 3339 time such as 2026-12-01T10:00:00Z, or now")]
+    BadTime(#[source] humantime::TimestampError),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("the server failed")]
@@ -88,6 +98,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Keys(KeysCommand::Secret { out, force })) => write_secret(&out, force),
         Some(Command::Keys(KeysCommand::Rotate { alg, out })) => rotate_keys(alg, &out),
+        Some(Command::Revoke(args)) => revoke(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -243,7 +254,13 @@ async fn run(settings: Settings, source: Source) -> Result<(), CliError> {
         reloader
     });
     let limits = settings.limits;
-    let state = AppState::new(settings, clock::now);
+    if settings.shared_state.is_some() {
+        tracing::info!(
+            revocation_unavailable = ?settings.revocation_unavailable,
+            "shared state: the limiter and revocations are fleet-wide"
+        );
+    }
+    let state = AppState::new(settings, clock::now).map_err(CliError::Shared)?;
     tokio::spawn(reload_on_hangup(
         Arc::clone(&state),
         tls.clone(),
@@ -283,6 +300,11 @@ async fn reload_on_hangup(
                     (Some(reloader), Some(new)) => reloader.replace(new),
                     (None, None) => {}
                     _ => tracing::warn!("turning TLS on or off takes effect only on restart"),
+                }
+                let shared_url =
+                    |s: &Settings| s.shared_state.as_ref().map(|s| s.url.expose().to_owned());
+                if shared_url(&settings) != shared_url(&state.settings()) {
+                    tracing::warn!("a new shared_state takes effect only on restart");
                 }
                 let kid = settings.keys.current().kid().to_owned();
                 state.replace_settings(settings);
@@ -446,4 +468,91 @@ fn write_secret(out: &Path, force: bool) -> Result<(), CliError> {
     })?;
     println!("wrote {} (32 random bytes, mode 0600)", out.display());
     Ok(())
+}
+
+/// How long Redis needs to keep a command line's revocation.
+const CLI_SHARED_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `revoke`: writes, lifts or lists revocations in the fleet's Redis.
+fn revoke(args: RevokeArgs) -> Result<(), CliError> {
+    let settings = config::load(&args.config)?;
+    let Some(shared_settings) = settings.shared_state.clone() else {
+        return Err(CliError::NoSharedState(args.config));
+    };
+    let target = match (&args.subject, &args.jti, &args.all_before) {
+        (Some(subject), _, _) => Some(Target::Subject {
+            subject: subject.clone(),
+            kind: args.kind,
+            issuer: args.issuer.clone(),
+        }),
+        (_, Some(jti), _) => Some(Target::Jti { jti: jti.clone() }),
+        (_, _, Some(time)) => {
+            let before = if time == "now" {
+                clock::now()
+            } else {
+                humantime::parse_rfc3339_weak(time).map_err(CliError::BadTime)?
+            };
+            Some(Target::IssuedBefore {
+                before: clock::unix(before),
+                kind: args.kind,
+                issuer: args.issuer.clone(),
+            })
+        }
+        _ => None,
+    };
+    // Nothing outlives the longest-lived refresh token, so neither need
+    // its revocation.
+    let lifetime = settings
+        .issuers
+        .all()
+        .iter()
+        .map(|i| i.credential_ttl)
+        .chain([settings.refresh_token_ttl])
+        .max()
+        .unwrap_or(settings.refresh_token_ttl);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    runtime.block_on(async {
+        let shared = SharedState::new(
+            &shared_settings,
+            CLI_SHARED_TIMEOUT,
+            prometheus_client::metrics::gauge::Gauge::default(),
+        )
+        .map_err(CliError::Shared)?;
+        shared.ping().await.map_err(CliError::Shared)?;
+        let Some(target) = target else {
+            for r in revocation::list(&shared).await? {
+                let at = std::time::UNIX_EPOCH + Duration::from_secs(r.revoked_at);
+                println!(
+                    "{}\trevoked {}\texpires in {}",
+                    r.target,
+                    humantime::format_rfc3339_seconds(at),
+                    r.expires_in
+                        .map_or("?".to_owned(), |s| humantime::format_duration(
+                            Duration::from_secs(s)
+                        )
+                        .to_string())
+                );
+            }
+            return Ok(());
+        };
+        if args.lift {
+            let found = revocation::lift(&shared, &target).await?;
+            println!(
+                "{} {target}",
+                if found { "lifted" } else { "was not revoked:" }
+            );
+            return Ok(());
+        }
+        let ttl = args.duration.unwrap_or(lifetime);
+        let entry = revocation::revoke(&shared, target, clock::now(), ttl).await?;
+        println!(
+            "revoked {} on every replica, for {}",
+            entry.target,
+            humantime::format_duration(ttl)
+        );
+        Ok(())
+    })
 }

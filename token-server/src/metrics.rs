@@ -14,6 +14,7 @@ use prometheus_client::encoding::{
 };
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -66,6 +67,20 @@ struct OutcomeLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PurposeLabels {
+    purpose: &'static str,
+}
+
+/// What the shared state is used for; each has a fallback counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedUse {
+    /// The failed-password limiter (falls back to this process's limits).
+    Limiter,
+    /// Revocation checks (follow `revocation_unavailable`).
+    Revocation,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IssuerLabels {
     issuer: Escaped,
 }
@@ -102,6 +117,8 @@ pub struct Metrics {
     password_cache: [Counter; 2],
     password_hashes: Counter,
     reloads: [Counter; 2],
+    shared_up: Gauge,
+    shared_fallbacks: [Counter; 2],
 }
 
 impl Default for Metrics {
@@ -168,6 +185,23 @@ impl Metrics {
             "Config reloads by outcome",
             reload_family,
         );
+        let shared_up = Gauge::default();
+        registry.register(
+            "regauth_shared_state_up",
+            "1 while the shared state (Redis) answers, 0 while it does not",
+            shared_up.clone(),
+        );
+        let fallback_family = Family::<PurposeLabels, Counter>::default();
+        let shared_fallbacks = ["limiter", "revocation"].map(|purpose| {
+            fallback_family
+                .get_or_create(&PurposeLabels { purpose })
+                .clone()
+        });
+        registry.register(
+            "regauth_shared_state_fallbacks",
+            "Operations that went without the shared state, by purpose",
+            fallback_family,
+        );
         Metrics {
             registry,
             requests,
@@ -176,6 +210,8 @@ impl Metrics {
             password_cache,
             password_hashes,
             reloads,
+            shared_up,
+            shared_fallbacks,
         }
     }
 
@@ -220,6 +256,16 @@ impl Metrics {
     /// Password checks the cache could not answer so far.
     pub fn password_cache_misses(&self) -> u64 {
         self.password_cache[1].get()
+    }
+
+    /// A handle on the gauge that says whether the shared state answers.
+    pub fn shared_state_up(&self) -> Gauge {
+        self.shared_up.clone()
+    }
+
+    /// Counts an operation that went without the shared state.
+    pub fn shared_state_fallback(&self, what: SharedUse) {
+        self.shared_fallbacks[what as usize].inc();
     }
 
     /// Counts a config reload attempt.
@@ -344,6 +390,8 @@ mod tests {
         m.issued(Duration::from_micros(700));
         m.password_cache(true);
         m.reload(true);
+        m.shared_state_up().set(1);
+        m.shared_state_fallback(SharedUse::Revocation);
         let text = m.render(&[("cluster \"a\"\n".into(), 3)]).unwrap();
         for want in [
             "regauth_requests_total{endpoint=\"/token\",outcome=\"ok\"} 2",
@@ -356,6 +404,9 @@ mod tests {
             "regauth_password_cache_total{result=\"hit\"} 1",
             "regauth_password_cache_total{result=\"miss\"} 0",
             "regauth_config_reloads_total{outcome=\"ok\"} 1",
+            "regauth_shared_state_up 1",
+            "regauth_shared_state_fallbacks_total{purpose=\"limiter\"} 0",
+            "regauth_shared_state_fallbacks_total{purpose=\"revocation\"} 1",
             "regauth_jwks_fetches_total{issuer=\"cluster \\\"a\\\"\\n\"} 3",
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");

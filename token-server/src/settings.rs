@@ -13,6 +13,7 @@ use crate::identity::certificate::CertificateRules;
 use crate::identity::issuers::Issuers;
 use crate::keys::KeySet;
 use crate::policy::Policy;
+use crate::secret::Secret;
 use crate::tls::TlsSettings;
 use crate::token::refresh::RefreshTokens;
 
@@ -47,6 +48,30 @@ pub struct Settings {
     pub certificates: CertificateRules,
     /// HTTPS settings; `None` serves plain HTTP.
     pub tls: Option<TlsSettings>,
+    /// Where replicas share the limiter and revocations; `None` keeps both
+    /// in this process. Read at start-up: a change needs a restart.
+    pub shared_state: Option<SharedStateSettings>,
+    /// What to do when revocations cannot be read.
+    pub revocation_unavailable: RevocationUnavailable,
+}
+
+/// The Redis a fleet shares.
+#[derive(Debug, Clone)]
+pub struct SharedStateSettings {
+    /// `redis://` or `rediss://` URL; secret, since it may hold a password.
+    pub url: Secret,
+    /// PEM CA bundle for `rediss://`; `None` uses the system's roots.
+    pub ca: Option<Vec<u8>>,
+}
+
+/// What a credential gets while its revocation status cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RevocationUnavailable {
+    /// Refuse it (503): a revoked credential is never honoured.
+    #[default]
+    Deny,
+    /// Honour it, counted and logged: availability over revocation.
+    Allow,
 }
 
 impl Settings {
@@ -84,6 +109,8 @@ pub struct Limits {
     pub max_concurrent_password_checks: usize,
     /// How long a password check waits for a slot before 503.
     pub password_check_queue_timeout: Duration,
+    /// Longest wait for one shared-state round trip before falling back.
+    pub shared_state_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -102,6 +129,7 @@ impl Default for Limits {
             max_concurrent_password_checks: std::thread::available_parallelism()
                 .map_or(1, |n| n.get()),
             password_check_queue_timeout: Duration::from_secs(3),
+            shared_state_timeout: Duration::from_millis(250),
         }
     }
 }

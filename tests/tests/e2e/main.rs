@@ -19,6 +19,7 @@ mod docker_common;
 mod docker_credentials;
 mod docker_login;
 mod embedded_default;
+mod fleet;
 mod helper_cli;
 mod htpasswd_accounts;
 mod identity_attacks;

@@ -60,6 +60,15 @@ pub(crate) struct ConfigFile {
     /// Serve HTTPS (and optionally verify client certificates).
     #[serde(default)]
     pub(crate) tls: Option<TlsEntry>,
+    /// Redis URL of the state a fleet shares (limiter, revocations).
+    #[serde(default)]
+    pub(crate) shared_state: Option<S<String>>,
+    /// CA bundle that a `rediss://` shared state's certificate chains to.
+    #[serde(default)]
+    pub(crate) shared_state_ca_file: Option<S<String>>,
+    /// `deny` or `allow` credentials while revocations cannot be read.
+    #[serde(default)]
+    pub(crate) revocation_unavailable: Option<S<String>>,
 }
 
 /// One `issuers` entry.
@@ -211,4 +220,7 @@ pub(crate) struct LimitsEntry {
     /// How long a password check waits for a free slot.
     #[serde(default)]
     pub(crate) password_check_queue_timeout: Option<S<String>>,
+    /// How long one round trip to the shared state may take.
+    #[serde(default)]
+    pub(crate) shared_state_timeout: Option<S<String>>,
 }

@@ -88,5 +88,11 @@ pub(super) fn limits(l: &LimitsEntry, c: &mut Check) -> Limits {
         limits.password_check_queue_timeout,
         false,
     );
+    limits.shared_state_timeout = c.duration(
+        "limits.shared_state_timeout",
+        &l.shared_state_timeout,
+        limits.shared_state_timeout,
+        false,
+    );
     limits
 }

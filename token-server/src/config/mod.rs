@@ -14,6 +14,7 @@ mod issuers;
 mod keys;
 mod limits;
 mod policy;
+mod shared_state;
 mod tls;
 
 use std::fmt;
@@ -152,6 +153,8 @@ fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
     let policy = policy::policy(file, c);
     let limits = limits::limits(&file.limits, c);
     let issuers = issuers::issuers(&file.issuers, c);
+    let shared_state = shared_state::shared_state(file, c);
+    let revocation_unavailable = shared_state::revocation_unavailable(file, c);
     let secret = secret?;
     let accounts = accounts::accounts(file, &secret, basics.password_cache_ttl, c)?;
     Some(Settings {
@@ -169,6 +172,8 @@ fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
         issuers,
         certificates,
         tls,
+        shared_state,
+        revocation_unavailable,
     })
 }
 

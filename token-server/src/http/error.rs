@@ -4,6 +4,8 @@
 //! `POST /token` answers in the OAuth2 shape `{"error","error_description"}`.
 //! 5xx bodies never carry detail: that goes to the log.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -53,10 +55,11 @@ impl TokenError {
         }
     }
 
-    fn retry_after(&self) -> Option<std::time::Duration> {
+    fn retry_after(&self) -> Option<Duration> {
         match self {
             TokenError::Auth(AuthError::Throttled(t)) => Some(t.0),
             TokenError::Auth(AuthError::Busy(wait)) => Some(*wait),
+            TokenError::Auth(AuthError::RevocationUnavailable) => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -98,7 +101,9 @@ fn wire(e: &TokenError) -> (StatusCode, &'static str, StatusCode, &'static str) 
             "invalid_target",
         ),
         // RFC 6749 5.2: a wrong password or refresh token is invalid_grant, 400.
-        TokenError::Auth(AuthError::BadPassword | AuthError::Refresh(_)) => (
+        TokenError::Auth(
+            AuthError::BadPassword | AuthError::Refresh(_) | AuthError::Revoked(_),
+        ) => (
             S::UNAUTHORIZED,
             "UNAUTHORIZED",
             S::BAD_REQUEST,
@@ -110,7 +115,9 @@ fn wire(e: &TokenError) -> (StatusCode, &'static str, StatusCode, &'static str) 
             S::BAD_REQUEST,
             "invalid_request",
         ),
-        TokenError::Auth(AuthError::IssuerUnavailable(_) | AuthError::Busy(_)) => (
+        TokenError::Auth(
+            AuthError::IssuerUnavailable(_) | AuthError::Busy(_) | AuthError::RevocationUnavailable,
+        ) => (
             S::SERVICE_UNAVAILABLE,
             "UNAVAILABLE",
             S::SERVICE_UNAVAILABLE,

@@ -26,7 +26,9 @@ use crate::authenticate::Guards;
 use crate::limiter::FailureLimiter;
 use crate::metrics::{ENDPOINTS, Metrics};
 use crate::password_check::PasswordChecks;
-use crate::settings::Settings;
+use crate::settings::{RevocationUnavailable, Settings};
+use crate::shared::limiter::Limiter;
+use crate::shared::{SharedError, SharedState};
 
 /// The clock handlers read; a parameter so tests can fix time.
 pub type Clock = fn() -> SystemTime;
@@ -36,32 +38,45 @@ pub type Clock = fn() -> SystemTime;
 pub struct AppState {
     settings: ArcSwap<Settings>,
     clock: Clock,
-    limiter: Arc<FailureLimiter>,
+    limiter: Limiter,
+    shared: Option<Arc<SharedState>>,
     checks: Arc<PasswordChecks>,
     metrics: Metrics,
 }
 
 impl AppState {
-    /// State over `settings`, reading time from `clock`.
-    pub fn new(settings: Settings, clock: Clock) -> Arc<Self> {
+    /// State over `settings`, reading time from `clock`. With
+    /// `shared_state` set it makes the Redis client (which connects on first
+    /// use), so it must run inside a Tokio runtime.
+    pub fn new(settings: Settings, clock: Clock) -> Result<Arc<Self>, SharedError> {
         let limits = settings.limits;
-        let limiter = Arc::new(FailureLimiter::new(
+        let local = Arc::new(FailureLimiter::new(
             limits.auth_failures_before_backoff,
             limits.max_backoff,
         ));
         let metrics = Metrics::new();
+        let shared = match &settings.shared_state {
+            None => None,
+            Some(s) => Some(Arc::new(SharedState::new(
+                s,
+                limits.shared_state_timeout,
+                metrics.shared_state_up(),
+            )?)),
+        };
+        let limiter = Limiter::new(local, shared.clone());
         let checks = PasswordChecks::new(
             limits.max_concurrent_password_checks,
             limits.password_check_queue_timeout,
             metrics.password_hashes(),
         );
-        Arc::new(AppState {
+        Ok(Arc::new(AppState {
             settings: ArcSwap::from_pointee(settings),
             clock,
             limiter,
+            shared,
             checks,
             metrics,
-        })
+        }))
     }
 
     /// A snapshot of the settings in force. Take it once per request.
@@ -84,6 +99,7 @@ impl AppState {
     fn guards(&self) -> Guards<'_> {
         Guards {
             limiter: &self.limiter,
+            shared: self.shared.as_deref(),
             checks: &self.checks,
             metrics: &self.metrics,
         }
@@ -172,11 +188,18 @@ async fn metadata(State(state): State<Arc<AppState>>) -> Response {
     resp
 }
 
-/// Ready when signing keys are loaded (always, once running) and every
-/// trusted issuer's keys are fetched or cached. An issuer without keys gets
-/// a (rate-limited) fetch attempt here.
+/// Ready when signing keys are loaded (always, once running), every
+/// trusted issuer's keys are fetched or cached, and, in a fleet whose
+/// revocation checks deny when Redis is out of reach, Redis answers. An
+/// issuer without keys gets a (rate-limited) fetch attempt here.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let settings = state.settings();
+    let shared = match &state.shared {
+        None => None,
+        Some(shared) => Some(shared.ping().await.is_ok()),
+    };
+    let shared_blocks =
+        shared == Some(false) && settings.revocation_unavailable == RevocationUnavailable::Deny;
     let mut waiting = Vec::new();
     for issuer in settings.issuers.all() {
         if !issuer.keys.is_loaded() {
@@ -189,8 +212,13 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let body = serde_json::json!({
         "signing_keys": settings.keys.all().len(),
         "issuers_without_keys": waiting,
+        "shared_state": match shared {
+            None => "none",
+            Some(true) => "up",
+            Some(false) => "unreachable",
+        },
     });
-    let status = if waiting.is_empty() {
+    let status = if waiting.is_empty() && !shared_blocks {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -112,7 +112,7 @@ limits:
 }
 
 fn state_for(dir: &Path, clock: Clock) -> Arc<AppState> {
-    AppState::new(config::load(&dir.join("config.yaml")).unwrap(), clock)
+    AppState::new(config::load(&dir.join("config.yaml")).unwrap(), clock).unwrap()
 }
 
 fn basic(user: &str, pw: &str) -> String {

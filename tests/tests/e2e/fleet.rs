@@ -1,0 +1,370 @@
+//! Three replicas behind haproxy sharing one Redis: the failed-password
+//! allowance is one for the fleet, a revocation reaches every replica at
+//! once, a replica killed under load costs at most the requests in flight
+//! on it, and Redis going away and coming back loses nothing it held.
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use regauth_e2e::fleet::Fleet;
+use regauth_e2e::jwt::unverified_claims;
+use regauth_e2e::oidc_issuer::OidcIssuer;
+use regauth_e2e::oidc_issuer::claims::ServiceAccount;
+use regauth_e2e::oidc_issuer::config::{IssuerConfig, issuers_yaml};
+use regauth_e2e::oidc_issuer::exchange::ExchangeRequest;
+use regauth_e2e::ops::{Load, metric, metrics};
+use regauth_e2e::token_client::{HttpReply, TokenClient};
+use regauth_e2e::token_server::SERVICE;
+
+use crate::workload_identity::{AUDIENCE, POLICY};
+
+fn dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+/// Sum of one series over every replica's `/metrics`.
+fn fleet_metric(fleet: &Fleet, series: &str) -> f64 {
+    fleet
+        .replicas()
+        .iter()
+        .map(|c| metric(&metrics(c), series).unwrap_or(0.0))
+        .sum()
+}
+
+/// `/token` requests one replica answered, whatever the outcome.
+fn token_requests(client: &TokenClient) -> f64 {
+    let text = metrics(client);
+    text.lines()
+        .filter(|l| l.starts_with("regauth_requests_total{endpoint=\"/token\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `n` wrong passwords for alice at once through the balancer; returns the
+/// hash checks the whole fleet ran.
+fn guesses_at_once(fleet: &Fleet, n: usize) -> f64 {
+    let start = Arc::new(Barrier::new(n));
+    let client = fleet.client();
+    std::thread::scope(|scope| {
+        for i in 0..n {
+            let (start, client) = (Arc::clone(&start), &client);
+            scope.spawn(move || {
+                start.wait();
+                let password = format!("guess-{i}");
+                client.get_token(&[("service", SERVICE)], Some(("alice", &password)))
+            });
+        }
+    });
+    for (i, replica) in fleet.replicas().iter().enumerate() {
+        assert!(
+            token_requests(replica) > 0.0,
+            "replica {i} got none of the guesses: the balancer did not spread them"
+        );
+    }
+    fleet_metric(fleet, "regauth_password_hashes_total")
+}
+
+/// 60 concurrent wrong passwords spread over three replicas run at most
+/// the account's allowance (5) of hash checks in total; without the shared
+/// state, each replica grants its own allowance.
+#[test]
+fn the_allowance_is_one_for_the_whole_fleet() {
+    let d = dir();
+    let fleet = Fleet::start(d.path(), 3, true, "", |b| b.account("alice", "right", &[]));
+    let ran = guesses_at_once(&fleet, 60);
+    assert!(
+        (1.0..=5.0).contains(&ran),
+        "{ran} hash checks across the fleet for 60 guesses (allowance 5)"
+    );
+
+    let d = dir();
+    let alone = Fleet::start(d.path(), 3, false, "", |b| b.account("alice", "right", &[]));
+    let ran = guesses_at_once(&alone, 60);
+    assert!(
+        ran > 5.0,
+        "without shared state each replica has its own allowance, so more than 5 checks run; got {ran}"
+    );
+}
+
+fn refresh_token(client: &TokenClient, user: &str, password: &str) -> String {
+    let reply = client.password_grant(user, password, SERVICE, "", true);
+    assert_eq!(reply.status, 200, "password grant: {}", reply.body);
+    reply.json_str("refresh_token")
+}
+
+fn assert_refused(reply: &HttpReply, what: &str) {
+    assert!(
+        matches!(reply.status, 400 | 401),
+        "{what}: expected a refusal, got {}: {}",
+        reply.status,
+        reply.body
+    );
+    assert!(
+        reply.body.contains("revoked"),
+        "{what}: the refusal says why: {}",
+        reply.body
+    );
+}
+
+/// Revocations by jti, by subject (accounts and service accounts), and by
+/// issue time reach all three replicas by the time `revoke` returns, are
+/// listed, and can be lifted.
+#[test]
+fn revocations_reach_every_replica_at_once() {
+    let cluster = OidcIssuer::start();
+    let issuers = issuers_yaml(&[IssuerConfig::kubernetes("cluster", &cluster.url())]);
+    let d = dir();
+    let fleet = Fleet::start(d.path(), 3, true, &issuers, |b| {
+        b.account("alice", "alice-pw", &[]).policy(POLICY)
+    });
+    let lb = fleet.client();
+
+    // One refresh token, by its jti.
+    let token = refresh_token(&lb, "alice", "alice-pw");
+    let other = refresh_token(&lb, "alice", "alice-pw");
+    for replica in fleet.replicas() {
+        assert_eq!(replica.refresh_grant(&token, SERVICE, "").status, 200);
+    }
+    let jti = unverified_claims(&token)["jti"]
+        .as_str()
+        .expect("jti")
+        .to_owned();
+    fleet
+        .command(&["revoke", "--jti", &jti])
+        .assert_success("revoke --jti");
+    let revoked_at = Instant::now();
+    for (i, replica) in fleet.replicas().iter().enumerate() {
+        assert_refused(
+            &replica.refresh_grant(&token, SERVICE, ""),
+            &format!("replica {i}, revoked jti"),
+        );
+        assert_eq!(
+            replica.refresh_grant(&other, SERVICE, "").status,
+            200,
+            "replica {i}: another token of the same account still works"
+        );
+    }
+    assert!(revoked_at.elapsed() < Duration::from_secs(1));
+    let listed = fleet.command(&["revoke", "--list"]);
+    listed.assert_success("revoke --list");
+    assert!(listed.stdout.contains(&jti), "{}", listed.stdout);
+
+    // A subject: its refresh tokens and its new sign-ins, on every replica.
+    fleet
+        .command(&["revoke", "--subject", "alice", "--kind", "account"])
+        .assert_success("revoke --subject");
+    for (i, replica) in fleet.replicas().iter().enumerate() {
+        assert_refused(
+            &replica.refresh_grant(&other, SERVICE, ""),
+            &format!("replica {i}, revoked subject's token"),
+        );
+        assert_refused(
+            &replica.password_grant("alice", "alice-pw", SERVICE, "", false),
+            &format!("replica {i}, revoked subject's sign-in"),
+        );
+    }
+    fleet
+        .command(&[
+            "revoke",
+            "--lift",
+            "--subject",
+            "alice",
+            "--kind",
+            "account",
+        ])
+        .assert_success("revoke --lift");
+    assert_eq!(lb.refresh_grant(&other, SERVICE, "").status, 200);
+
+    // A service account cannot exchange again once its subject is revoked.
+    let sa = ServiceAccount::new("ci", "builder");
+    let subject_token = cluster.service_account_token(&sa, AUDIENCE);
+    let exchanged = ExchangeRequest::jwt(&subject_token, SERVICE).send(&lb);
+    assert_eq!(exchanged.status, 200, "{}", exchanged.body);
+    let sub = unverified_claims(&exchanged.json_str("access_token"))["sub"]
+        .as_str()
+        .expect("sub")
+        .to_owned();
+    fleet
+        .command(&["revoke", "--subject", &sub, "--issuer", "cluster"])
+        .assert_success("revoke --subject (service account)");
+    for (i, replica) in fleet.replicas().iter().enumerate() {
+        assert_refused(
+            &ExchangeRequest::jwt(&subject_token, SERVICE).send(replica),
+            &format!("replica {i}, revoked service account's exchange"),
+        );
+    }
+
+    // Everything issued up to now.
+    let before = refresh_token(&lb, "alice", "alice-pw");
+    fleet
+        .command(&["revoke", "--all-before", "now"])
+        .assert_success("revoke --all-before");
+    for replica in fleet.replicas() {
+        assert_refused(
+            &replica.refresh_grant(&before, SERVICE, ""),
+            "issued before",
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let after = refresh_token(&lb, "alice", "alice-pw");
+    for replica in fleet.replicas() {
+        assert_eq!(replica.refresh_grant(&after, SERVICE, "").status, 200);
+    }
+}
+
+/// Password grants through the balancer by `threads` workers.
+fn load(fleet: &Fleet, threads: usize) -> Load {
+    let url = fleet.client().base_url().to_owned();
+    Load::start(
+        threads,
+        usize::MAX,
+        Arc::new(move |_| {
+            let client = TokenClient::new(&url);
+            regauth_e2e::token_client::try_send(
+                client
+                    .http()
+                    .get(client.token_url())
+                    .query(&[("service", SERVICE), ("scope", "repository:alice/app:pull")])
+                    .basic_auth("alice", Some("alice-pw")),
+            )
+            .map(|r| r.status)
+            .map_err(|e| e.to_string())
+        }),
+    )
+}
+
+/// A replica killed with SIGKILL under load fails at most the requests in
+/// flight on it, and the balancer routes around it. Redis killed under load:
+/// issuance goes on under each replica's own limits (this fleet allows
+/// credentials whose revocation cannot be checked), readiness says so, and
+/// when Redis is back with its data, the revocation it held applies again.
+#[test]
+fn a_replica_or_redis_can_fail_under_load() {
+    let d = dir();
+    let mut fleet = Fleet::start(d.path(), 3, true, "revocation_unavailable: allow\n", |b| {
+        b.account("alice", "alice-pw", &[])
+    });
+    let lb = fleet.client();
+    let revoked = refresh_token(&lb, "alice", "alice-pw");
+    let jti = unverified_claims(&revoked)["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    fleet
+        .command(&["revoke", "--jti", &jti])
+        .assert_success("revoke --jti");
+
+    const THREADS: usize = 6;
+    let work = load(&fleet, THREADS);
+    work.wait_ok(200, Duration::from_secs(30));
+    let failed_before = work.failed();
+    fleet.others[1].kill();
+    let ok_at_kill = work.ok();
+    work.wait_ok(ok_at_kill + 500, Duration::from_secs(30));
+    let lost = work.failed() - failed_before;
+    assert!(
+        lost <= THREADS,
+        "{lost} requests failed after killing one replica; at most {THREADS} were in flight"
+    );
+
+    // Redis goes away under load.
+    fleet.redis.as_mut().unwrap().kill();
+    let ok_at_outage = work.ok();
+    let failed_at_outage = work.failed();
+    work.wait_ok(ok_at_outage + 300, Duration::from_secs(30));
+    assert_eq!(
+        work.failed(),
+        failed_at_outage,
+        "issuance failed while Redis was down"
+    );
+    let live = [fleet.first.client(), fleet.others[0].client()];
+    for replica in live {
+        let text = metrics(replica);
+        assert_eq!(metric(&text, "regauth_shared_state_up"), Some(0.0));
+        assert!(
+            metric(
+                &text,
+                "regauth_shared_state_fallbacks_total{purpose=\"limiter\"}"
+            )
+            .unwrap_or(0.0)
+                > 0.0
+        );
+        let ready = regauth_e2e::token_client::send(
+            replica.http().get(format!("{}/readyz", replica.base_url())),
+        );
+        assert_eq!(ready.status, 200, "allow mode stays ready: {}", ready.body);
+        assert!(ready.body.contains("unreachable"), "{}", ready.body);
+    }
+
+    // Redis is back with what it held.
+    fleet.redis.as_mut().unwrap().start_again();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for replica in live {
+        while replica.refresh_grant(&revoked, SERVICE, "").status == 200 {
+            assert!(
+                Instant::now() < deadline,
+                "the revocation held in Redis did not apply again after Redis returned"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_refused(
+            &replica.refresh_grant(&revoked, SERVICE, ""),
+            "after Redis returned",
+        );
+        assert_eq!(
+            metric(&metrics(replica), "regauth_shared_state_up"),
+            Some(1.0)
+        );
+    }
+    let attempts = work.finish();
+    assert!(attempts.iter().map(Vec::len).sum::<usize>() > 1000);
+    for (name, logs) in [
+        ("replica 0", fleet.first.logs()),
+        ("replica 1", fleet.others[0].logs()),
+    ] {
+        assert_eq!(
+            logs.matches("shared state unreachable").count(),
+            1,
+            "{name} logs the outage once: {logs}"
+        );
+        assert_eq!(
+            logs.matches("shared state reachable again").count(),
+            1,
+            "{name} logs the recovery once"
+        );
+    }
+}
+
+/// With the default `revocation_unavailable: deny`, a server whose Redis
+/// does not answer refuses credentials with 503 and `Retry-After`, and says
+/// it is not ready; anonymous pulls, which carry no credential, still work.
+#[test]
+fn deny_mode_refuses_credentials_while_redis_is_unreachable() {
+    let d = dir();
+    let dead = regauth_e2e::net::free_port();
+    let server = regauth_e2e::token_server::TokenServerBuilder::new()
+        .account("alice", "alice-pw", &[])
+        .extra_config(&format!(
+            "shared_state: redis://127.0.0.1:{dead}/0\nlimits:\n  shared_state_timeout: 100ms\n"
+        ))
+        .start(d.path());
+    let client = server.client();
+    let reply = client.get_token(&[("service", SERVICE)], Some(("alice", "alice-pw")));
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.header("retry-after").as_deref(), Some("1"));
+    let reply = client.get_token(&[("service", SERVICE)], None);
+    assert_eq!(reply.status, 200, "anonymous: {}", reply.body);
+    let ready =
+        regauth_e2e::token_client::send(client.http().get(format!("{}/readyz", client.base_url())));
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    let text = metrics(client);
+    assert_eq!(metric(&text, "regauth_shared_state_up"), Some(0.0));
+    assert!(
+        metric(
+            &text,
+            "regauth_shared_state_fallbacks_total{purpose=\"revocation\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+}
