@@ -30,6 +30,8 @@ declare -A needed=(
     [adduser]=adduser
     [systemd-analyze]=systemd
     [kubectl]=kubernetes-client
+    [redis-server]=redis-server
+    [haproxy]=haproxy
 )
 missing=()
 for cmd in "${!needed[@]}"; do

@@ -59,6 +59,9 @@ pub(crate) fn kubernetes_dir() -> PathBuf {
 /// The pull-secret controller's manifests, checked by `pull_secrets_deploy.rs`.
 pub(crate) const PULL_SECRETS_DIR: &str = "pull-secrets";
 
+/// The optional fleet additions (Redis, autoscaler), checked on their own.
+const FLEET_DIR: &str = "fleet";
+
 /// Every `.yaml`/`.yml` file under `dir`, recursively, sorted; the
 /// controller's own directory is left to its own test.
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
@@ -66,7 +69,10 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
     for entry in entries {
         let path = entry.expect("directory entry").path();
-        if path.file_name().is_some_and(|n| n == PULL_SECRETS_DIR) {
+        if path
+            .file_name()
+            .is_some_and(|n| n == PULL_SECRETS_DIR || n == FLEET_DIR)
+        {
             continue;
         }
         if path.is_dir() {
@@ -942,6 +948,17 @@ fn configmap_config_passes_check_config() {
     out.assert_success("check-config on the ConfigMap's server.yaml");
     assert!(out.stdout.contains(": ok"), "{}", out.describe());
 
+    // The fleet variant: the commented shared_state line, switched on.
+    let fleet = rewritten.replace(&format!("# {FLEET_SHARED_STATE}"), FLEET_SHARED_STATE);
+    assert_ne!(
+        fleet, rewritten,
+        "the ConfigMap offers `# {FLEET_SHARED_STATE}`"
+    );
+    std::fs::write(&config_file, &fleet).expect("write config");
+    let mut c = Command::new(&bin);
+    c.args(["check-config", "--config"]).arg(&config_file);
+    run(c, COMMAND_TIMEOUT).assert_success("check-config with shared_state");
+
     // The placeholder Secret must not pass for real keys: the server refuses it.
     let placeholder = &m.secrets[0];
     let data = placeholder
@@ -954,6 +971,102 @@ fn configmap_config_passes_check_config() {
             "example Secret key {key} holds something other than a placeholder"
         );
     }
+}
+
+/// The line the ConfigMap offers for a fleet, naming the Redis Service.
+const FLEET_SHARED_STATE: &str = "shared_state: redis://regauth-redis:6379/0";
+
+/// The fleet additions: a Redis Service that selects the Redis pods on the
+/// port the ConfigMap's `shared_state` names, and an autoscaler that scales
+/// the token-server Deployment without going under the disruption budget.
+#[test]
+fn fleet_manifests_fit_the_deployment() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+
+    let base = manifests();
+    let mut redis_services = Vec::new();
+    let mut statefulsets = Vec::new();
+    let mut autoscalers = Vec::new();
+    for doc in documents_in(&kubernetes_dir().join(FLEET_DIR)) {
+        let api_version = doc.value["apiVersion"].as_str().unwrap_or_default();
+        match (api_version, doc.value["kind"].as_str().unwrap_or_default()) {
+            ("v1", "Service") => redis_services.push(typed::<Service>(&doc)),
+            ("apps/v1", "StatefulSet") => statefulsets.push(typed::<StatefulSet>(&doc)),
+            ("autoscaling/v2", "HorizontalPodAutoscaler") => {
+                autoscalers.push(typed::<HorizontalPodAutoscaler>(&doc));
+            }
+            (v, k) => panic!("{}: {v} {k} is not one this test knows", doc.origin),
+        }
+    }
+    assert_eq!(
+        (redis_services.len(), statefulsets.len(), autoscalers.len()),
+        (1, 1, 1)
+    );
+    let (service, redis, hpa) = (&redis_services[0], &statefulsets[0], &autoscalers[0]);
+
+    // shared_state: redis://NAME:PORT/0 reaches the Service, which reaches Redis.
+    let url = FLEET_SHARED_STATE.trim_start_matches("shared_state: redis://");
+    let (host, port) = url
+        .trim_end_matches("/0")
+        .split_once(':')
+        .expect("host:port");
+    assert_eq!(name_of(&service.metadata), host);
+    let spec = service.spec.as_ref().expect("Service spec");
+    let port: i32 = port.parse().expect("a port number");
+    let service_port = spec
+        .ports
+        .as_ref()
+        .and_then(|p| p.iter().find(|p| p.port == port))
+        .expect("the Service exposes the shared_state port");
+    let redis_spec = &redis.spec;
+    let pod_labels = redis_spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let selector = spec.selector.clone().unwrap_or_default();
+    assert!(
+        !selector.is_empty() && selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "the Redis Service selects the Redis pods"
+    );
+    let container = &redis_spec
+        .template
+        .spec
+        .as_ref()
+        .expect("pod spec")
+        .containers[0];
+    let target = service_port.target_port.clone().expect("targetPort");
+    assert_eq!(port_number(container, &target), Some(port));
+    let args = container.args.clone().unwrap_or_default().join(" ");
+    assert!(
+        args.contains("--appendonly yes"),
+        "revocations survive a restart: {args}"
+    );
+    assert!(
+        redis_spec.volume_claim_templates.is_some(),
+        "the append-only file lives on a volume"
+    );
+
+    // The autoscaler scales the Deployment and never under the budget.
+    let hpa_spec = &hpa.spec;
+    let deployment = &base.deployments[0];
+    assert_eq!(hpa_spec.scale_target_ref.kind, "Deployment");
+    assert_eq!(
+        hpa_spec.scale_target_ref.name,
+        name_of(&deployment.metadata)
+    );
+    let min = hpa_spec.min_replicas.unwrap_or(1);
+    let budget = base.budgets[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.min_available.clone());
+    assert!(
+        matches!(budget, Some(IntOrString::Int(n)) if min > n),
+        "minReplicas {min} must exceed the budget's minAvailable {budget:?}, or drains stall"
+    );
+    assert!(hpa_spec.max_replicas > min);
 }
 
 // ---------------------------------------------------------------------------

@@ -263,6 +263,44 @@ mod tests {
         assert!(err.to_string().starts_with("bad.yaml:2: services: "));
     }
 
+    /// Shared-state mistakes name their key and line, and a password in
+    /// the URL never appears in a message.
+    #[test]
+    fn shared_state_problems_are_located_and_keep_the_password_out() {
+        let head = "issuer: x\nservices: [y]\nsigning_keys: []\nrefresh_secret_file: s\n";
+        let issues = |text: &str| -> Vec<(String, usize, String)> {
+            match load_str(
+                &format!("{head}{text}"),
+                Path::new("/nonexistent"),
+                Path::new("c"),
+            ) {
+                Err(ConfigError::Invalid { issues, .. }) => issues
+                    .into_iter()
+                    .filter(|i| {
+                        i.key.starts_with("shared_state") || i.key.starts_with("revocation")
+                    })
+                    .map(|i| (i.key, i.line, i.message))
+                    .collect(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let found = issues("shared_state: http://:hunter2@redis:6379/0\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].0.as_str(), found[0].1), ("shared_state", 5));
+        assert!(!found[0].2.contains("hunter2"), "{found:?}");
+        let found = issues(
+            "shared_state: redis://127.0.0.1:6379/0\nshared_state_ca_file: ca.pem\nrevocation_unavailable: maybe\n",
+        );
+        let keys: Vec<(&str, usize)> = found.iter().map(|(k, l, _)| (k.as_str(), *l)).collect();
+        assert_eq!(
+            keys,
+            [("shared_state_ca_file", 6), ("revocation_unavailable", 7)]
+        );
+        assert!(found[0].2.contains("rediss://"), "{found:?}");
+        let found = issues("shared_state_ca_file: ca.pem\n");
+        assert_eq!(found[0].2, "needs shared_state");
+    }
+
     #[test]
     fn unknown_keys_are_syntax_errors_with_a_line() {
         let err = load_str(
