@@ -38,7 +38,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { # url
     for _ in $(seq 100); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "bench: $1 did not answer" >&2; exit 1
+    echo "bench: $1 did not answer; logs in $work" >&2; tail -n 5 "$work"/*.log >&2; exit 1
 }
 
 redis_port=$(free_port)
@@ -52,8 +52,8 @@ for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break;
 password="bench-$(head -c 12 /dev/urandom | base64 | tr -d '/+=')"
 hash=$(printf '%s' "$password" | "$bin" hash-password --cost 10)
 
-start_replica() { # name, shared (yes|no) -> prints the port
-    local port; port=$(free_port)
+start_replica() { # name, shared (yes|no); sets port
+    port=$(free_port)
     {
         echo "listen: 127.0.0.1:$port"
         echo "issuer: regauth-bench"
@@ -66,14 +66,13 @@ start_replica() { # name, shared (yes|no) -> prints the port
         [ "$2" = yes ] && echo "shared_state: redis://127.0.0.1:$redis_port/0"
     } >"$work/$1.yaml"
     # Audit logging stays on: it is part of the real cost.
-    REGAUTH_LOG=info "$bin" serve --config "$work/$1.yaml" 2>"$work/$1.log" &
+    REGAUTH_LOG=info "$bin" serve --config "$work/$1.yaml" >/dev/null 2>"$work/$1.log" &
     pids+=($!)
     wait_http "http://127.0.0.1:$port/healthz"
-    echo "$port"
 }
 
-start_haproxy() { # name, ports... -> prints the port
-    local name=$1 port; shift
+start_haproxy() { # name, ports...; sets port
+    local name=$1; shift
     port=$(free_port)
     {
         printf 'global\n    maxconn 4000\n'
@@ -86,15 +85,14 @@ start_haproxy() { # name, ports... -> prints the port
     haproxy -db -f "$work/$name.cfg" >"$work/$name.log" 2>&1 &
     pids+=($!)
     wait_http "http://127.0.0.1:$port/healthz"
-    echo "$port"
 }
 
-plain=$(start_replica plain no)
-shared1=$(start_replica shared1 yes)
-shared2=$(start_replica shared2 yes)
-shared3=$(start_replica shared3 yes)
-lb1=$(start_haproxy lb1 "$shared1")
-lb3=$(start_haproxy lb3 "$shared1" "$shared2" "$shared3")
+start_replica plain no; plain=$port
+start_replica shared1 yes; shared1=$port
+start_replica shared2 yes; shared2=$port
+start_replica shared3 yes; shared3=$port
+start_haproxy lb1 "$shared1"; lb1=$port
+start_haproxy lb3 "$shared1" "$shared2" "$shared3"; lb3=$port
 
 auth="Authorization: Basic $(printf 'bench:%s' "$password" | base64 -w0)"
 query="service=registry.bench&scope=repository:bench/app:pull"
