@@ -17,7 +17,7 @@ use crate::limiter::{FailureLimiter, Throttled};
 use crate::metrics::Metrics;
 use crate::password_check::{self, CheckError, PasswordChecks};
 use crate::proto::Grant;
-use crate::secret::{Secret, constant_time_eq};
+use crate::secret::Secret;
 use crate::settings::Settings;
 use crate::token::refresh::{RefreshError, RefreshTokens};
 
@@ -232,11 +232,11 @@ fn refresh(
     let claims = settings.refresh.verify(token.expose(), now)?;
     let principal = if claims.principal.kind == Kind::Account {
         // A removed account or a changed password revokes its tokens.
-        let current = settings.accounts.current_pwv(&claims.principal.name);
-        let same = match (&current, &claims.pwv) {
-            (Some(c), Some(p)) => constant_time_eq(c.as_bytes(), p.as_bytes()),
-            _ => false,
-        };
+        let same = claims.pwv.as_deref().is_some_and(|pwv| {
+            settings
+                .accounts
+                .pwv_is_current(&claims.principal.name, pwv)
+        });
         if !same {
             return Err(RefreshError::Revoked.into());
         }
