@@ -88,6 +88,9 @@ fn main() -> ExitCode {
         }
         Some(Command::Keys(KeysCommand::Secret { out, force })) => write_secret(&out, force),
         Some(Command::Keys(KeysCommand::Rotate { alg, out })) => rotate_keys(alg, &out),
+        Some(Command::Keys(KeysCommand::RotateRefresh { out, force })) => {
+            rotate_refresh(&out, force)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -323,9 +326,10 @@ async fn shutdown_signal() {
 fn check_config(path: &Path) -> Result<(), CliError> {
     let settings = config::load(path)?;
     println!(
-        "{}: ok ({} signing key(s), {} account(s), {} policy rule(s), services: {})",
+        "{}: ok ({} signing key(s), refresh secret kid(s) {}, {} account(s), {} policy rule(s), services: {})",
         path.display(),
         settings.keys.all().len(),
+        settings.refresh.kids().join(", "),
         settings.accounts.len(),
         settings.policy.rules().len(),
         settings.services.join(", ")
@@ -430,8 +434,8 @@ Rotate in three steps; reload the server after each (SIGHUP, or systemctl reload
 3. Retire. After the longest access-token lifetime (access_token_ttl) has
    passed, remove the old key, reload, and regenerate the registry bundles.
 
-Refresh tokens are signed with refresh_secret_file, not with these keys, so
-they survive a signing-key rotation.",
+Refresh tokens are signed with refresh_secrets (or refresh_secret_file), not
+with these keys, so they survive a signing-key rotation.",
         key = key.display(),
         cert = cert.display(),
     );
@@ -445,5 +449,39 @@ fn write_secret(out: &Path, force: bool) -> Result<(), CliError> {
         source,
     })?;
     println!("wrote {} (32 random bytes, mode 0600)", out.display());
+    Ok(())
+}
+
+fn rotate_refresh(out: &Path, force: bool) -> Result<(), CliError> {
+    refuse_overwrite(out, force)?;
+    let secret = random::<32>()?;
+    write_private(out, &secret).map_err(|source| CliError::Write {
+        path: out.to_owned(),
+        source,
+    })?;
+    let kid = regauth_token_server::token::refresh::secret_kid(&secret);
+    println!(
+        "wrote {out} (32 random bytes, mode 0600, kid {kid})
+
+Rotate in three steps; reload every server after each (SIGHUP, or
+systemctl reload). refresh_secrets lists files; the first signs, all verify.
+A config with refresh_secret_file: OLD becomes refresh_secrets: [OLD].
+
+1. Publish. Add the new secret as the LAST entry of refresh_secrets:
+       refresh_secrets:
+         - OLD
+         - {out}
+   Reload every replica. The old secret still signs; now every replica can
+   verify tokens from the new one.
+
+2. Sign. Move the new secret to the FIRST entry and reload. New refresh
+   tokens carry kid {kid}; tokens signed with the old secret still verify.
+
+3. Retire. After the longest refresh-token lifetime (refresh_token_ttl, and
+   each issuer's credential_ttl) has passed, remove the old entry and reload.
+   Tokens still signed with it are refused (invalid_grant), and their
+   holders log in again.",
+        out = out.display(),
+    );
     Ok(())
 }
