@@ -16,6 +16,7 @@ use regauth_token_server::config;
 use regauth_token_server::defaults::{self, write_private};
 use regauth_token_server::http::{AppState, router};
 use regauth_token_server::keys::{self, Algorithm};
+use regauth_token_server::listen;
 use regauth_token_server::registry_config::{self, RegistryVersion};
 use regauth_token_server::report::Chain;
 use regauth_token_server::secret::{RandomError, random};
@@ -42,6 +43,8 @@ enum CliError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot use the socket systemd passed")]
+    Inherited(#[from] listen::ListenError),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("the server failed")]
@@ -162,11 +165,14 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
     if let Some(dir) = &data_dir {
         announce_default(&settings, dir, &prepared)?;
     }
+    // Before the runtime: taking the socket edits the environment, which
+    // is only sound while this is the process's one thread.
+    let inherited = listen::inherited()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(CliError::Runtime)?;
-    runtime.block_on(run(settings, source))
+    runtime.block_on(run(settings, source, inherited))
 }
 
 fn announce_default(
@@ -222,17 +228,30 @@ impl Source {
 /// How often the TLS files are checked for changes.
 const TLS_POLL: Duration = Duration::from_secs(2);
 
-async fn run(settings: Settings, source: Source) -> Result<(), CliError> {
+async fn run(
+    settings: Settings,
+    source: Source,
+    inherited: Option<std::net::TcpListener>,
+) -> Result<(), CliError> {
     let listen = settings.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| CliError::Listen {
-            addr: listen,
-            source,
-        })?;
+    let socket = if inherited.is_some() {
+        "inherited"
+    } else {
+        "bound"
+    };
+    let listener = match inherited {
+        Some(socket) => tokio::net::TcpListener::from_std(socket).map_err(CliError::Serve)?,
+        None => tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| CliError::Listen {
+                addr: listen,
+                source,
+            })?,
+    };
     let local = listener.local_addr().map_err(CliError::Serve)?;
     tracing::info!(
         addr = %local,
+        socket,
         kid = settings.keys.current().kid(),
         alg = settings.keys.current().alg().as_str(),
         accounts = settings.accounts.len(),
@@ -256,6 +275,11 @@ async fn run(settings: Settings, source: Source) -> Result<(), CliError> {
     serve::serve(listener, tls, router(state), limits, shutdown_signal())
         .await
         .map_err(CliError::Serve)?;
+    if socket == "inherited" {
+        // Only our copy closed: systemd holds the socket open, so new
+        // connections wait in its backlog for the next process.
+        tracing::info!("stopped accepting on the inherited socket; it stays open in systemd");
+    }
     tracing::info!("shut down");
     Ok(())
 }
