@@ -77,7 +77,9 @@ const KID_LABEL: &[u8] = b"regauth refresh-secret kid";
 
 /// The kid of a refresh secret: 16 hex digits of an HMAC-SHA256 keyed by
 /// the secret over a fixed label. It names the secret in token headers,
-/// logs and `check-config` output without revealing anything about it.
+/// logs and `check-config` output without revealing anything about it: it
+/// tells a guesser no more than each token's own MAC, also an HMAC under the
+/// secret over text the holder can read.
 pub fn secret_kid(secret: &[u8]) -> String {
     let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret), KID_LABEL);
     tag.as_ref()[..8]
