@@ -21,6 +21,7 @@
 // with its message, rather than be handled.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod activation;
 pub mod bins;
 pub mod container_image;
 pub mod containerd;

@@ -17,7 +17,7 @@ use crate::limiter::Throttled;
 use crate::metrics::{Metrics, SharedUse};
 use crate::password_check::{self, CheckError, PasswordChecks};
 use crate::proto::Grant;
-use crate::secret::{Secret, constant_time_eq};
+use crate::secret::Secret;
 use crate::settings::{RevocationUnavailable, Settings};
 use crate::shared::SharedState;
 use crate::shared::limiter::Limiter;
@@ -279,11 +279,11 @@ fn refresh(
     let claims = settings.refresh.verify(token.expose(), now)?;
     let principal = if claims.principal.kind == Kind::Account {
         // A removed account or a changed password revokes its tokens.
-        let current = settings.accounts.current_pwv(&claims.principal.name);
-        let same = match (&current, &claims.pwv) {
-            (Some(c), Some(p)) => constant_time_eq(c.as_bytes(), p.as_bytes()),
-            _ => false,
-        };
+        let same = claims.pwv.as_deref().is_some_and(|pwv| {
+            settings
+                .accounts
+                .pwv_is_current(&claims.principal.name, pwv)
+        });
         if !same {
             return Err(RefreshError::Revoked.into());
         }

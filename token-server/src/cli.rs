@@ -181,7 +181,23 @@ pub enum KeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Write 32 random bytes (mode 0600) for `refresh_secret_file`.
+    #[command(override_usage = usage::KEYS_ROTATE_REFRESH)]
+    /// Start a refresh-secret rotation: write a new secret (32 random bytes,
+    /// mode 0600) and print the three steps that follow: publish, sign,
+    /// retire. Tokens signed with the old secret keep working until it is
+    /// retired.
+    RotateRefresh {
+        /// Output file for the new secret.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing file (any refresh token signed with the
+        /// secret it held stops working once that secret is gone from the
+        /// config).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write 32 random bytes (mode 0600) for `refresh_secrets` or
+    /// `refresh_secret_file`.
     #[command(override_usage = usage::KEYS_SECRET)]
     Secret {
         /// Output file.
@@ -233,10 +249,12 @@ pub mod usage {
         "regauth-token-server keys generate [--alg ES256|RS256] --out DIR [--force]";
     pub const KEYS_ROTATE: &str = "regauth-token-server keys rotate [--alg ES256|RS256] --out DIR";
     pub const KEYS_SECRET: &str = "regauth-token-server keys secret --out FILE [--force]";
+    pub const KEYS_ROTATE_REFRESH: &str =
+        "regauth-token-server keys rotate-refresh --out FILE [--force]";
     pub const REVOKE: &str = "regauth-token-server revoke --config FILE (--subject SUB | --jti JTI | --all-before TIME | --list) [--issuer NAME] [--kind KIND] [--for DURATION] [--lift]";
     /// All of them.
     #[cfg(test)]
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         SERVE,
         CHECK_CONFIG,
         REGISTRY_CONFIG,
@@ -244,6 +262,7 @@ pub mod usage {
         KEYS_GENERATE,
         KEYS_ROTATE,
         KEYS_SECRET,
+        KEYS_ROTATE_REFRESH,
         REVOKE,
     ];
 }

@@ -24,6 +24,7 @@ pub mod http;
 pub mod identity;
 pub mod keys;
 mod limiter;
+pub mod listen;
 pub mod metrics;
 mod password_check;
 pub mod policy;

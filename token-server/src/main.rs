@@ -16,6 +16,7 @@ use regauth_token_server::config;
 use regauth_token_server::defaults::{self, write_private};
 use regauth_token_server::http::{AppState, router};
 use regauth_token_server::keys::{self, Algorithm};
+use regauth_token_server::listen;
 use regauth_token_server::registry_config::{self, RegistryVersion};
 use regauth_token_server::report::Chain;
 use regauth_token_server::secret::{RandomError, random};
@@ -52,6 +53,8 @@ enum CliError {
     NoSharedState(PathBuf),
     #[error("--all-before takes an RFC 3339 time such as 2026-12-01T10:00:00Z, or now")]
     BadTime(#[source] humantime::TimestampError),
+    #[error("cannot use the socket systemd passed")]
+    Inherited(#[from] listen::ListenError),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("the server failed")]
@@ -99,6 +102,9 @@ fn main() -> ExitCode {
         Some(Command::Keys(KeysCommand::Secret { out, force })) => write_secret(&out, force),
         Some(Command::Keys(KeysCommand::Rotate { alg, out })) => rotate_keys(alg, &out),
         Some(Command::Revoke(args)) => revoke(args),
+        Some(Command::Keys(KeysCommand::RotateRefresh { out, force })) => {
+            rotate_refresh(&out, force)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -170,11 +176,14 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
     if let Some(dir) = &data_dir {
         announce_default(&settings, dir, &prepared)?;
     }
+    // Before the runtime: taking the socket edits the environment, which
+    // is only sound while this is the process's one thread.
+    let inherited = listen::inherited()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(CliError::Runtime)?;
-    runtime.block_on(run(settings, source))
+    runtime.block_on(run(settings, source, inherited))
 }
 
 fn announce_default(
@@ -230,17 +239,30 @@ impl Source {
 /// How often the TLS files are checked for changes.
 const TLS_POLL: Duration = Duration::from_secs(2);
 
-async fn run(settings: Settings, source: Source) -> Result<(), CliError> {
+async fn run(
+    settings: Settings,
+    source: Source,
+    inherited: Option<std::net::TcpListener>,
+) -> Result<(), CliError> {
     let listen = settings.listen;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| CliError::Listen {
-            addr: listen,
-            source,
-        })?;
+    let socket = if inherited.is_some() {
+        "inherited"
+    } else {
+        "bound"
+    };
+    let listener = match inherited {
+        Some(socket) => tokio::net::TcpListener::from_std(socket).map_err(CliError::Serve)?,
+        None => tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| CliError::Listen {
+                addr: listen,
+                source,
+            })?,
+    };
     let local = listener.local_addr().map_err(CliError::Serve)?;
     tracing::info!(
         addr = %local,
+        socket,
         kid = settings.keys.current().kid(),
         alg = settings.keys.current().alg().as_str(),
         accounts = settings.accounts.len(),
@@ -270,6 +292,11 @@ async fn run(settings: Settings, source: Source) -> Result<(), CliError> {
     serve::serve(listener, tls, router(state), limits, shutdown_signal())
         .await
         .map_err(CliError::Serve)?;
+    if socket == "inherited" {
+        // Only our copy closed: systemd holds the socket open, so new
+        // connections wait in its backlog for the next process.
+        tracing::info!("stopped accepting on the inherited socket; it stays open in systemd");
+    }
     tracing::info!("shut down");
     Ok(())
 }
@@ -345,9 +372,10 @@ async fn shutdown_signal() {
 fn check_config(path: &Path) -> Result<(), CliError> {
     let settings = config::load(path)?;
     println!(
-        "{}: ok ({} signing key(s), {} account(s), {} policy rule(s), services: {})",
+        "{}: ok ({} signing key(s), refresh secret kid(s) {}, {} account(s), {} policy rule(s), services: {})",
         path.display(),
         settings.keys.all().len(),
+        settings.refresh.kids().join(", "),
         settings.accounts.len(),
         settings.policy.rules().len(),
         settings.services.join(", ")
@@ -452,8 +480,8 @@ Rotate in three steps; reload the server after each (SIGHUP, or systemctl reload
 3. Retire. After the longest access-token lifetime (access_token_ttl) has
    passed, remove the old key, reload, and regenerate the registry bundles.
 
-Refresh tokens are signed with refresh_secret_file, not with these keys, so
-they survive a signing-key rotation.",
+Refresh tokens are signed with refresh_secrets (or refresh_secret_file), not
+with these keys, so they survive a signing-key rotation.",
         key = key.display(),
         cert = cert.display(),
     );
@@ -555,4 +583,38 @@ fn revoke(args: RevokeArgs) -> Result<(), CliError> {
         );
         Ok(())
     })
+}
+
+fn rotate_refresh(out: &Path, force: bool) -> Result<(), CliError> {
+    refuse_overwrite(out, force)?;
+    let secret = random::<32>()?;
+    write_private(out, &secret).map_err(|source| CliError::Write {
+        path: out.to_owned(),
+        source,
+    })?;
+    let kid = regauth_token_server::token::refresh::secret_kid(&secret);
+    println!(
+        "wrote {out} (32 random bytes, mode 0600, kid {kid})
+
+Rotate in three steps; reload every server after each (SIGHUP, or
+systemctl reload). refresh_secrets lists files; the first signs, all verify.
+A config with refresh_secret_file: OLD becomes refresh_secrets: [OLD].
+
+1. Publish. Add the new secret as the LAST entry of refresh_secrets:
+       refresh_secrets:
+         - OLD
+         - {out}
+   Reload every replica. The old secret still signs; now every replica can
+   verify tokens from the new one.
+
+2. Sign. Move the new secret to the FIRST entry and reload. New refresh
+   tokens carry kid {kid}; tokens signed with the old secret still verify.
+
+3. Retire. After the longest refresh-token lifetime (refresh_token_ttl, and
+   each issuer's credential_ttl) has passed, remove the old entry and reload.
+   Tokens still signed with it are refused (invalid_grant), and their
+   holders log in again.",
+        out = out.display(),
+    );
+    Ok(())
 }

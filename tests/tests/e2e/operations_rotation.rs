@@ -1,17 +1,22 @@
 //! Signing key rotation with overlap, checked by the real registry 2.8: a
 //! token signed before the rotation keeps working while the old key is
 //! still published, new tokens carry the new key's kid, and retiring the
-//! old key makes the registry reject its tokens.
+//! old key makes the registry reject its tokens. Refresh-secret rotation
+//! the same way: a refresh token from before keeps working through the
+//! overlap, new ones carry the new secret's kid, and retiring the old secret
+//! refuses its tokens.
 
+use regauth_e2e::bins::token_server_bin;
 use regauth_e2e::jwt::unverified_header;
 use regauth_e2e::oci::build_oci_image;
 use regauth_e2e::ops::{
     FIXTURE_SIGNING_KEYS, Reload, RestartableRegistry, access_token, generate_key, jwks_kids,
     reload, replace_in_config, signing_keys_yaml,
 };
+use regauth_e2e::process::run;
 use regauth_e2e::secrets::random_password;
 use regauth_e2e::skopeo::{Auth, Skopeo};
-use regauth_e2e::token_server::{TokenServer, TokenServerBuilder};
+use regauth_e2e::token_server::{SERVICE, TokenServer, TokenServerBuilder};
 
 const REPO: &str = "alice/demo";
 const PULL: &str = "repository:alice/demo:pull";
@@ -159,4 +164,125 @@ fn rotated_signing_keys_overlap_at_the_registry_then_the_old_key_retires() {
         &digest,
         "fresh token after A retired",
     );
+}
+
+/// The refresh secret line as the token server fixture writes it.
+const FIXTURE_REFRESH_SECRET: &str = "refresh_secret_file: keys/refresh.secret\n";
+
+/// A `refresh_secrets:` list of `files` (relative to the config's
+/// directory), the first one signing.
+fn refresh_secrets_yaml(files: &[&str]) -> String {
+    let mut yaml = String::from("refresh_secrets:\n");
+    for file in files {
+        yaml.push_str(&format!("  - {file}\n"));
+    }
+    yaml
+}
+
+/// A refresh token for alice from the password grant.
+fn refresh_token(server: &TokenServer, password: &str) -> String {
+    let reply = server
+        .client()
+        .password_grant("alice", password, SERVICE, PULL, true);
+    assert_eq!(reply.status, 200, "password grant: {}", reply.body);
+    reply.json_str("refresh_token")
+}
+
+/// Asserts that `token` still buys a pull token, by the refresh grant and
+/// as a Basic password (how docker sends an identity token).
+fn assert_refresh_works(server: &TokenServer, token: &str, what: &str) {
+    let reply = server.client().refresh_grant(token, SERVICE, PULL);
+    assert_eq!(reply.status, 200, "{what}: refresh grant: {}", reply.body);
+    let reply = server.client().get_token(
+        &[("service", SERVICE), ("scope", PULL)],
+        Some(("alice", token)),
+    );
+    assert_eq!(reply.status, 200, "{what}: GET /token: {}", reply.body);
+}
+
+#[test]
+fn rotated_refresh_secrets_overlap_then_the_old_secret_retires() {
+    let temp = tempfile::Builder::new()
+        .prefix("regauth-e2e-")
+        .tempdir()
+        .expect("create temp dir");
+    let password = random_password();
+    let server = TokenServerBuilder::new()
+        .account("alice", &password, &[])
+        .start(temp.path());
+    let before = refresh_token(&server, &password);
+    let kid_a = kid(&before);
+    assert_eq!(
+        kid_a.len(),
+        16,
+        "a short fingerprint, not the secret: {kid_a}"
+    );
+
+    // `keys rotate-refresh` writes the new secret and prints its kid and the
+    // steps; it never replaces a file without --force.
+    let new_secret = server.dir().join("keys/refresh-b.secret");
+    let rotate = || {
+        let mut cmd = std::process::Command::new(token_server_bin());
+        cmd.args(["keys", "rotate-refresh", "--out"])
+            .arg(&new_secret);
+        run(cmd, std::time::Duration::from_secs(60))
+    };
+    let out = rotate();
+    out.assert_success("keys rotate-refresh");
+    for step in ["1. Publish", "2. Sign", "3. Retire", "refresh_secrets"] {
+        assert!(out.stdout.contains(step), "no {step:?} in:\n{}", out.stdout);
+    }
+    let kid_b = out
+        .stdout
+        .split_once("kid ")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(kid, _)| kid.to_owned())
+        .unwrap_or_else(|| panic!("no kid in:\n{}", out.stdout));
+    assert_ne!(kid_b, kid_a);
+    let meta = std::fs::metadata(&new_secret).expect("the new secret exists");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.len(), 32);
+    let written = std::fs::read(&new_secret).expect("read the new secret");
+    let again = rotate();
+    assert!(!again.success(), "a second run must not replace the secret");
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    assert_eq!(std::fs::read(&new_secret).unwrap(), written);
+
+    // 1. Publish: B verifies, A still signs.
+    let published = refresh_secrets_yaml(&["keys/refresh.secret", "keys/refresh-b.secret"]);
+    replace_in_config(&server, FIXTURE_REFRESH_SECRET, &published);
+    assert_eq!(reload(&server), Reload::Applied, "{}", server.logs());
+    assert_refresh_works(&server, &before, "A token after publishing B");
+    assert_eq!(
+        kid(&refresh_token(&server, &password)),
+        kid_a,
+        "A still signs"
+    );
+
+    // 2. Sign: B first.
+    let signing = refresh_secrets_yaml(&["keys/refresh-b.secret", "keys/refresh.secret"]);
+    replace_in_config(&server, &published, &signing);
+    assert_eq!(reload(&server), Reload::Applied, "{}", server.logs());
+    let after = refresh_token(&server, &password);
+    assert_eq!(kid(&after), kid_b, "new refresh tokens carry B's kid");
+    assert_refresh_works(&server, &before, "A token during the overlap");
+    assert_refresh_works(&server, &after, "B token during the overlap");
+
+    // 3. Retire A: its tokens are refused as any invalid refresh token is.
+    replace_in_config(
+        &server,
+        &signing,
+        &refresh_secrets_yaml(&["keys/refresh-b.secret"]),
+    );
+    assert_eq!(reload(&server), Reload::Applied, "{}", server.logs());
+    let refused = server.client().refresh_grant(&before, SERVICE, PULL);
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "invalid_grant", "{}", refused.body);
+    let refused = server.client().get_token(
+        &[("service", SERVICE), ("scope", PULL)],
+        Some(("alice", &before)),
+    );
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert_refresh_works(&server, &after, "B token after A retired");
 }

@@ -37,8 +37,12 @@ pub(crate) struct ConfigFile {
     /// Put the certificate in each token's `x5c` header.
     #[serde(default)]
     pub(crate) embed_x5c: bool,
-    /// File with the refresh-token MAC secret.
-    pub(crate) refresh_secret_file: S<String>,
+    /// File with the refresh-token MAC secret (or `refresh_secrets`).
+    #[serde(default)]
+    pub(crate) refresh_secret_file: Option<S<String>>,
+    /// Files with refresh-token MAC secrets; the first signs, all verify.
+    #[serde(default)]
+    pub(crate) refresh_secrets: Option<S<Vec<S<String>>>>,
     /// Inline accounts.
     #[serde(default)]
     pub(crate) accounts: Vec<AccountEntry>,

@@ -149,18 +149,26 @@ fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
     let tls = file.tls.as_ref().and_then(|t| tls::tls(t, c));
     let certificates = tls::certificate_rules(file.tls.as_ref(), c);
     let keys = keys::signing_keys(file, c);
-    let secret = keys::refresh_secret(file, c);
+    let secrets = keys::refresh_secrets(file, c);
     let policy = policy::policy(file, c);
     let limits = limits::limits(&file.limits, c);
     let issuers = issuers::issuers(&file.issuers, c);
     let shared_state = shared_state::shared_state(file, c);
     let revocation_unavailable = shared_state::revocation_unavailable(file, c);
-    let secret = secret?;
-    let accounts = accounts::accounts(file, &secret, basics.password_cache_ttl, c)?;
+    let (secret, verify_only) = secrets.as_deref()?.split_first()?;
+    let accounts = accounts::accounts(file, secret, basics.password_cache_ttl, c)?;
+    let accounts = verify_only
+        .iter()
+        .fold(accounts, |a, s| a.also_fingerprinting(s));
+    let refresh = verify_only
+        .iter()
+        .fold(RefreshTokens::new(&basics.issuer, secret), |r, s| {
+            r.also_verifying(s)
+        });
     Some(Settings {
         listen: basics.listen?,
         public_url: basics.public_url?,
-        refresh: RefreshTokens::new(&basics.issuer, &secret),
+        refresh,
         issuer: basics.issuer,
         services: basics.services,
         access_token_ttl: basics.access_token_ttl,

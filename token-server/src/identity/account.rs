@@ -8,7 +8,7 @@ use aws_lc_rs::hmac;
 
 use super::password_cache::PasswordCache;
 use super::{Kind, Principal};
-use crate::secret::{RandomError, random};
+use crate::secret::{RandomError, constant_time_eq, random};
 
 /// Why an account definition was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -260,6 +260,9 @@ pub enum Verified {
 pub struct Accounts {
     by_name: HashMap<String, Account>,
     fingerprint_key: hmac::Key,
+    /// Keys of refresh secrets that no longer sign but still verify: a
+    /// refresh token carries the fingerprint its signing secret keyed.
+    verify_only_fingerprint_keys: Vec<hmac::Key>,
     cache: PasswordCache,
     /// One stand-in hash per cost class, and for each account (sorted by
     /// name) the index of its class: an unknown name is checked against the
@@ -312,6 +315,7 @@ impl Accounts {
         Ok(Accounts {
             by_name,
             fingerprint_key,
+            verify_only_fingerprint_keys: Vec::new(),
             cache,
             stand_ins,
             class_of,
@@ -352,6 +356,30 @@ impl Accounts {
     /// refresh token whose `pwv` differs was issued before a password change.
     pub fn current_pwv(&self, name: &str) -> Option<String> {
         self.by_name.get(name).map(|a| hex(&self.fingerprint(a)))
+    }
+
+    /// Also accepts fingerprints keyed by `secret` in
+    /// [`Accounts::pwv_is_current`]: the refresh secrets that verify but no
+    /// longer sign, so a secret rotation does not look like a password change.
+    pub fn also_fingerprinting(mut self, secret: &[u8]) -> Self {
+        self.verify_only_fingerprint_keys
+            .push(hmac::Key::new(hmac::HMAC_SHA256, secret));
+        self
+    }
+
+    /// True when `name` exists and `pwv` fingerprints its current password
+    /// hash under any configured refresh secret; compared in constant time.
+    pub fn pwv_is_current(&self, name: &str, pwv: &str) -> bool {
+        let Some(account) = self.by_name.get(name) else {
+            return false;
+        };
+        std::iter::once(&self.fingerprint_key)
+            .chain(&self.verify_only_fingerprint_keys)
+            .map(|key| {
+                let tag = hmac::sign(key, account.hash.as_str().as_bytes());
+                constant_time_eq(hex(&tag.as_ref()[..16]).as_bytes(), pwv.as_bytes())
+            })
+            .fold(false, |any, same| any | same)
     }
 
     /// The account's current principal (labels may have changed since a
@@ -478,6 +506,34 @@ mod tests {
         assert!(cause.contains("unsupported"), "{cause}");
         std::fs::write(&p, "x:y\nnocolon\n").unwrap();
         assert!(read_htpasswd(&p).is_err());
+    }
+
+    /// A fingerprint made under a refresh secret that no longer signs still
+    /// counts while that secret verifies; a password change voids it.
+    #[test]
+    fn pwv_from_an_older_refresh_secret_is_current_until_the_password_changes() {
+        let h = bcrypt::hash("pw", 4).unwrap();
+        let list = || vec![Account::new("alice", &h, BTreeMap::new()).unwrap()];
+        let cache = || PasswordCache::new(Duration::from_secs(60), b"new");
+        let old = Accounts::new(list(), b"old", cache()).unwrap();
+        let pwv = old.current_pwv("alice").unwrap();
+        let rotated = Accounts::new(list(), b"new", cache())
+            .unwrap()
+            .also_fingerprinting(b"old");
+        assert!(rotated.pwv_is_current("alice", &pwv));
+        assert!(rotated.pwv_is_current("alice", &rotated.current_pwv("alice").unwrap()));
+        assert!(!rotated.pwv_is_current("bob", &pwv));
+        let retired = Accounts::new(list(), b"new", cache()).unwrap();
+        assert!(!retired.pwv_is_current("alice", &pwv));
+        let h2 = bcrypt::hash("pw2", 4).unwrap();
+        let changed = Accounts::new(
+            vec![Account::new("alice", &h2, BTreeMap::new()).unwrap()],
+            b"new",
+            cache(),
+        )
+        .unwrap()
+        .also_fingerprinting(b"old");
+        assert!(!changed.pwv_is_current("alice", &pwv));
     }
 
     #[test]
