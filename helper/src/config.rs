@@ -18,6 +18,10 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest timeout allowed: the kubelet plugin must answer within a minute.
 const MAX_TIMEOUT: Duration = Duration::from_secs(50);
 
+/// Largest config file read: anything bigger is not a helper config, and
+/// reading it whole would only spend memory.
+pub(crate) const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Username returned in the `password` output form.
 pub(crate) const DEFAULT_USERNAME: &str = "regauth";
 
@@ -33,6 +37,12 @@ pub enum ConfigError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The file is larger than [`MAX_CONFIG_BYTES`].
+    #[error("the helper config {path} is larger than {} MiB", MAX_CONFIG_BYTES / (1024 * 1024))]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
     },
     /// Not valid YAML, or not the expected shape (an unknown key, a missing
     /// one, a value of the wrong type).
@@ -271,11 +281,29 @@ pub(crate) fn find(
 
 /// Loads the config at `path`; relative paths resolve against its directory.
 pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = read_bounded(path, MAX_CONFIG_BYTES)?;
+    parse(&text, path, env)
+}
+
+/// Reads the text at `path`, refusing more than `limit` bytes.
+fn read_bounded(path: &Path, limit: u64) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let read_error = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    parse(&text, path, env)
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > limit {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 /// Parses config `text` as if read from `path`: relative paths resolve
@@ -514,6 +542,26 @@ registries:
         std::fs::write(&path, "registries:\n  - match: [a]\n    token_server: ftp://x\n    service: s\n    identity: {kind: oidc_env, variable: V}\n").unwrap();
         let err = load(&path, &no_env).unwrap_err().to_string();
         assert!(err.contains("registries[0].token_server"), "{err}");
+    }
+
+    #[test]
+    fn oversized_config_is_refused_naming_the_file_and_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("helper.yaml");
+        std::fs::write(&path, "# padding\n").unwrap();
+        assert!(matches!(
+            read_bounded(&path, 10),
+            Ok(text) if text == "# padding\n"
+        ));
+        let big = std::fs::File::create(&path).unwrap();
+        big.set_len(MAX_CONFIG_BYTES + 1).unwrap();
+        let err = load(&path, &no_env).unwrap_err();
+        assert!(matches!(err, ConfigError::TooLarge { .. }), "{err:?}");
+        let shown = err.to_string();
+        assert!(
+            shown.contains("helper.yaml") && shown.contains("16 MiB"),
+            "{shown}"
+        );
     }
 
     #[test]

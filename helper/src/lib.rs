@@ -8,7 +8,8 @@
 //! that take outside input are public for testing and fuzzing:
 //! [`kubelet::parse`] (a `CredentialProviderRequest`), [`matcher::Target::parse`]
 //! (a server URL or image reference, in any shape clients send) and
-//! [`config::parse`] (`helper.yaml`).
+//! [`config::parse`] (`helper.yaml`); the hidden `fuzzing` module runs them
+//! for the fuzz targets.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -20,6 +21,8 @@ pub mod config;
 mod credential;
 pub mod doctor;
 mod exchange;
+#[doc(hidden)]
+pub mod fuzzing;
 mod identity;
 pub mod kubelet;
 pub mod matcher;

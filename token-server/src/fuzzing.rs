@@ -36,6 +36,19 @@ pub fn subject_token(token: &str) {
     let _ = crate::identity::jws::parse(token);
 }
 
+/// An issuer's key set as fetched: the `Cache-Control` value, then the
+/// JWKS document.
+pub fn issuer_jwks(cache_control: &str, document: &[u8]) {
+    let _ = crate::identity::jwks::max_age(cache_control);
+    let _ = crate::identity::jwks::parse_jwks(document);
+}
+
+/// A client certificate (DER) as TLS hands it over, read into a principal
+/// under the default node convention.
+pub fn client_certificate(der: &[u8]) {
+    let _ = crate::identity::certificate::principal(der, &Default::default());
+}
+
 /// The server's YAML config. Relative paths resolve against a directory
 /// that does not exist, so file references fail fast.
 pub fn server_config(text: &str) {

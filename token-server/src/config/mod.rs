@@ -43,6 +43,9 @@ const DEFAULT_MAX_TOKEN_AGE: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
 /// Default longest time issuer keys are trusted without a refetch.
 const DEFAULT_JWKS_MAX_REFRESH: Duration = Duration::from_secs(300);
+/// Largest config file read: anything bigger is not a config, and reading
+/// it whole would only spend memory.
+pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 /// Smallest accepted refresh secret.
 const MIN_SECRET_BYTES: usize = 32;
 
@@ -68,6 +71,12 @@ pub enum ConfigError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The file is larger than [`MAX_CONFIG_BYTES`].
+    #[error("{path} is larger than {} MiB, the limit for a config file", MAX_CONFIG_BYTES / (1024 * 1024))]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
     },
     /// Not valid YAML, or not the expected shape (unknown key, wrong type).
     #[error("{path} is not a valid config")]
@@ -112,12 +121,30 @@ impl fmt::Display for Issues<'_> {
 /// Reads and validates the config file at `path`. Relative paths inside it
 /// are relative to the file's directory.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = read_bounded(path, MAX_CONFIG_BYTES)?;
     let base = path.parent().map(Path::to_owned).unwrap_or_default();
     load_str(&text, &base, path)
+}
+
+/// Reads the text at `path`, refusing more than `limit` bytes.
+fn read_bounded(path: &Path, limit: u64) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let read_error = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > limit {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 /// Parses `text` as a config whose relative paths resolve against `base`;
@@ -244,6 +271,23 @@ mod tests {
         assert!(
             decide(&bob, "repository:teams/platform/x:pull").is_empty(),
             "bob has no team label"
+        );
+    }
+
+    #[test]
+    fn oversized_config_is_refused_naming_the_file_and_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("regauth.yaml");
+        std::fs::write(&path, "issuer: x\n").unwrap();
+        assert_eq!(read_bounded(&path, 10).unwrap(), "issuer: x\n");
+        let big = std::fs::File::create(&path).unwrap();
+        big.set_len(MAX_CONFIG_BYTES + 1).unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(matches!(err, ConfigError::TooLarge { .. }), "{err:?}");
+        let shown = err.to_string();
+        assert!(
+            shown.contains("regauth.yaml") && shown.contains("16 MiB"),
+            "{shown}"
         );
     }
 

@@ -345,7 +345,7 @@ impl KeyCache {
 
 /// The freshness a `Cache-Control` value grants: `max-age=N`, or zero for
 /// `no-cache` and `no-store`; `None` when it says neither.
-fn max_age(cache_control: &str) -> Option<Duration> {
+pub(crate) fn max_age(cache_control: &str) -> Option<Duration> {
     let mut found = None;
     for directive in cache_control.split(',').map(str::trim) {
         let lower = directive.to_ascii_lowercase();
