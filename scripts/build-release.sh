@@ -5,6 +5,9 @@
 # linux-gnu target, with this checkout's paths remapped out of them. The
 # packages' man page generator, `regauth-docgen`, comes out of the same build.
 #
+# Extra arguments go to cargo (bench/ adds `-p regauth-floor`, so the floor
+# it measures against is built the same way).
+#
 # Prints the directory holding the binaries on the last line of stdout;
 # cargo's progress goes to stderr. Running it again is a no-op when nothing
 # changed, and cargo's own lock serializes concurrent runs.
@@ -27,7 +30,7 @@ esac
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
 export RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$root=/regauth --remap-path-prefix=$cargo_home=/cargo"
 cargo build --release --locked --target "$triple" \
-    -p regauth-token-server -p docker-credential-regauth -p regauth-docgen --bins >&2
+    -p regauth-token-server -p docker-credential-regauth -p regauth-docgen --bins "$@" >&2
 
 target=${CARGO_TARGET_DIR:-target}
 case "$target" in
