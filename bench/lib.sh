@@ -42,7 +42,9 @@ bench_cleanup() {
 
 bench_build() {
     [ -n "${bin_dir:-}" ] && return 0
-    bin_dir=$("$bench_root/scripts/build-release.sh" -p regauth-floor 2>/dev/null | tail -n 1) || {
+    # The floor helper is linked as the shipped helper is.
+    bin_dir=$(REGAUTH_RELEASE_NOPIE="docker-credential-regauth:docker-credential-regauth regauth-floor:floor-helper" \
+        "$bench_root/scripts/build-release.sh" -p regauth-floor 2>/dev/null | tail -n 1) || {
         echo "bench: scripts/build-release.sh failed; run it to see why" >&2
         exit 1
     }

@@ -7,7 +7,9 @@
 use std::io::{Read, Write};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = std::env::args().nth(1).ok_or("usage: floor-helper CACHE_FILE")?;
+    let path = std::env::args()
+        .nth(1)
+        .ok_or("usage: floor-helper CACHE_FILE")?;
     let mut url = String::new();
     std::io::stdin().read_to_string(&mut url)?;
     let entry: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
