@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
 # What one run of the credential helper costs, measured with hyperfine
-# (Debian package `hyperfine`) against release builds, all in the same run:
-#   1. `version`                        the baseline: start the process, exit
-#   2. `get`, served from the cache     the common case
-#   3. `get`, served from the cache with 1000 other keys in the cache
-#      directory (entries and lock files): every run lists the directory to
-#      sweep temporary files that killed writers left, so this is its cost
-#   4. `get` with the credential removed before each run: an exchange (the
-#      password grant, a cached check on the server) and a write
-# Each is reported as a ratio of the baseline, because absolute figures on
-# a shared machine are noise while the ratios are stable.
+# (Debian package `hyperfine`) against the release binaries as they ship
+# (scripts/build-release.sh), all in the same run:
+#   go_pass_version     `docker-credential-pass version` (Debian package
+#                       golang-docker-credential-helpers): a Go helper that
+#                       starts and exits, the baseline docker users live with
+#   version             `docker-credential-regauth version`: start and exit
+#   floor_helper        bench/floor's `floor-helper`: read one cache file,
+#                       print the JSON (the least a warm `get` can do)
+#   get_cached          `get`, served from the cache: the common case
+#   kubelet_cached      the kubelet plugin, served from the same cache
+#   get_cached_1000_keys  `get` with 1000 other keys in the cache directory
+#                       (entries and lock files): every run lists the
+#                       directory to sweep temporary files killed writers left
+#   get_exchange        `get` with the credential removed before each run: an
+#                       exchange (password grant, a cached check on the
+#                       server) and a write
+# Each is reported as wall time (median) and CPU time (user + system) per
+# run, and as ratios: to the Go helper, to the floor helper, and (for the
+# kubelet plugin) to `get`, because absolute figures on a shared machine are
+# noise while ratios measured in one run are steadier.
 #
 # Usage: bench/helper.sh [RUNS=30]
 set -euo pipefail
@@ -17,11 +27,11 @@ set -euo pipefail
 runs=${1:-30}
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
-bench_require hyperfine
+bench_require hyperfine docker-credential-pass
 bench_setup
 
-cargo build --release --quiet -p docker-credential-regauth --manifest-path "$bench_root/Cargo.toml"
-helper="${CARGO_TARGET_DIR:-$bench_root/target}/release/docker-credential-regauth"
+helper="$bin_dir/docker-credential-regauth"
+floor_helper="$bin_dir/floor-helper"
 
 host=registry.bench
 printf '%s' "$password" > "$work/bench.password"
@@ -35,6 +45,7 @@ registries:
     identity: {kind: account, username: bench, password_file: bench.password}
 YAML
 printf '%s\n' "$host" > "$work/host"
+printf '{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"%s/bench/app:1"}' "$host" > "$work/kubelet.json"
 export REGAUTH_HELPER_CONFIG="$work/helper.yaml"
 
 # One cache with the credential alone, one with 1000 other keys beside it.
@@ -43,6 +54,7 @@ export REGAUTH_CACHE_DIR="$work/cache"
 mkdir -m 700 "$work/crowded"
 cp "$work"/cache/*.json "$work/crowded/"
 entry=$(ls "$work"/cache/*.json)
+"$helper" kubelet < "$work/kubelet.json" >/dev/null
 for i in $(seq 1000); do
     key=$(printf 'ffffffffffffffff-%032x' "$i")
     cp "$entry" "$work/crowded/$key.json"
@@ -58,21 +70,34 @@ times() { # command...: the command $batch times in a row
 out="$work/hyperfine.json"
 # --prepare and -n pair with the commands in order.
 hyperfine --style basic --warmup 3 --runs "$runs" --export-json "$out" \
-    -n baseline_version --prepare true "$(times "'$helper' version < '$work/host'")" \
+    -n go_pass_version --prepare true "$(times "docker-credential-pass version < '$work/host'")" \
+    -n version --prepare true "$(times "'$helper' version < '$work/host'")" \
+    -n floor_helper --prepare true "$(times "'$floor_helper' '$entry' < '$work/host'")" \
     -n get_cached --prepare true "$(times "'$helper' get < '$work/host'")" \
+    -n kubelet_cached --prepare true "$(times "'$helper' kubelet < '$work/kubelet.json'")" \
     -n get_cached_1000_keys --prepare true \
     "$(times "REGAUTH_CACHE_DIR='$work/crowded' '$helper' get < '$work/host'")" \
     -n get_exchange --prepare true \
-    "$(times "rm -f '$work'/cache/*.json; '$helper' get < '$work/host'")" \
+    "$(times "rm -f '$entry'; '$helper' get < '$work/host'")" \
     >/dev/null
 
 echo "docker-credential-regauth, hyperfine --runs $runs of $batch runs each, $(nproc) cores, $(date -u +%Y-%m-%d)"
 python3 - "$out" "$batch" <<'PY'
 import json, sys
-results = json.load(open(sys.argv[1]))["results"]
+results = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
 batch = int(sys.argv[2])
-base = results[0]["median"]
-print(f'{"run":<22} {"median ms/run":>14} {"mean ms/run":>12} {"vs version":>11}')
-for r in results:
-    print(f'{r["command"]:<22} {r["median"]*1000/batch:>14.2f} {r["mean"]*1000/batch:>12.2f} {r["median"]/base:>10.2f}x')
+# Wall time (median) and CPU time (user + system, mean): the CPU time is
+# what a busy machine disturbs least.
+def wall(name):
+    return results[name]["median"] * 1000 / batch
+def cpu(name):
+    return (results[name]["user"] + results[name]["system"]) * 1000 / batch
+print(f'{"run":<22} {"wall ms":>8} {"vs Go":>6} {"vs floor":>8} {"vs get":>6}'
+      f' {"CPU ms":>7} {"vs Go":>6} {"vs floor":>8} {"vs get":>6}')
+for name in results:
+    row = f'{name:<22}'
+    for f, w in ((wall, 8), (cpu, 7)):
+        m = f(name)
+        row += f' {m:>{w}.3f} {m / f("go_pass_version"):>5.2f}x {m / f("floor_helper"):>7.2f}x {m / f("get_cached"):>5.2f}x'
+    print(row)
 PY

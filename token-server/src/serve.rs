@@ -39,6 +39,9 @@ pub async fn serve(
 ) -> io::Result<()> {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Built once: each connection takes a clone (a few reference counts)
+    // instead of new timers and settings.
+    let http = builder(&limits);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -65,6 +68,7 @@ pub async fn serve(
         let app = app.clone();
         let tls = tls.as_ref().map(|t| t.acceptor());
         let watcher = graceful.watcher();
+        let http = http.clone();
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
@@ -73,7 +77,7 @@ pub async fn serve(
                         addr: Some(addr),
                         certificate: None,
                     };
-                    serve_connection(io, app, peer, &limits, watcher).await;
+                    serve_connection(io, app, peer, &http, &limits, watcher).await;
                 }
                 Some(acceptor) => {
                     let stream =
@@ -102,7 +106,7 @@ pub async fn serve(
                         addr: Some(addr),
                         certificate,
                     };
-                    serve_connection(stream, app, peer, &limits, watcher).await;
+                    serve_connection(stream, app, peer, &http, &limits, watcher).await;
                 }
             }
         });
@@ -137,6 +141,7 @@ async fn serve_connection<I>(
     io: I,
     app: Router,
     peer: Peer,
+    http: &auto::Builder<TokioExecutor>,
     limits: &Limits,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
@@ -152,7 +157,7 @@ async fn serve_connection<I>(
         req.extensions_mut().insert(peer.clone());
         req.map(axum::body::Body::new)
     });
-    let conn = builder(limits)
+    let conn = http
         .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
         .into_owned();
     let conn = watcher.watch(conn);

@@ -256,9 +256,18 @@ pub enum Verified {
     No,
 }
 
+/// An account and its password-hash fingerprint, computed once at load:
+/// every cached password check and refresh needs it.
+struct Known {
+    account: Account,
+    fingerprint: [u8; 16],
+    /// `fingerprint` in hex, the refresh tokens' `pwv`.
+    pwv: String,
+}
+
 /// Every account, with the password cache in front of the hash checks.
 pub struct Accounts {
-    by_name: HashMap<String, Account>,
+    by_name: HashMap<String, Known>,
     fingerprint_key: hmac::Key,
     /// Keys of refresh secrets that no longer sign but still verify: a
     /// refresh token carries the fingerprint its signing secret keyed.
@@ -310,8 +319,19 @@ impl Accounts {
         if stand_ins.is_empty() {
             stand_ins.push(bcrypt_stand_in(BCRYPT_COST).map_err(AccountError::StandIn)?);
         }
-        let by_name = accounts.into_iter().map(|a| (a.name.clone(), a)).collect();
         let fingerprint_key = hmac::Key::new(hmac::HMAC_SHA256, fingerprint_secret);
+        let by_name = accounts
+            .into_iter()
+            .map(|account| {
+                let fingerprint = fingerprint(&fingerprint_key, &account);
+                let known = Known {
+                    pwv: hex(&fingerprint),
+                    fingerprint,
+                    account,
+                };
+                (known.account.name.clone(), known)
+            })
+            .collect();
         Ok(Accounts {
             by_name,
             fingerprint_key,
@@ -345,17 +365,10 @@ impl Accounts {
         self.by_name.is_empty()
     }
 
-    fn fingerprint(&self, account: &Account) -> [u8; 16] {
-        let tag = hmac::sign(&self.fingerprint_key, account.hash.as_str().as_bytes());
-        let mut out = [0u8; 16];
-        out.copy_from_slice(&tag.as_ref()[..16]);
-        out
-    }
-
     /// The current password-hash fingerprint of `name`, if it exists; a
     /// refresh token whose `pwv` differs was issued before a password change.
     pub fn current_pwv(&self, name: &str) -> Option<String> {
-        self.by_name.get(name).map(|a| hex(&self.fingerprint(a)))
+        self.by_name.get(name).map(|k| k.pwv.clone())
     }
 
     /// Also accepts fingerprints keyed by `secret` in
@@ -385,7 +398,7 @@ impl Accounts {
     /// The account's current principal (labels may have changed since a
     /// refresh token was issued; policy sees the current ones).
     pub fn principal(&self, name: &str) -> Option<Principal> {
-        self.by_name.get(name).map(Account::principal)
+        self.by_name.get(name).map(|k| k.account.principal())
     }
 
     /// The slot of (user, password) in the password cache: the key under
@@ -396,33 +409,39 @@ impl Accounts {
 
     /// Checks a password using only the cache; `None` means the slow check is needed.
     pub fn verify_cached(&self, user: &str, password: &[u8], now: Instant) -> Option<Verified> {
-        let account = self.by_name.get(user)?;
-        let fp = self.fingerprint(account);
+        let known = self.by_name.get(user)?;
         self.cache
-            .contains(user, password, &fp, now)
+            .contains(user, password, &known.fingerprint, now)
             .then(|| Verified::Yes {
-                principal: account.principal(),
-                pwv: hex(&fp),
+                principal: known.account.principal(),
+                pwv: known.pwv.clone(),
             })
     }
 
     /// Checks a password against its hash (slow by design: run it off the
     /// async runtime) and remembers a success.
     pub fn verify_slow(&self, user: &str, password: &[u8], now: Instant) -> Verified {
-        let Some(account) = self.by_name.get(user) else {
+        let Some(known) = self.by_name.get(user) else {
             let _ = self.stand_in_for(user).verify(password);
             return Verified::No;
         };
-        if !account.hash.verify(password) {
+        if !known.account.hash.verify(password) {
             return Verified::No;
         }
-        let fp = self.fingerprint(account);
-        self.cache.insert(user, password, fp, now);
+        self.cache.insert(user, password, known.fingerprint, now);
         Verified::Yes {
-            principal: account.principal(),
-            pwv: hex(&fp),
+            principal: known.account.principal(),
+            pwv: known.pwv.clone(),
         }
     }
+}
+
+/// The keyed fingerprint of an account's password hash.
+fn fingerprint(key: &hmac::Key, account: &Account) -> [u8; 16] {
+    let tag = hmac::sign(key, account.hash.as_str().as_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&tag.as_ref()[..16]);
+    out
 }
 
 fn hex(bytes: &[u8]) -> String {
