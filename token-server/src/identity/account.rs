@@ -386,13 +386,16 @@ impl Accounts {
         let Some(account) = self.by_name.get(name) else {
             return false;
         };
-        std::iter::once(&self.fingerprint_key)
-            .chain(&self.verify_only_fingerprint_keys)
+        // The signing secret's fingerprint was computed at load; older
+        // secrets' are computed here, on the rarer tokens they signed.
+        let current = constant_time_eq(account.pwv.as_bytes(), pwv.as_bytes());
+        self.verify_only_fingerprint_keys
+            .iter()
             .map(|key| {
-                let tag = hmac::sign(key, account.hash.as_str().as_bytes());
+                let tag = hmac::sign(key, account.account.hash.as_str().as_bytes());
                 constant_time_eq(hex(&tag.as_ref()[..16]).as_bytes(), pwv.as_bytes())
             })
-            .fold(false, |any, same| any | same)
+            .fold(current, |any, same| any | same)
     }
 
     /// The account's current principal (labels may have changed since a
