@@ -12,6 +12,8 @@
 //!   ([`Error::is_unavailable`]), one that refused the request (with its
 //!   OAuth2 error code), and a reply that breaks the protocol.
 //! - [`Secret`] wraps every token and password; its `Debug` prints `***`.
+//! - [`read_bounded`] reads the programs' config files, at most
+//!   [`MAX_CONFIG_BYTES`].
 //!
 //! Time is a parameter (`now`, seconds since the epoch): the crate never
 //! reads the clock. It runs on the caller's tokio runtime; a current-thread
@@ -23,6 +25,7 @@
 
 mod client;
 mod error;
+mod file;
 mod jwt;
 mod reply;
 mod secret;
@@ -30,6 +33,7 @@ mod settings;
 
 pub use client::{MAX_REPLY_BYTES, SubjectTokenType, TokenClient, TokenExchange};
 pub use error::{BadReply, Error, Grant, OAuthError, SetupError};
+pub use file::{FileError, MAX_CONFIG_BYTES, read_bounded};
 pub use jwt::unverified_claims;
 pub use reply::Issued;
 pub use secret::Secret;

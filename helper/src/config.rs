@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use regauth_client::{FileError, MAX_CONFIG_BYTES};
 use serde::Deserialize;
 
 use crate::matcher::{Pattern, PatternError, Target};
@@ -17,10 +18,6 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest timeout allowed: the kubelet plugin must answer within a minute.
 const MAX_TIMEOUT: Duration = Duration::from_secs(50);
-
-/// Largest config file read: anything bigger is not a helper config, and
-/// reading it whole would only spend memory.
-pub(crate) const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Username returned in the `password` output form.
 pub(crate) const DEFAULT_USERNAME: &str = "regauth";
@@ -287,23 +284,15 @@ pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
 
 /// Reads the text at `path`, refusing more than `limit` bytes.
 fn read_bounded(path: &Path, limit: u64) -> Result<String, ConfigError> {
-    use std::io::Read;
-    let read_error = |source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(read_error)?;
-    let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_error)?;
-    if bytes.len() as u64 > limit {
-        return Err(ConfigError::TooLarge {
+    regauth_client::read_bounded(path, limit).map_err(|e| match e {
+        FileError::Io(source) => ConfigError::Read {
             path: path.to_owned(),
-        });
-    }
-    String::from_utf8(bytes)
-        .map_err(|e| read_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+            source,
+        },
+        FileError::TooLarge(_) => ConfigError::TooLarge {
+            path: path.to_owned(),
+        },
+    })
 }
 
 /// Parses config `text` as if read from `path`: relative paths resolve

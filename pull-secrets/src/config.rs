@@ -35,6 +35,13 @@ pub(crate) enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is larger than the limit for a config file.
+    #[error("{path}: {source}")]
+    TooLarge {
+        path: PathBuf,
+        #[source]
+        source: regauth_client::FileError,
+    },
     /// Not YAML of the expected shape (unknown keys included).
     #[error("{path}: {source}")]
     Syntax {
@@ -191,10 +198,18 @@ pub(crate) struct Settings {
 
 /// Reads and validates `path`; relative paths in it resolve against its directory.
 pub(crate) fn load(path: &Path) -> Result<Settings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = regauth_client::read_bounded(path, regauth_client::MAX_CONFIG_BYTES).map_err(
+        |e| match e {
+            regauth_client::FileError::Io(source) => ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            },
+            too_large => ConfigError::TooLarge {
+                path: path.to_owned(),
+                source: too_large,
+            },
+        },
+    )?;
     let base = path.parent().unwrap_or(Path::new("."));
     parse(&text, base).map_err(|e| match e {
         Parse::Syntax(source) => ConfigError::Syntax {
@@ -530,6 +545,23 @@ mod tests {
         assert!(s.service_accounts.selects("default") && !s.service_accounts.selects("builder"));
         assert!(s.leader_election.enabled);
         assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    /// A path to something huge (a device, a log) is refused by size,
+    /// naming the file, instead of being read into memory.
+    #[test]
+    fn an_oversized_config_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pull-secrets.yaml");
+        let big = std::fs::File::create(&path).unwrap();
+        big.set_len(regauth_client::MAX_CONFIG_BYTES + 1).unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(matches!(err, ConfigError::TooLarge { .. }), "{err:?}");
+        let shown = format!("{err}");
+        assert!(
+            shown.contains("pull-secrets.yaml") && shown.contains("16 MiB"),
+            "{shown}"
+        );
     }
 
     #[test]
