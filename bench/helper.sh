@@ -33,19 +33,7 @@ bench_setup
 helper="$bin_dir/docker-credential-regauth"
 floor_helper="$bin_dir/floor-helper"
 
-host=registry.bench
-printf '%s' "$password" > "$work/bench.password"
-chmod 600 "$work/bench.password"
-cat > "$work/helper.yaml" <<YAML
-registries:
-  - match: ["$host"]
-    token_server: $base
-    service: $host
-    output: password
-    identity: {kind: account, username: bench, password_file: bench.password}
-YAML
-printf '%s\n' "$host" > "$work/host"
-printf '{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"%s/bench/app:1"}' "$host" > "$work/kubelet.json"
+bench_helper_inputs
 export REGAUTH_HELPER_CONFIG="$work/helper.yaml"
 
 # One cache with the credential alone, one with 1000 other keys beside it.

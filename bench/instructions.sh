@@ -59,19 +59,7 @@ count_server() { # name url header command...
     printf '%s %s\n' "$name" "$(( $(total_ir "$out") / n ))"
 }
 
-host=registry.bench
-printf '%s' "$password" > "$work/bench.password"
-chmod 600 "$work/bench.password"
-cat > "$work/helper.yaml" <<YAML
-registries:
-  - match: ["$host"]
-    token_server: $base
-    service: $host
-    output: password
-    identity: {kind: account, username: bench, password_file: bench.password}
-YAML
-printf '%s\n' "$host" > "$work/host"
-printf '{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"%s/bench/app:1"}' "$host" > "$work/kubelet.json"
+bench_helper_inputs
 export REGAUTH_HELPER_CONFIG="$work/helper.yaml" REGAUTH_CACHE_DIR="$work/cache"
 "$bin_dir/docker-credential-regauth" get < "$work/host" >/dev/null
 "$bin_dir/docker-credential-regauth" kubelet < "$work/kubelet.json" >/dev/null

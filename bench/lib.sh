@@ -125,3 +125,23 @@ bench_refresh_token() {
 bench_to_ms() {
     awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.2f", v }'
 }
+
+# bench_helper_inputs writes what the helper benchmarks feed it, for the
+# server bench_setup started: helper.yaml (account `bench`, password from a
+# 0600 file), host (a `get` request's stdin) and kubelet.json (a kubelet
+# CredentialProviderRequest); it sets host.
+bench_helper_inputs() {
+    host=registry.bench
+    printf '%s' "$password" > "$work/bench.password"
+    chmod 600 "$work/bench.password"
+    cat > "$work/helper.yaml" <<YAML
+registries:
+  - match: ["$host"]
+    token_server: $base
+    service: $host
+    output: password
+    identity: {kind: account, username: bench, password_file: bench.password}
+YAML
+    printf '%s\n' "$host" > "$work/host"
+    printf '{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"%s/bench/app:1"}' "$host" > "$work/kubelet.json"
+}
