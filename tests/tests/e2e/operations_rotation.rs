@@ -18,6 +18,8 @@ use regauth_e2e::secrets::random_password;
 use regauth_e2e::skopeo::{Auth, Skopeo};
 use regauth_e2e::token_server::{SERVICE, TokenServer, TokenServerBuilder};
 
+use crate::support::standalone_server;
+
 const REPO: &str = "alice/demo";
 const PULL: &str = "repository:alice/demo:pull";
 
@@ -202,15 +204,9 @@ fn assert_refresh_works(server: &TokenServer, token: &str, what: &str) {
 
 #[test]
 fn rotated_refresh_secrets_overlap_then_the_old_secret_retires() {
-    let temp = tempfile::Builder::new()
-        .prefix("regauth-e2e-")
-        .tempdir()
-        .expect("create temp dir");
-    let password = random_password();
-    let server = TokenServerBuilder::new()
-        .account("alice", &password, &[])
-        .start(temp.path());
-    let before = refresh_token(&server, &password);
+    let s = standalone_server(|b| b);
+    let (server, password) = (&s.server, &s.alice_password);
+    let before = refresh_token(server, password);
     let kid_a = kid(&before);
     assert_eq!(
         kid_a.len(),
@@ -251,31 +247,31 @@ fn rotated_refresh_secrets_overlap_then_the_old_secret_retires() {
 
     // 1. Publish: B verifies, A still signs.
     let published = refresh_secrets_yaml(&["keys/refresh.secret", "keys/refresh-b.secret"]);
-    replace_in_config(&server, FIXTURE_REFRESH_SECRET, &published);
-    assert_eq!(reload(&server), Reload::Applied, "{}", server.logs());
-    assert_refresh_works(&server, &before, "A token after publishing B");
+    replace_in_config(server, FIXTURE_REFRESH_SECRET, &published);
+    assert_eq!(reload(server), Reload::Applied, "{}", server.logs());
+    assert_refresh_works(server, &before, "A token after publishing B");
     assert_eq!(
-        kid(&refresh_token(&server, &password)),
+        kid(&refresh_token(server, password)),
         kid_a,
         "A still signs"
     );
 
     // 2. Sign: B first.
     let signing = refresh_secrets_yaml(&["keys/refresh-b.secret", "keys/refresh.secret"]);
-    replace_in_config(&server, &published, &signing);
-    assert_eq!(reload(&server), Reload::Applied, "{}", server.logs());
-    let after = refresh_token(&server, &password);
+    replace_in_config(server, &published, &signing);
+    assert_eq!(reload(server), Reload::Applied, "{}", server.logs());
+    let after = refresh_token(server, password);
     assert_eq!(kid(&after), kid_b, "new refresh tokens carry B's kid");
-    assert_refresh_works(&server, &before, "A token during the overlap");
-    assert_refresh_works(&server, &after, "B token during the overlap");
+    assert_refresh_works(server, &before, "A token during the overlap");
+    assert_refresh_works(server, &after, "B token during the overlap");
 
     // 3. Retire A: its tokens are refused as any invalid refresh token is.
     replace_in_config(
-        &server,
+        server,
         &signing,
         &refresh_secrets_yaml(&["keys/refresh-b.secret"]),
     );
-    assert_eq!(reload(&server), Reload::Applied, "{}", server.logs());
+    assert_eq!(reload(server), Reload::Applied, "{}", server.logs());
     let refused = server.client().refresh_grant(&before, SERVICE, PULL);
     assert_eq!(refused.status, 400, "{}", refused.body);
     assert_eq!(refused.json()["error"], "invalid_grant", "{}", refused.body);
@@ -284,5 +280,5 @@ fn rotated_refresh_secrets_overlap_then_the_old_secret_retires() {
         Some(("alice", &before)),
     );
     assert_eq!(refused.status, 401, "{}", refused.body);
-    assert_refresh_works(&server, &after, "B token after A retired");
+    assert_refresh_works(server, &after, "B token after A retired");
 }

@@ -315,26 +315,32 @@ mod tests {
         assert!(err.to_string().starts_with("bad.yaml:2: services: "));
     }
 
+    /// The problems of a minimal config followed by `text`, under keys
+    /// that start with one of `prefixes`.
+    fn issues_under(text: &str, prefixes: &[&str]) -> Vec<ConfigIssue> {
+        let head = "issuer: x\nservices: [y]\nsigning_keys: []\nrefresh_secret_file: s\n";
+        match load_str(
+            &format!("{head}{text}"),
+            Path::new("/nonexistent"),
+            Path::new("c"),
+        ) {
+            Err(ConfigError::Invalid { issues, .. }) => issues
+                .into_iter()
+                .filter(|i| prefixes.iter().any(|p| i.key.starts_with(p)))
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// Shared-state mistakes name their key and line, and a password in
     /// the URL never appears in a message.
     #[test]
     fn shared_state_problems_are_located_and_keep_the_password_out() {
-        let head = "issuer: x\nservices: [y]\nsigning_keys: []\nrefresh_secret_file: s\n";
         let issues = |text: &str| -> Vec<(String, usize, String)> {
-            match load_str(
-                &format!("{head}{text}"),
-                Path::new("/nonexistent"),
-                Path::new("c"),
-            ) {
-                Err(ConfigError::Invalid { issues, .. }) => issues
-                    .into_iter()
-                    .filter(|i| {
-                        i.key.starts_with("shared_state") || i.key.starts_with("revocation")
-                    })
-                    .map(|i| (i.key, i.line, i.message))
-                    .collect(),
-                other => panic!("{other:?}"),
-            }
+            issues_under(text, &["shared_state", "revocation"])
+                .into_iter()
+                .map(|i| (i.key, i.line, i.message))
+                .collect()
         };
         let found = issues("shared_state: http://:hunter2@redis:6379/0\n");
         assert_eq!(found.len(), 1, "{found:?}");
@@ -378,20 +384,11 @@ mod tests {
     /// typo; unknown actions of known resource types are errors now.
     #[test]
     fn unknown_actions_of_known_types_are_errors() {
-        let head = "issuer: x\nservices: [y]\nsigning_keys: []\nrefresh_secret_file: s\n";
         let issues = |text: &str| -> Vec<(String, String)> {
-            match load_str(
-                &format!("{head}{text}"),
-                Path::new("/nonexistent"),
-                Path::new("c"),
-            ) {
-                Err(ConfigError::Invalid { issues, .. }) => issues
-                    .into_iter()
-                    .filter(|i| i.key.starts_with("policy") || i.key.starts_with("resource_types"))
-                    .map(|i| (i.key, i.message))
-                    .collect(),
-                other => panic!("{other:?}"),
-            }
+            issues_under(text, &["policy", "resource_types"])
+                .into_iter()
+                .map(|i| (i.key, i.message))
+                .collect()
         };
         let found = issues(
             "policy:\n  - {resource: \"a/**\", actions: [pull, pussh]}\n  - {type: registry, resource: catalog, actions: [pull]}\n  - {type: \"*\", resource: x, actions: [pul]}\n",
