@@ -338,14 +338,16 @@ fn a_replica_or_redis_can_fail_under_load() {
 /// With the default `revocation_unavailable: deny`, a server whose Redis
 /// does not answer refuses credentials with 503 and `Retry-After`, and says
 /// it is not ready; anonymous pulls, which carry no credential, still work.
+/// The Redis password in the URL shows in no log and no error.
 #[test]
 fn deny_mode_refuses_credentials_while_redis_is_unreachable() {
+    const REDIS_PASSWORD: &str = "redis-secret-7f3a";
     let d = dir();
     let dead = regauth_e2e::net::free_port();
     let server = regauth_e2e::token_server::TokenServerBuilder::new()
         .account("alice", "alice-pw", &[])
         .extra_config(&format!(
-            "shared_state: redis://127.0.0.1:{dead}/0\nlimits:\n  shared_state_timeout: 100ms\n"
+            "shared_state: redis://:{REDIS_PASSWORD}@127.0.0.1:{dead}/0\nlimits:\n  shared_state_timeout: 100ms\n"
         ))
         .start(d.path());
     let client = server.client();
@@ -367,4 +369,30 @@ fn deny_mode_refuses_credentials_while_redis_is_unreachable() {
         .unwrap_or(0.0)
             >= 1.0
     );
+    let mut revoke = std::process::Command::new(regauth_e2e::bins::token_server_bin());
+    revoke
+        .args(["revoke", "--list", "--config"])
+        .arg(server.config_path());
+    let out = regauth_e2e::process::run(revoke, Duration::from_secs(30));
+    assert!(
+        !out.success(),
+        "revoke without Redis fails: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("shared state"),
+        "the error says what failed: {}",
+        out.stderr
+    );
+    assert!(
+        server.logs().contains("shared state unreachable"),
+        "{}",
+        server.logs()
+    );
+    for (what, text) in [("server log", server.logs()), ("revoke error", out.stderr)] {
+        assert!(
+            !text.contains(REDIS_PASSWORD),
+            "the Redis password leaked into the {what}: {text}"
+        );
+    }
 }
