@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use redis::Script;
+use redis::{Script, ScriptInvocation};
 
 use super::{SharedError, SharedState};
 use crate::limiter::{Attempt, FailureLimiter, Outcome, Record, Settle, Throttled};
@@ -126,15 +126,10 @@ impl Limiter {
     ) -> Result<(), Throttled> {
         if let Some(shared) = &self.shared {
             let records = self.local.records(addr, account);
-            let max_backoff = millis(self.local.max_backoff());
+            let mut call = invocation(&CHECK, &records);
+            call.arg(millis(self.local.max_backoff()));
             let reply = shared
-                .run(|mut conn| async move {
-                    let mut call = CHECK.prepare_invoke();
-                    for r in &records {
-                        call.key(key(r));
-                    }
-                    call.arg(max_backoff).invoke_async::<i64>(&mut conn).await
-                })
+                .run(|mut conn| async move { call.invoke_async::<i64>(&mut conn).await })
                 .await;
             match reply {
                 Ok(wait) => return throttled_if(wait),
@@ -156,25 +151,15 @@ impl Limiter {
             let records = self.local.records(addr, account);
             let max_backoff = millis(self.local.max_backoff());
             let ttl = ttl(self.local.max_backoff());
-            let keys: Vec<String> = records.iter().map(key).collect();
+            let mut call = invocation(&RESERVE, &records);
+            call.arg(max_backoff)
+                .arg(millis(STALE_RESERVATION))
+                .arg(ttl);
+            for r in &records {
+                call.arg(r.allowance);
+            }
             let reply = shared
-                .run(|mut conn| {
-                    let keys = keys.clone();
-                    let records = records.clone();
-                    async move {
-                        let mut call = RESERVE.prepare_invoke();
-                        for k in &keys {
-                            call.key(k);
-                        }
-                        call.arg(max_backoff)
-                            .arg(millis(STALE_RESERVATION))
-                            .arg(ttl);
-                        for r in &records {
-                            call.arg(r.allowance);
-                        }
-                        call.invoke_async::<i64>(&mut conn).await
-                    }
-                })
+                .run(|mut conn| async move { call.invoke_async::<i64>(&mut conn).await })
                 .await;
             match reply {
                 Ok(wait) => {
@@ -206,8 +191,13 @@ fn fallback(metrics: &Metrics, e: &SharedError) {
     tracing::debug!(error = %crate::report::Chain(e), "limiter: using this replica's counts");
 }
 
-fn key(r: &Record) -> String {
-    format!("{PREFIX}{}", r.name)
+/// A call of `script` with the records' keys; arguments follow.
+fn invocation(script: &'static Script, records: &[Record]) -> ScriptInvocation<'static> {
+    let mut call = script.prepare_invoke();
+    for r in records {
+        call.key(format!("{PREFIX}{}", r.name));
+    }
+    call
 }
 
 fn millis(d: Duration) -> u64 {
@@ -243,20 +233,14 @@ impl Settle for Reservation {
             return;
         };
         runtime.spawn(async move {
-            let r = *self;
-            let result = r
+            let mut call = invocation(&SETTLE, &self.records);
+            call.arg(self.max_backoff).arg(outcome).arg(self.ttl);
+            for rec in &self.records {
+                call.arg(rec.allowance).arg(u8::from(rec.account));
+            }
+            let result = self
                 .shared
-                .run(|mut conn| async move {
-                    let mut call = SETTLE.prepare_invoke();
-                    for rec in &r.records {
-                        call.key(key(rec));
-                    }
-                    call.arg(r.max_backoff).arg(outcome).arg(r.ttl);
-                    for rec in &r.records {
-                        call.arg(rec.allowance).arg(u8::from(rec.account));
-                    }
-                    call.invoke_async::<i64>(&mut conn).await
-                })
+                .run(|mut conn| async move { call.invoke_async::<i64>(&mut conn).await })
                 .await;
             if let Err(e) = result {
                 tracing::debug!(error = %crate::report::Chain(&e), "limiter: settling in Redis failed; the reservation expires");
