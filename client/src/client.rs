@@ -1,6 +1,7 @@
 //! [`TokenClient`]: the requests a workload or node makes to a token server.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use url::Url;
 
@@ -164,8 +165,8 @@ impl TokenClient {
             .send()
             .await
             .map_err(|source| unreachable(&url, source))?;
-        let (status, body) = self.read(&url, response).await?;
-        reply(&url, Grant::RefreshToken, "", status, &body).healthy()
+        let (status, retry_after, body) = self.read(&url, response).await?;
+        reply(&url, Grant::RefreshToken, "", status, retry_after, &body).healthy()
     }
 
     /// `GET /token` for `scopes` with a refresh token as the Basic password,
@@ -187,8 +188,16 @@ impl TokenClient {
             .send()
             .await
             .map_err(|source| unreachable(&self.token_url, source))?;
-        let (status, body) = self.read(&self.token_url, response).await?;
-        reply(&self.token_url, Grant::RefreshToken, service, status, &body).access_token()
+        let (status, retry_after, body) = self.read(&self.token_url, response).await?;
+        reply(
+            &self.token_url,
+            Grant::RefreshToken,
+            service,
+            status,
+            retry_after,
+            &body,
+        )
+        .access_token()
     }
 
     async fn grant(
@@ -207,14 +216,24 @@ impl TokenClient {
             .send()
             .await
             .map_err(|source| unreachable(url, source))?;
-        let (status, body) = self.read(url, response).await?;
-        reply(url, grant, target, status, &body).issued(now)
+        let (status, retry_after, body) = self.read(url, response).await?;
+        reply(url, grant, target, status, retry_after, &body).issued(now)
     }
 
-    async fn read(&self, url: &Url, response: reqwest::Response) -> Result<(u16, Vec<u8>), Error> {
+    /// The status, the `Retry-After` delay and the body of a reply.
+    async fn read(
+        &self,
+        url: &Url,
+        response: reqwest::Response,
+    ) -> Result<(u16, Option<Duration>, Vec<u8>), Error> {
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(retry_after);
         match read_limited(response, MAX_REPLY_BYTES).await {
-            Ok(body) => Ok((status, body)),
+            Ok(body) => Ok((status, retry_after, body)),
             Err(ReadError::Transport(source)) => Err(unreachable(url, source)),
             Err(ReadError::TooLarge(max)) => Err(Error::BadReply {
                 url: url.to_string(),
@@ -229,6 +248,7 @@ fn reply<'a>(
     grant: Grant,
     target: &'a str,
     status: u16,
+    retry_after: Option<Duration>,
     body: &'a [u8],
 ) -> Reply<'a> {
     Reply {
@@ -236,8 +256,20 @@ fn reply<'a>(
         grant,
         target,
         status,
+        retry_after,
         body,
     }
+}
+
+/// The longest `Retry-After` taken from a server, so a hostile or broken
+/// value cannot park a client for days.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// A `Retry-After` value in seconds (the HTTP-date form is not used by the
+/// token server, and is ignored), at most [`MAX_RETRY_AFTER`].
+fn retry_after(value: &str) -> Option<Duration> {
+    let seconds: u64 = value.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
 
 fn unreachable(url: &Url, source: reqwest::Error) -> Error {
@@ -311,5 +343,15 @@ mod tests {
             err.to_string(),
             "cannot reach the token server at http://127.0.0.1:1/token"
         );
+    }
+
+    #[test]
+    fn retry_after_is_seconds_and_bounded() {
+        assert_eq!(retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after(" 0 "), Some(Duration::ZERO));
+        assert_eq!(retry_after("99999999999999999999"), None);
+        assert_eq!(retry_after(&u64::MAX.to_string()), Some(MAX_RETRY_AFTER));
+        assert_eq!(retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(retry_after("-1"), None);
     }
 }

@@ -184,6 +184,8 @@ pub enum Error {
         status: u16,
         /// The error body, when there was one.
         error: Option<OAuthError>,
+        /// How long the server asked clients to wait (`Retry-After`).
+        retry_after: Option<std::time::Duration>,
     },
     /// The server refused the request (a 4xx with an error body).
     #[error("{}", refusal(*.grant, .target, .error))]
@@ -214,6 +216,15 @@ impl Error {
     /// credential may be used instead.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::Unreachable { .. } | Error::Unavailable { .. })
+    }
+
+    /// How long the server asked clients to wait before trying again (its
+    /// `Retry-After`, at most [`crate::MAX_RETRY_AFTER`]), when it said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 
     /// The OAuth2 error code of a refusal (`invalid_grant`, `invalid_target`…).
@@ -315,8 +326,10 @@ mod tests {
             url: "http://t/token".into(),
             status: 503,
             error: None,
+            retry_after: Some(std::time::Duration::from_secs(3)),
         };
         assert!(e.is_unavailable());
+        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(3)));
         assert_eq!(e.code(), None);
         assert_eq!(
             e.to_string(),

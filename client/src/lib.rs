@@ -31,7 +31,7 @@ mod reply;
 mod secret;
 mod settings;
 
-pub use client::{MAX_REPLY_BYTES, SubjectTokenType, TokenClient, TokenExchange};
+pub use client::{MAX_REPLY_BYTES, MAX_RETRY_AFTER, SubjectTokenType, TokenClient, TokenExchange};
 pub use error::{BadReply, Error, Grant, OAuthError, SetupError};
 pub use file::{FileError, MAX_CONFIG_BYTES, read_bounded};
 pub use jwt::unverified_claims;

@@ -27,6 +27,8 @@ pub(crate) struct Reply<'a> {
     pub(crate) grant: Grant,
     pub(crate) target: &'a str,
     pub(crate) status: u16,
+    /// The `Retry-After` of the reply, when it had one.
+    pub(crate) retry_after: Option<std::time::Duration>,
     pub(crate) body: &'a [u8],
 }
 
@@ -121,6 +123,7 @@ impl Reply<'_> {
                 url: self.url.to_owned(),
                 status: self.status,
                 error,
+                retry_after: self.retry_after,
             },
             (400..=499, Some(error)) => Error::Refused {
                 grant: self.grant,
@@ -180,6 +183,7 @@ mod tests {
             grant,
             target: "registry.test",
             status,
+            retry_after: None,
             body: body.as_bytes(),
         }
         .issued(NOW)
@@ -289,6 +293,18 @@ mod tests {
         }
         let html = reply(Grant::Password, 503, "<html>").unwrap_err();
         assert!(html.is_unavailable());
+        assert_eq!(html.retry_after(), None);
+        let later = Reply {
+            url: "http://t/token",
+            grant: Grant::TokenExchange,
+            target: "registry.test",
+            status: 429,
+            retry_after: Some(std::time::Duration::from_secs(7)),
+            body: b"",
+        }
+        .issued(NOW)
+        .unwrap_err();
+        assert_eq!(later.retry_after(), Some(std::time::Duration::from_secs(7)));
 
         let proxy = reply(Grant::Password, 404, "<html>").unwrap_err();
         assert!(matches!(
@@ -315,6 +331,7 @@ mod tests {
             grant: Grant::RefreshToken,
             target: "registry.test",
             status: 401,
+            retry_after: None,
             body: br#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#,
         };
         let e = r.access_token().unwrap_err();
