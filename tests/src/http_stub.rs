@@ -3,12 +3,14 @@
 //! Kubernetes API stub.
 //!
 //! Each [`HttpStub`] owns a small tokio runtime and serves an axum
-//! [`Router`] on `127.0.0.1:0`. Streaming responses (Kubernetes watches)
-//! work like any other axum body. Dropping the stub shuts the runtime down,
-//! which closes the listener and every open connection, streams included,
-//! so nothing outlives the test that started it.
+//! [`Router`] on `127.0.0.1:0`, and optionally the same router over TLS on
+//! a second port ([`HttpStub::serve_tls`]). Streaming responses (Kubernetes
+//! watches) work like any other axum body. Dropping the stub shuts the
+//! runtime down, which closes the listeners and every open connection,
+//! streams included, so nothing outlives the test that started it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -19,9 +21,13 @@ use axum::response::Response;
 /// How long shutdown waits for in-flight handlers before dropping them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A running stub; stops on drop.
 pub struct HttpStub {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -56,8 +62,63 @@ impl HttpStub {
         });
         Self {
             addr,
+            tls_addr: None,
             runtime: Some(runtime),
         }
+    }
+
+    /// Serves `router` over TLS too, with the certificate chain and key
+    /// (PEM), on another ephemeral port of 127.0.0.1.
+    pub fn serve_tls(&mut self, router: Router, cert_pem: &str, key_pem: &str) {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("the stub's certificate is PEM");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("the stub's key is PEM");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("the stub's certificate and key match");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let runtime = self.runtime.as_ref().expect("the runtime lives until drop");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind the stub's TLS port");
+        let tls_addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        self.tls_addr = Some(tls_addr);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        // Handshakes run in their own tasks, so a slow client holds up no one.
+        runtime.spawn(async move {
+            loop {
+                let Ok((tcp, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    if let Ok(Ok(tls)) =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                    {
+                        let _ = tx.send((tls, peer)).await;
+                    }
+                });
+            }
+        });
+        runtime.spawn(async move {
+            let _ = axum::serve(TlsListener { rx, addr: tls_addr }, router).await;
+        });
+    }
+
+    /// `https://127.0.0.1:PORT` once [`HttpStub::serve_tls`] was called.
+    pub fn https_url(&self) -> Option<String> {
+        self.tls_addr.map(|a| format!("https://{a}"))
     }
 
     /// The bound address.
@@ -77,6 +138,32 @@ impl HttpStub {
             .as_ref()
             .expect("the runtime lives until drop")
             .block_on(future)
+    }
+}
+
+/// Connections whose TLS handshake is done, for axum.
+struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )>,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(accepted) => accepted,
+            // The acceptor task is gone with the runtime: serve nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
     }
 }
 

@@ -40,24 +40,40 @@
 //!   through `/.well-known/openid-configuration` and `/openid/v1/jwks`
 //!   (unauthenticated, as with the issuer-discovery role bound to everyone).
 //! - Bearer-token authentication: every user has its own token, and
-//!   [`KubeApi::requests`] records who did what, with what status;
-//!   optionally anonymous requests (for kubectl, which sends no token over
-//!   plain HTTP).
+//!   [`KubeApi::requests`] records who did what, when, with what status;
+//!   optionally anonymous requests. The API is served over plain HTTP and
+//!   over HTTPS (kubectl sends a bearer token only over TLS); the
+//!   kubeconfigs the stub writes use HTTPS with the stub's CA.
+//! - Authorization by RBAC, once a test loads roles and bindings
+//!   ([`KubeApi::enforce_rbac`], normally the shipped manifests): see
+//!   [`rbac`] for exactly what is modelled. A refused request is a 403
+//!   `Forbidden` Status in the API's words. Without it, every
+//!   authenticated user may do everything.
+//! - Field managers: `?fieldManager=`, else the User-Agent up to its first
+//!   `/`, else `""`, as the API records them in `managedFields`.
+//! - `events.k8s.io/v1` Events validated as the API does: `note` at most
+//!   1024 bytes, `reason` and `action` at most 128, a `type` of `Normal` or
+//!   `Warning`, and `note`, `reason`, `type`, `action`, `regarding` and
+//!   `eventTime` immutable (422 `Invalid` otherwise).
 //! - Legacy discovery (`/api`, `/apis`, `/api/v1`, `/apis/G/V`, `/version`),
 //!   enough for kubectl.
-//! - Fault injection: the next N matching requests answer a given status.
+//! - Fault injection: the next N matching requests answer a given status
+//!   (and message).
 //!
-//! **Not modelled:** authorization (RBAC) and admission; garbage collection
+//! **Not modelled:** admission (ValidatingAdmissionPolicy included); garbage collection
 //! through `ownerReferences`; a namespace's `Terminating` phase (deleting a
 //! namespace removes its objects at once, each with its own `DELETED`
 //! event); consistent snapshots for continued lists (later pages read the
 //! current objects, reported at the first page's version); strategic merge
 //! and JSON patches (415); per-item merging of lists keyed by a field in
-//! server-side apply (lists are atomic); protobuf and Table output;
-//! `resourceVersionMatch`, `sendInitialEvents`, and field selectors on other
-//! fields.
+//! server-side apply (lists are atomic); protobuf request bodies (a create
+//! or update in protobuf, as kubectl's typed commands such as `create
+//! token` send, is a 415, after authorization as in the API), protobuf and
+//! Table output; `resourceVersionMatch`, `sendInitialEvents`, and field
+//! selectors on other fields.
 
 pub mod managed_fields;
+pub mod rbac;
 pub mod resources;
 pub mod routes;
 pub mod selector;
@@ -68,7 +84,7 @@ pub mod tokens;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -80,6 +96,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use self::rbac::{Rbac, UserInfo};
 use self::status::ApiError;
 use self::store::Store;
 use crate::http_stub::HttpStub;
@@ -100,6 +117,13 @@ pub const TEST_MANAGER: &str = "regauth-e2e";
 pub struct RequestRecord {
     /// The authenticated user.
     pub user: String,
+    /// Which client it was: the label its token was made for (several
+    /// replicas share one user, as a Deployment's pods share a ServiceAccount).
+    pub client: String,
+    /// When the stub received it.
+    pub at: Instant,
+    /// Its `User-Agent` (`""` without one).
+    pub user_agent: String,
     /// `get`, `list`, `watch`, `create`, `update`, `patch`, `apply` or `delete`.
     pub verb: String,
     /// The resource plural.
@@ -140,6 +164,16 @@ pub struct Fault {
     pub status: u16,
     /// How many more requests to fail.
     pub times: usize,
+    /// The `Status` message (default: "injected fault").
+    pub message: Option<String>,
+}
+
+/// Who a bearer token belongs to.
+#[derive(Debug, Clone)]
+struct Identity {
+    /// The label of the client it was made for.
+    client: String,
+    user: UserInfo,
 }
 
 /// What the HTTP handler and the test share.
@@ -148,7 +182,9 @@ pub struct State {
     store: Mutex<Store>,
     key: IssuerKey,
     url: OnceLock<String>,
-    users: Mutex<BTreeMap<String, String>>,
+    users: Mutex<BTreeMap<String, Identity>>,
+    /// `None`: every authenticated user may do everything.
+    rbac: Mutex<Option<Rbac>>,
     faults: Mutex<Vec<Fault>>,
     requests: Mutex<Vec<RequestRecord>>,
     expire: broadcast::Sender<()>,
@@ -169,11 +205,14 @@ impl State {
     }
 
     /// The user whose bearer token the request carries.
-    fn authenticate(&self, headers: &HeaderMap) -> Option<String> {
+    fn authenticate(&self, headers: &HeaderMap) -> Option<Identity> {
         if !headers.contains_key(header::AUTHORIZATION)
             && self.anonymous.load(std::sync::atomic::Ordering::SeqCst)
         {
-            return Some(ANONYMOUS.to_owned());
+            return Some(Identity {
+                client: ANONYMOUS.to_owned(),
+                user: UserInfo::new(ANONYMOUS),
+            });
         }
         let token = headers
             .get(header::AUTHORIZATION)?
@@ -188,6 +227,19 @@ impl State {
             .cloned()
     }
 
+    /// Whether `user` may make the request `attributes` describes.
+    fn authorize(&self, user: &UserInfo, attributes: &rbac::Attributes) -> Result<(), ApiError> {
+        let rbac = self.rbac.lock().expect("stub rbac lock");
+        match rbac.as_ref() {
+            Some(rbac) if !rbac.allows(user, attributes) => Err(ApiError::new(
+                403,
+                "Forbidden",
+                attributes.forbidden_message(&user.name),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn take_fault(&self, request: &RequestRecord) -> Option<ApiError> {
         let mut faults = self.faults.lock().expect("stub faults lock");
         let fault = faults.iter_mut().find(|f| {
@@ -199,9 +251,15 @@ impl State {
                     .is_none_or(|n| n == request.namespace)
         })?;
         fault.times -= 1;
-        Some(match fault.status {
-            409 => ApiError::stale(&request.resource, &request.name),
-            code => ApiError::new(code, "InternalError", "injected fault"),
+        Some(match (fault.status, &fault.message) {
+            (409, None) => ApiError::stale(&request.resource, &request.name),
+            (code, message) => ApiError::new(
+                code,
+                "InternalError",
+                message
+                    .clone()
+                    .unwrap_or_else(|| "injected fault".to_owned()),
+            ),
         })
     }
 
@@ -238,6 +296,8 @@ impl Default for Options {
 pub struct KubeApi {
     state: Arc<State>,
     server: HttpStub,
+    /// The CA of the HTTPS endpoint's certificate (PEM).
+    ca_pem: String,
 }
 
 impl KubeApi {
@@ -253,6 +313,7 @@ impl KubeApi {
             key: IssuerKey::generate(KeyAlg::Rs256),
             url: OnceLock::new(),
             users: Mutex::new(BTreeMap::new()),
+            rbac: Mutex::new(None),
             faults: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
             expire: broadcast::channel(4).0,
@@ -265,9 +326,16 @@ impl KubeApi {
                 routes::handle(Arc::clone(&serving), method, uri, headers, body)
             },
         );
-        let server = HttpStub::start("kube-api", router);
+        let mut server = HttpStub::start("kube-api", router.clone());
+        let ca = crate::pki::Ca::new("kube-api stub CA");
+        let certified = ca.issue_server();
+        server.serve_tls(router, &certified.cert_pem, &certified.key_pem);
         state.url.set(server.url()).expect("URL set once");
-        Self { state, server }
+        Self {
+            state,
+            server,
+            ca_pem: ca.cert_pem().to_owned(),
+        }
     }
 
     /// `http://127.0.0.1:PORT`: the API server URL and the token issuer.
@@ -275,15 +343,43 @@ impl KubeApi {
         self.server.url()
     }
 
+    /// `https://127.0.0.1:PORT`: the same API over TLS.
+    pub fn https_url(&self) -> String {
+        self.server.https_url().expect("the stub serves TLS")
+    }
+
+    /// The CA certificate (PEM) of the HTTPS endpoint.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
     /// Adds a user and returns its bearer token.
     pub fn add_user(&self, name: &str) -> String {
-        let token = format!("stub-{name}-{}", random_hex(16));
-        self.state
-            .users
-            .lock()
-            .expect("stub users lock")
-            .insert(token.clone(), name.to_owned());
+        self.add_client(name, UserInfo::new(name))
+    }
+
+    /// Adds a token for `user`, recorded as client `label` (for several
+    /// clients sharing one user), and returns it.
+    pub fn add_client(&self, label: &str, user: UserInfo) -> String {
+        let token = format!("stub-{}-{}", label.replace([':', '/'], "-"), random_hex(16));
+        self.state.users.lock().expect("stub users lock").insert(
+            token.clone(),
+            Identity {
+                client: label.to_owned(),
+                user,
+            },
+        );
         token
+    }
+
+    /// From now on, authorizes every request by RBAC, with the roles and
+    /// bindings among `documents` (namespaced ones without a namespace go
+    /// to `namespace`); later calls add more.
+    pub fn enforce_rbac(&self, documents: &[Value], namespace: &str) {
+        let mut rbac = self.state.rbac.lock().expect("stub rbac lock");
+        rbac.get_or_insert_with(Rbac::default)
+            .load(documents, namespace)
+            .unwrap_or_else(|e| panic!("load RBAC into the stub: {e}"));
     }
 
     /// Lets requests without credentials in as `system:anonymous`, as an
@@ -295,15 +391,23 @@ impl KubeApi {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Writes a kubeconfig for a new user `name` to `path` and returns it.
+    /// Writes a kubeconfig for a new user `name` to `path`.
     pub fn write_kubeconfig(&self, path: &Path, user: &str) {
-        let token = self.add_user(user);
+        self.write_kubeconfig_for(path, user, UserInfo::new(user));
+    }
+
+    /// Writes a kubeconfig to `path` with a new token for `user`, recorded
+    /// as client `label`; it reaches the stub over HTTPS, trusting its CA.
+    pub fn write_kubeconfig_for(&self, path: &Path, label: &str, user: UserInfo) {
+        use base64::Engine as _;
+        let token = self.add_client(label, user);
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
         let config = json!({
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "stub", "cluster": {"server": self.url()}}],
-            "users": [{"name": user, "user": {"token": token}}],
-            "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": user, "namespace": "default"}}],
+            "clusters": [{"name": "stub", "cluster": {"server": self.https_url(), "certificate-authority-data": ca}}],
+            "users": [{"name": label, "user": {"token": token}}],
+            "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": label, "namespace": "default"}}],
             "current-context": "stub",
         });
         std::fs::write(

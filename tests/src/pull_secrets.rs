@@ -1,14 +1,21 @@
 //! A cluster for the pull-secret controller's tests: the Kubernetes API
 //! stub as the cluster and its token issuer, the real token server trusting
 //! that issuer, a real registry, and `regauth-pull-secrets` processes.
+//!
+//! The stub enforces the RBAC the project ships in
+//! `deploy/kubernetes/pull-secrets/` (cluster mode) or its `namespaced/`
+//! variant, and every controller runs as the ServiceAccount those manifests
+//! bind, so each test also proves the controller works with exactly the
+//! rights it is given.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::World;
-use crate::bins::workspace_bin;
+use crate::bins::{workspace_bin, workspace_root};
 use crate::kube_api::KubeApi;
+use crate::kube_api::rbac::{MASTERS, UserInfo};
 use crate::net::free_port;
 use crate::oidc_issuer::config::{IssuerConfig, issuers_yaml};
 use crate::process::{ChildGuard, CmdOutput, PROXY_VARS, Readiness, run, wait_ready};
@@ -18,14 +25,20 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
 use serde_json::Value;
 
 /// The controller binary.
 pub const BINARY: &str = "regauth-pull-secrets";
 /// The audience the controller requests tokens for, which the token server accepts.
 pub const AUDIENCE: &str = "regauth";
-/// The namespace of the controller's Lease.
-pub const SYSTEM_NAMESPACE: &str = "regauth-system";
+/// The namespace the controller runs in, and of its Lease: the one the
+/// shipped bindings name.
+pub const SYSTEM_NAMESPACE: &str = "regauth";
+/// The controller's ServiceAccount, as the shipped bindings name it.
+pub const CONTROLLER_ACCOUNT: &str = "regauth-pull-secrets";
+/// A cluster administrator (`system:masters`), for kubectl as a person.
+pub const ADMIN: &str = "cluster-admin";
 /// The Secret name prefix in the tests' configs.
 pub const PREFIX: &str = "regauth-pull";
 /// Generous bound for anything the controller should do "within seconds"
@@ -45,17 +58,59 @@ pub const POLICY: &str = r#"policy:
     actions: ["*"]
 "#;
 
+/// Which of the shipped RBAC variants the stub enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Install {
+    /// `deploy/kubernetes/pull-secrets/*.yaml`: a ClusterRoleBinding.
+    Cluster,
+    /// `deploy/kubernetes/pull-secrets/namespaced/`: the role bound in each
+    /// namespace passed to [`Cluster::bind_namespace`] only.
+    Namespaced,
+}
+
+/// The shipped manifests directory of the controller.
+pub fn manifests_dir() -> PathBuf {
+    workspace_root().join("deploy/kubernetes/pull-secrets")
+}
+
+/// Every YAML document of the `.yaml` files directly in `dir`, sorted by file.
+pub fn manifest_documents(dir: &Path) -> Vec<Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let mut docs = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+        let values: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", file.display()));
+        docs.extend(values);
+    }
+    docs
+}
+
 /// The API stub, a token server trusting it, and a registry.
 pub struct Cluster {
     /// The world: drops the token server and registry before the directory.
     pub world: World,
     /// The Kubernetes API stub.
     pub api: KubeApi,
+    /// The RBAC variant the stub enforces.
+    pub install: Install,
 }
 
 impl Cluster {
-    /// Starts a cluster whose exchanged credentials live `credential_ttl`.
+    /// Starts a cluster whose exchanged credentials live `credential_ttl`,
+    /// enforcing the shipped cluster-mode RBAC.
     pub fn start(credential_ttl: &str) -> Self {
+        Self::start_with(credential_ttl, Install::Cluster)
+    }
+
+    /// Starts a cluster enforcing the RBAC of `install`.
+    pub fn start_with(credential_ttl: &str, install: Install) -> Self {
         let api = KubeApi::start();
         let issuer = IssuerConfig::kubernetes("cluster", &api.url())
             .audiences(&[AUDIENCE])
@@ -68,7 +123,100 @@ impl Cluster {
             })
             .start();
         api.create_namespace(SYSTEM_NAMESPACE, &[]);
-        Self { world, api }
+        api.create_service_account(SYSTEM_NAMESPACE, CONTROLLER_ACCOUNT);
+        let dir = match install {
+            Install::Cluster => manifests_dir(),
+            Install::Namespaced => manifests_dir().join("namespaced"),
+        };
+        // Only the roles and the controller's own bindings; the per-team
+        // RoleBinding of the namespaced variant is bound per namespace.
+        let docs: Vec<Value> = manifest_documents(&dir)
+            .into_iter()
+            .filter(|d| !(install == Install::Namespaced && is_team_binding(d)))
+            .collect();
+        assert!(
+            docs.iter().any(|d| d["kind"] == "ClusterRole"),
+            "no ClusterRole in {}",
+            dir.display()
+        );
+        api.enforce_rbac(&docs, SYSTEM_NAMESPACE);
+        Self {
+            world,
+            api,
+            install,
+        }
+    }
+
+    /// Binds the namespaced variant's role in `namespace`, as an operator
+    /// applies the shipped team RoleBinding there.
+    pub fn bind_namespace(&self, namespace: &str) {
+        let binding = manifest_documents(&manifests_dir().join("namespaced"))
+            .into_iter()
+            .find(is_team_binding)
+            .expect("the namespaced variant ships a team RoleBinding");
+        let mut binding = binding;
+        binding["metadata"]["namespace"] = namespace.into();
+        self.api.enforce_rbac(&[binding], namespace);
+    }
+
+    /// A person who may do anything with Secrets and ServiceAccounts in
+    /// `namespace` and nothing elsewhere (a Role and RoleBinding there), as
+    /// a namespace owner is. Returns their kubeconfig.
+    pub fn namespace_user(&self, namespace: &str, name: &str) -> PathBuf {
+        let role = serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": format!("{name}-edit"), "namespace": namespace},
+            "rules": [{"apiGroups": [""], "resources": ["secrets", "serviceaccounts"], "verbs": ["*"]},
+                      {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["get", "list", "watch"]}],
+        });
+        let binding = serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": format!("{name}-edit"), "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": format!("{name}-edit")},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": name}],
+        });
+        self.api.enforce_rbac(&[role, binding], namespace);
+        let path = self.world.new_dir(name).join("kubeconfig");
+        self.api.write_kubeconfig(&path, name);
+        path
+    }
+
+    /// The Events regarding ServiceAccount `namespace/sa`, oldest first.
+    pub fn events_on(&self, namespace: &str, sa: &str) -> Vec<Event> {
+        self.api
+            .list::<Event>()
+            .into_iter()
+            .filter(|e| e.metadata.namespace.as_deref() == Some(namespace))
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(sa))
+            .collect()
+    }
+
+    /// A kubeconfig at `path` for a cluster administrator (`system:masters`).
+    pub fn write_admin_kubeconfig(&self, path: &Path) {
+        self.api.write_kubeconfig_for(
+            path,
+            ADMIN,
+            UserInfo {
+                name: ADMIN.to_owned(),
+                groups: vec![MASTERS.to_owned()],
+            },
+        );
+    }
+
+    /// Runs real kubectl with `kubeconfig` (over HTTPS, with its token).
+    pub fn kubectl(&self, kubeconfig: &Path, args: &[&str]) -> CmdOutput {
+        let dir = kubeconfig.parent().expect("a kubeconfig in a directory");
+        let mut cmd = Command::new(crate::tools::require_tool("kubectl", "kubernetes-client"));
+        cmd.arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--cache-dir")
+            .arg(dir.join("kubectl-cache"))
+            .args(args)
+            .env("HOME", dir);
+        for proxy in PROXY_VARS {
+            cmd.env_remove(proxy);
+        }
+        run(cmd, Duration::from_secs(60))
     }
 
     /// The registry host, the `.dockerconfigjson` key.
@@ -96,12 +244,17 @@ impl Cluster {
         )
     }
 
-    /// Writes `config` and a kubeconfig for user `name` under a new
-    /// directory; returns the directory.
+    /// Writes `config` and a kubeconfig for the controller's
+    /// ServiceAccount, recorded as client `name`, under a new directory;
+    /// returns the directory.
     fn prepare(&self, name: &str, config: &str) -> PathBuf {
         let dir = self.world.new_dir(name);
         std::fs::write(dir.join("config.yaml"), config).expect("write controller config");
-        self.api.write_kubeconfig(&dir.join("kubeconfig"), name);
+        self.api.write_kubeconfig_for(
+            &dir.join("kubeconfig"),
+            name,
+            UserInfo::service_account(SYSTEM_NAMESPACE, CONTROLLER_ACCOUNT),
+        );
         dir
     }
 
@@ -120,6 +273,7 @@ impl Cluster {
             process,
             url: format!("http://{listen}"),
             name: name.to_owned(),
+            kubeconfig: dir.join("kubeconfig"),
         };
         let url = controller.url.clone();
         match wait_ready(&mut controller.process, SOON, || {
@@ -137,6 +291,16 @@ impl Cluster {
                 controller.process.logs()
             ),
         }
+    }
+
+    /// Runs `regauth-pull-secrets check-config` on `config`.
+    pub fn check_config(&self, config: &str) -> CmdOutput {
+        let dir = self.world.new_dir("check-config");
+        std::fs::write(dir.join("config.yaml"), config).expect("write config");
+        let mut cmd = Command::new(workspace_bin(BINARY));
+        cmd.args(["check-config", "--config"])
+            .arg(dir.join("config.yaml"));
+        run(cmd, Duration::from_secs(60))
     }
 
     /// Runs the controller with `args` (`--once`, `--cleanup`…) to the end.
@@ -216,8 +380,10 @@ fn command(dir: &Path, name: &str) -> Command {
 pub struct Controller {
     process: ChildGuard,
     url: String,
-    /// Its name: API user and pod name.
+    /// Its name: API client label and pod name.
     pub name: String,
+    /// Its kubeconfig: the controller's ServiceAccount token.
+    pub kubeconfig: PathBuf,
 }
 
 impl Controller {
@@ -233,6 +399,17 @@ impl Controller {
     pub fn logs(&self) -> String {
         self.process.logs()
     }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+}
+
+fn is_team_binding(doc: &Value) -> bool {
+    doc["kind"] == "RoleBinding"
+        && doc["metadata"]["namespace"].as_str().is_some()
+        && doc["roleRef"]["kind"] == "ClusterRole"
 }
 
 /// Polls `probe` every 100 ms until it yields a value; panics naming
@@ -278,6 +455,26 @@ pub fn password(secret: &Secret, host: &str) -> String {
         "auth is base64(username:password)"
     );
     password
+}
+
+/// When the credential written for `host` expires: the `exp` claim of the
+/// refresh token in the Secret, read without verifying it (the test's own
+/// look at what a pull would present).
+pub fn credential_expiry(secret: &Secret, host: &str) -> Option<u64> {
+    let config = docker_config(secret);
+    let token = config["auths"][host]["password"].as_str()?;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice::<Value>(&bytes).ok()?["exp"].as_u64()
+}
+
+/// Seconds since the epoch, now.
+pub fn now_seconds() -> u64 {
+    crate::oidc_issuer::claims::now()
+        .try_into()
+        .unwrap_or_default()
 }
 
 /// The value of one sample in a metrics text.

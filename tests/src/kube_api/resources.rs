@@ -55,6 +55,78 @@ impl ResourceType {
         value["kind"] = self.kind.into();
         Ok(value)
     }
+
+    /// What the API validates on a write beyond the type (`old` is the
+    /// stored object on an update): the message of a 422 `Invalid`.
+    pub fn validate(&self, object: &Value, old: Option<&Value>) -> Result<(), String> {
+        if self.kind == "Event" && self.group == "events.k8s.io" {
+            return event_rules(object, old);
+        }
+        Ok(())
+    }
+}
+
+/// Limits of `events.k8s.io/v1` Events, as the API's strict validation
+/// counts them: in bytes.
+const EVENT_NOTE_BYTES: usize = 1024;
+const EVENT_FIELD_BYTES: usize = 128;
+
+/// The API's validation of `events.k8s.io/v1` Events on create and update.
+fn event_rules(event: &Value, old: Option<&Value>) -> Result<(), String> {
+    let mut problems = Vec::new();
+    let text = |field: &str| event[field].as_str().unwrap_or_default();
+    if text("note").len() > EVENT_NOTE_BYTES {
+        problems.push(format!(
+            "note: Too long: may not be more than {EVENT_NOTE_BYTES} bytes"
+        ));
+    }
+    for field in ["reason", "action", "reportingInstance"] {
+        if text(field).len() > EVENT_FIELD_BYTES {
+            problems.push(format!(
+                "{field}: Too long: may not be more than {EVENT_FIELD_BYTES} bytes"
+            ));
+        }
+    }
+    for field in ["reason", "action", "reportingController", "eventTime"] {
+        if event[field].is_null() || event[field] == "" {
+            problems.push(format!("{field}: Required value"));
+        }
+    }
+    if !matches!(text("type"), "Normal" | "Warning") {
+        problems.push(format!(
+            "type: Unsupported value: {:?}: supported values: \"Normal\", \"Warning\"",
+            text("type")
+        ));
+    }
+    if !event["series"].is_null() {
+        if event["series"]["count"].as_i64().is_none_or(|c| c < 2) {
+            problems.push("series.count: Invalid value: must be at least 2".to_owned());
+        }
+        if event["series"]["lastObservedTime"].is_null() {
+            problems.push("series.lastObservedTime: Required value".to_owned());
+        }
+    }
+    if let Some(old) = old {
+        for field in [
+            "note",
+            "reason",
+            "type",
+            "action",
+            "regarding",
+            "eventTime",
+            "reportingController",
+            "reportingInstance",
+        ] {
+            if event[field] != old[field] {
+                problems.push(format!("{field}: Invalid value: field is immutable"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join(", "))
+    }
 }
 
 /// Every resource the stub serves.
@@ -181,6 +253,31 @@ mod tests {
                 .unwrap_err()
                 .contains("invalid JSON")
         );
+    }
+
+    #[test]
+    fn event_notes_are_limited_in_bytes_and_immutable() {
+        let events = find("events.k8s.io", "v1", "events").unwrap();
+        let event = |note: &str| {
+            json!({"metadata": {"name": "e"}, "eventTime": "2026-01-01T00:00:00.000000Z",
+                "reason": "RefreshFailed", "action": "Refresh", "type": "Warning",
+                "reportingController": "ctl", "reportingInstance": "ctl-1", "note": note})
+        };
+        assert!(events.validate(&event(&"x".repeat(1024)), None).is_ok());
+        // 1022 ASCII bytes and one 3-byte character: 1025 bytes, 1023 characters.
+        let over = format!("{}…", "x".repeat(1022));
+        let err = events.validate(&event(&over), None).unwrap_err();
+        assert!(err.contains("note: Too long"), "{err}");
+        let err = events
+            .validate(&event("second cause"), Some(&event("first cause")))
+            .unwrap_err();
+        assert!(
+            err.contains("note: Invalid value: field is immutable"),
+            "{err}"
+        );
+        let mut no_type = event("x");
+        no_type["type"] = "Bad".into();
+        assert!(events.validate(&no_type, None).is_err());
     }
 
     #[test]

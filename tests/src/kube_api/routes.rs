@@ -13,6 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
+use super::rbac::{self as authz, Attributes};
 use super::resources::{self, RESOURCES, ResourceType};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
@@ -58,9 +59,11 @@ pub async fn handle(
         }
         _ => {}
     }
-    let Some(user) = state.authenticate(&headers) else {
+    let received = std::time::Instant::now();
+    let Some(identity) = state.authenticate(&headers) else {
         return status_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
     };
+    // Discovery is open to every authenticated user (system:discovery).
     if let Some(discovered) = discovery(&path, &state.url()) {
         return http_stub::json(200, "application/json", &discovered);
     }
@@ -71,7 +74,14 @@ pub async fn handle(
     let watch = query.get("watch").is_some_and(|v| v == "true" || v == "1");
     let verb = verb(&method, &target, watch, &headers);
     let mut record = RequestRecord {
-        user,
+        user: identity.user.name.clone(),
+        client: identity.client.clone(),
+        at: received,
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
         verb: verb.to_owned(),
         resource: target.rt.plural.to_owned(),
         group: target.rt.group.to_owned(),
@@ -80,6 +90,10 @@ pub async fn handle(
         subresource: target.subresource.clone().unwrap_or_default(),
         status: 0,
     };
+    if let Err(forbidden) = authorize(&state, &identity.user, &target, verb, &query) {
+        let status = forbidden.code;
+        return state.record(record, status, status_response(&forbidden));
+    }
     let response = match state.take_fault(&record) {
         Some(fault) => Err(fault),
         None if verb == "watch" => {
@@ -93,6 +107,59 @@ pub async fn handle(
     };
     record.status = status;
     state.record(record, status, response)
+}
+
+/// RBAC's view of a request. A server-side apply is a `patch`, and one that
+/// would create the object must be allowed `create` as well; a list or
+/// watch is named by a `metadata.name` field selector; a collection create
+/// has no name.
+fn authorize(
+    state: &State,
+    user: &authz::UserInfo,
+    target: &Target,
+    verb: &str,
+    query: &Query,
+) -> Result<(), ApiError> {
+    let attributes = |verb: &str, name: String| Attributes {
+        verb: verb.to_owned(),
+        group: target.rt.group.to_owned(),
+        resource: target.rt.plural.to_owned(),
+        subresource: target.subresource.clone().unwrap_or_default(),
+        namespace: target.namespace.clone().unwrap_or_default(),
+        name,
+    };
+    let name = target.name.clone().unwrap_or_default();
+    match verb {
+        "list" | "watch" => {
+            let named = query
+                .get("fieldSelector")
+                .and_then(|f| authz::name_from_field_selector(f))
+                .unwrap_or_default();
+            state.authorize(user, &attributes(verb, named))
+        }
+        "apply" => {
+            state.authorize(user, &attributes("patch", name.clone()))?;
+            let exists = {
+                let store = state.store.lock().expect("stub store lock");
+                store
+                    .get(
+                        target.rt,
+                        target.namespace.as_deref().unwrap_or_default(),
+                        &name,
+                    )
+                    .is_ok()
+            };
+            if exists {
+                Ok(())
+            } else {
+                state.authorize(user, &attributes("create", String::new()))
+            }
+        }
+        "create" if target.subresource.is_none() => {
+            state.authorize(user, &attributes("create", String::new()))
+        }
+        other => state.authorize(user, &attributes(other, name)),
+    }
 }
 
 fn verb(method: &Method, target: &Target, watch: bool, headers: &HeaderMap) -> &'static str {
@@ -125,6 +192,23 @@ fn serve(
     let ns = target.namespace.as_deref().unwrap_or_default();
     let now = state.now_rfc3339();
     let manager = manager(query, headers);
+    if matches!(verb, "create" | "update") {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json");
+        // The API also takes protobuf and CBOR; the stub only JSON, and says so
+        // as the API does for a type it does not know.
+        if !content_type.starts_with("application/json") {
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                format!(
+                    "the body of the request was in an unknown format ({content_type}) - accepted media types include: application/json"
+                ),
+            ));
+        }
+    }
     let mut store = state.store.lock().expect("stub store lock");
     match (verb, target.name.as_deref(), target.subresource.as_deref()) {
         ("list", None, None) => list(&store, target, query).map(|v| (200, v)),
@@ -204,15 +288,15 @@ fn serve(
 }
 
 /// The field manager of a non-apply write: `fieldManager`, or the client's
-/// user agent up to the first `/`, as the API defaults it.
+/// user agent up to the first `/`, or `""` without one, as the API
+/// defaults it.
 fn manager(query: &Query, headers: &HeaderMap) -> String {
     query.get("fieldManager").cloned().unwrap_or_else(|| {
         headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .and_then(|ua| ua.split('/').next())
-            .filter(|m| !m.is_empty())
-            .unwrap_or("unknown")
+            .unwrap_or_default()
             .to_owned()
     })
 }

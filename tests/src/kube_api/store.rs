@@ -183,12 +183,13 @@ impl Store {
         let name = meta["name"].as_str().unwrap_or_default().to_owned();
         check_name(&name)?;
         self.check_namespace(rt, ns, meta)?;
+        validate(rt, &name, &object, None)?;
         let key = (rt, ns.to_owned(), name.clone());
         if self.objects.contains_key(&key) {
             return Err(ApiError::already_exists(rt.plural, &name));
         }
-        meta["uid"] = random_uuid().into();
-        meta["creationTimestamp"] = now.into();
+        object["metadata"]["uid"] = random_uuid().into();
+        object["metadata"]["creationTimestamp"] = now.into();
         if rt.kind == "Namespace" {
             object["status"] = json!({"phase": "Active"});
         }
@@ -298,6 +299,7 @@ impl Store {
             })?;
         let mut object = rt.normalize(&merged).map_err(ApiError::bad_request)?;
         object["metadata"]["name"] = name.into();
+        validate(rt, name, &object, current.as_ref())?;
         match current {
             None => {
                 self.check_namespace(rt, ns, &mut object["metadata"])?;
@@ -365,6 +367,7 @@ impl Store {
     ) -> Result<Value, ApiError> {
         keep_identity(&current, &mut object);
         check_immutable(rt, &current, &object)?;
+        validate(rt, name, &object, Some(&current))?;
         if same_content(&current, &object) {
             return Ok(current);
         }
@@ -450,6 +453,23 @@ impl Store {
         let _ = self.feed.send(change);
         object
     }
+}
+
+/// The type's own validation, as a 422 naming the object.
+fn validate(
+    rt: ResourceType,
+    name: &str,
+    object: &Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    rt.validate(object, old).map_err(|message| {
+        let kind = if rt.group.is_empty() {
+            rt.kind.to_owned()
+        } else {
+            format!("{}.{}", rt.kind, rt.group)
+        };
+        ApiError::invalid(format!("{kind} \"{name}\" is invalid: {message}"))
+    })
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {

@@ -43,8 +43,7 @@ fn kubectl_reads_namespaces_and_secrets_from_the_stub() {
     api.create(&secret);
     let dir = tempfile::tempdir().expect("temp dir");
 
-    // kubectl sends no bearer token over plain HTTP: it reads anonymously.
-    api.allow_anonymous();
+    // Over HTTPS kubectl sends its bearer token (over plain HTTP it sends none).
     let out = kubectl(&api, dir.path(), &["get", "namespaces"]);
     out.assert_success("kubectl get namespaces");
     assert!(out.stdout.contains("team-a"), "{}", out.describe());
@@ -73,8 +72,8 @@ fn kubectl_reads_namespaces_and_secrets_from_the_stub() {
     assert!(
         api.requests()
             .iter()
-            .any(|r| r.user == regauth_e2e::kube_api::ANONYMOUS && r.verb == "list"),
-        "kubectl's requests are recorded"
+            .any(|r| r.user == "kubectl-user" && r.verb == "list"),
+        "kubectl's requests are recorded under its user"
     );
 }
 
