@@ -1,9 +1,11 @@
-//! The pull-secret controller's manifests in `deploy/kubernetes/pull-secrets/`,
-//! read by the same typed, nothing-lost check as the server's: the
-//! Deployment runs two replicas with probes on the configured port, the
-//! config comes from the ConfigMap and passes `check-config`, and RBAC
-//! grants the least the controller uses, with tokens only for the
-//! ServiceAccounts the config names.
+//! The pull-secret controller's manifests in `deploy/kubernetes/pull-secrets/`
+//! (and the RBAC of its `namespaced/` variant), read by the same typed,
+//! nothing-lost check as the server's: the Deployment runs two replicas
+//! with probes on the configured port, the config comes from the ConfigMap
+//! and passes `check-config`, and RBAC grants the least the controller
+//! uses, with tokens and Secrets only by the names the config implies.
+//! (What that RBAC allows is checked against the API stub in
+//! `pull_secrets_rbac.rs`.) `check-config` refuses hostile values.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -30,9 +32,37 @@ struct Manifests {
     role_bindings: Vec<RoleBinding>,
 }
 
+/// The documents of the cluster install (the top directory) or of the
+/// namespaced variant's RBAC.
+fn documents(namespaced: bool) -> Vec<crate::deploy_manifests::Doc> {
+    documents_in(&kubernetes_dir().join(PULL_SECRETS_DIR))
+        .into_iter()
+        .filter(|d| d.origin.contains("/namespaced/") == namespaced)
+        .collect()
+}
+
 fn manifests() -> Manifests {
+    let m = typed_manifests(documents(false));
+    for (kind, n) in [
+        ("Deployment", m.deployments.len()),
+        ("ConfigMap", m.config_maps.len()),
+        ("ServiceAccount", m.service_accounts.len()),
+        ("ClusterRole", m.cluster_roles.len()),
+        ("ClusterRoleBinding", m.cluster_role_bindings.len()),
+        ("Role", m.roles.len()),
+        ("RoleBinding", m.role_bindings.len()),
+    ] {
+        assert_eq!(
+            n, 1,
+            "expected one {kind} in deploy/kubernetes/{PULL_SECRETS_DIR}"
+        );
+    }
+    m
+}
+
+fn typed_manifests(docs: Vec<crate::deploy_manifests::Doc>) -> Manifests {
     let mut m = Manifests::default();
-    for doc in documents_in(&kubernetes_dir().join(PULL_SECRETS_DIR)) {
+    for doc in docs {
         let api_version = doc.value["apiVersion"].as_str().unwrap_or_default();
         let kind = doc.value["kind"].as_str().unwrap_or_default();
         match (api_version, kind) {
@@ -50,20 +80,6 @@ fn manifests() -> Manifests {
                 doc.origin
             ),
         }
-    }
-    for (kind, n) in [
-        ("Deployment", m.deployments.len()),
-        ("ConfigMap", m.config_maps.len()),
-        ("ServiceAccount", m.service_accounts.len()),
-        ("ClusterRole", m.cluster_roles.len()),
-        ("ClusterRoleBinding", m.cluster_role_bindings.len()),
-        ("Role", m.roles.len()),
-        ("RoleBinding", m.role_bindings.len()),
-    ] {
-        assert_eq!(
-            n, 1,
-            "expected one {kind} in deploy/kubernetes/{PULL_SECRETS_DIR}"
-        );
     }
     m
 }
@@ -195,71 +211,175 @@ fn pull_secret_manifests_are_typed_and_consistent() {
     );
 }
 
-fn verbs(
-    rules: &[PolicyRule],
-    group: &str,
-    resource: &str,
-) -> (BTreeSet<String>, Option<Vec<String>>) {
-    let rule = rules
+/// One rule as (verbs, resourceNames), for comparing.
+type Grant = (BTreeSet<String>, Option<BTreeSet<String>>);
+
+/// Every rule for `group/resource`, as (verbs, resourceNames).
+fn grants(rules: &[PolicyRule], group: &str, resource: &str) -> BTreeSet<Grant> {
+    rules
         .iter()
-        .find(|r| {
+        .filter(|r| {
             r.api_groups.iter().flatten().any(|g| g == group)
                 && r.resources.iter().flatten().any(|x| x == resource)
         })
-        .unwrap_or_else(|| panic!("no rule for {group}/{resource}"));
-    (
-        rule.verbs.iter().cloned().collect(),
-        rule.resource_names.clone(),
-    )
+        .map(|r| {
+            (
+                r.verbs.iter().cloned().collect(),
+                r.resource_names
+                    .as_ref()
+                    .map(|n| n.iter().cloned().collect()),
+            )
+        })
+        .collect()
 }
 
-#[test]
-fn rbac_grants_the_least_the_controller_uses() {
-    let m = manifests();
-    let rules = m.cluster_roles[0].rules.clone().unwrap_or_default();
-    let set = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>();
-    for rule in &rules {
+fn set(v: &[&str]) -> BTreeSet<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// The rules the controller needs in each namespace it serves, for the
+/// configured ServiceAccount names and their Secret names.
+fn check_namespace_rules(rules: &[PolicyRule], service_accounts: &[&str], secrets: &[&str]) {
+    for rule in rules {
         assert!(!rule.verbs.iter().any(|v| v == "*"), "no wildcard verbs");
         assert!(
             !rule.resources.iter().flatten().any(|r| r == "*"),
             "no wildcard resources"
         );
+        // create cannot be confined by name: a rule with names must not
+        // pretend to.
+        if rule.resource_names.is_some()
+            && !rule.resources.iter().flatten().any(|r| r.contains('/'))
+        {
+            assert!(!rule.verbs.iter().any(|v| v == "create"), "{rule:?}");
+        }
     }
     assert_eq!(
-        verbs(&rules, "", "namespaces").0,
-        set(&["get", "list", "watch"])
+        grants(rules, "", "serviceaccounts"),
+        BTreeSet::from([
+            (set(&["list", "watch"]), None),
+            (set(&["get", "patch"]), Some(set(service_accounts))),
+        ])
     );
     assert_eq!(
-        verbs(&rules, "", "serviceaccounts").0,
-        set(&["get", "list", "watch", "patch"])
+        grants(rules, "", "serviceaccounts/token"),
+        BTreeSet::from([(set(&["create"]), Some(set(service_accounts)))]),
+        "tokens only for the configured ServiceAccounts"
     );
     assert_eq!(
-        verbs(&rules, "", "secrets").0,
-        set(&["list", "watch", "create", "patch", "delete"])
+        grants(rules, "", "secrets"),
+        BTreeSet::from([
+            (
+                set(&["list", "watch", "patch", "delete"]),
+                Some(set(secrets))
+            ),
+            (set(&["create"]), None),
+        ]),
+        "Secrets only by their names (create cannot be confined)"
     );
     assert_eq!(
-        verbs(&rules, "events.k8s.io", "events").0,
-        set(&["create", "patch"])
+        grants(rules, "events.k8s.io", "events"),
+        BTreeSet::from([(set(&["create", "patch"]), None)])
     );
-    let (token_verbs, names) = verbs(&rules, "", "serviceaccounts/token");
-    assert_eq!(token_verbs, set(&["create"]));
-    let (_, config, _) = config(&m);
-    let configured: Vec<String> = config["service_accounts"]
+}
+
+/// The lease Role: its one Lease by name, and create.
+fn check_lease_role(roles: &[Role], lease: &str) {
+    assert_eq!(roles.len(), 1);
+    let rules = roles[0].rules.clone().unwrap_or_default();
+    assert_eq!(
+        grants(&rules, "coordination.k8s.io", "leases"),
+        BTreeSet::from([
+            (set(&["get", "update"]), Some(set(&[lease]))),
+            (set(&["create"]), None),
+        ])
+    );
+}
+
+/// The configured ServiceAccount names and the Secret names they imply.
+fn configured_names(config: &Value) -> (Vec<String>, Vec<String>) {
+    let service_accounts: Vec<String> = config["service_accounts"]
         .as_array()
         .expect("service_accounts is listed")
         .iter()
         .map(|v| v.as_str().unwrap().to_owned())
         .collect();
+    let prefix = config["secret_name"].as_str().unwrap_or("regauth-pull");
+    let secrets = service_accounts
+        .iter()
+        .map(|sa| format!("{prefix}-{sa}"))
+        .collect();
+    (service_accounts, secrets)
+}
+
+#[test]
+fn rbac_grants_the_least_the_controller_uses() {
+    let m = manifests();
+    let (_, config, _) = config(&m);
+    let (service_accounts, secrets) = configured_names(&config);
+    let sa_names: Vec<&str> = service_accounts.iter().map(String::as_str).collect();
+    let secret_names: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    let rules = m.cluster_roles[0].rules.clone().unwrap_or_default();
+    check_namespace_rules(&rules, &sa_names, &secret_names);
     assert_eq!(
-        names,
-        Some(configured),
-        "tokens only for the configured ServiceAccounts"
+        grants(&rules, "", "namespaces"),
+        BTreeSet::from([(set(&["list", "watch"]), None)])
     );
-    let lease_rules = m.roles[0].rules.clone().unwrap_or_default();
+    let lease = config["leader_election"]["lease_name"]
+        .as_str()
+        .expect("lease_name");
+    check_lease_role(&m.roles, lease);
+}
+
+#[test]
+fn the_namespaced_variant_grants_the_same_per_namespace_and_nothing_cluster_wide() {
+    let cluster_install = manifests();
+    let (_, config, _) = config(&cluster_install);
+    let (service_accounts, secrets) = configured_names(&config);
+    let sa_names: Vec<&str> = service_accounts.iter().map(String::as_str).collect();
+    let secret_names: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    let m = typed_manifests(documents(true));
+    assert!(
+        m.cluster_role_bindings.is_empty(),
+        "nothing is bound cluster-wide"
+    );
+    assert!(m.deployments.is_empty() && m.config_maps.is_empty());
+    assert_eq!(m.cluster_roles.len(), 1);
+    let rules = m.cluster_roles[0].rules.clone().unwrap_or_default();
+    check_namespace_rules(&rules, &sa_names, &secret_names);
+    assert!(
+        grants(&rules, "", "namespaces").is_empty(),
+        "no namespace reads"
+    );
+    let lease = config["leader_election"]["lease_name"]
+        .as_str()
+        .expect("lease_name");
+    check_lease_role(&m.roles, lease);
+    // The lease binding and one team binding of the namespaced ClusterRole.
+    let sa = cluster_install.service_accounts[0].metadata.name.clone();
+    let team: Vec<&RoleBinding> = m
+        .role_bindings
+        .iter()
+        .filter(|b| b.role_ref.kind == "ClusterRole")
+        .collect();
+    assert_eq!(team.len(), 1);
     assert_eq!(
-        verbs(&lease_rules, "coordination.k8s.io", "leases").0,
-        set(&["get", "create", "update"])
+        Some(&team[0].role_ref.name),
+        m.cluster_roles[0].metadata.name.as_ref()
     );
+    assert!(
+        team[0].metadata.namespace.is_some(),
+        "the example names its namespace"
+    );
+    for binding in &m.role_bindings {
+        assert!(
+            binding
+                .subjects
+                .iter()
+                .flatten()
+                .any(|s| s.kind == "ServiceAccount" && Some(&s.name) == sa.as_ref())
+        );
+    }
 }
 
 #[test]
@@ -286,4 +406,68 @@ fn configmap_config_passes_check_config() {
         "{}",
         out.describe()
     );
+}
+
+/// `check-config` refuses durations and names that would overflow the
+/// controller's arithmetic or reach an API path, naming each with its line.
+#[test]
+fn check_config_refuses_hostile_durations_and_names() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.yaml");
+    let check = |text: &str| {
+        std::fs::write(&path, text).expect("write config");
+        let mut cmd = Command::new(workspace_bin("regauth-pull-secrets"));
+        cmd.args(["check-config", "--config"]).arg(&path);
+        run(cmd, Duration::from_secs(60))
+    };
+    let base = "token_server:\n  url: https://auth.example.com\nregistries:\n  - hosts: [registry.example.com]\n    service: registry.example.com\n";
+    // Control: the base config passes.
+    let out = check(base);
+    out.assert_success("check-config on a good config");
+    for (extra, line, key) in [
+        (
+            "leader_election:\n  lease_duration: 500000000000y\n",
+            7,
+            "leader_election.lease_duration",
+        ),
+        (
+            "leader_election:\n  lease_duration: 2h\n",
+            7,
+            "leader_election.lease_duration",
+        ),
+        ("resync_interval: 100ms\n", 6, "resync_interval"),
+        (
+            "leader_election:\n  renew_interval: 500000000000y\n",
+            7,
+            "leader_election.renew_interval",
+        ),
+        (
+            "leader_election:\n  lease_name: ../../../../api/v1/namespaces/kube-system/secrets\n",
+            7,
+            "leader_election.lease_name",
+        ),
+        (
+            "leader_election:\n  namespace: \"kube-system/x\"\n",
+            7,
+            "leader_election.namespace",
+        ),
+        ("service_accounts: [\"../admin\"]\n", 6, "service_accounts"),
+        (
+            "namespaces:\n  names: [\"team a\"]\n",
+            7,
+            "namespaces.names",
+        ),
+    ] {
+        let out = check(&format!("{base}{extra}"));
+        assert!(
+            !out.success(),
+            "{extra:?} passed check-config:\n{}",
+            out.describe()
+        );
+        assert!(
+            out.stderr.contains(&format!("line {line}: {key}")),
+            "{extra:?}: {}",
+            out.describe()
+        );
+    }
 }

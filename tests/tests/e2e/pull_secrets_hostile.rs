@@ -1,0 +1,700 @@
+//! The pull-secret controller against a hostile namespace owner and a
+//! failing world: a Secret with our name that was there first, edits to
+//! the Secret and the ServiceAccount, long and changing errors, retries
+//! against a down token server, and a leader killed without warning. Every
+//! test runs under the shipped RBAC (see `pull_secrets.rs` in the support
+//! crate), and people act through real kubectl where they would.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use regauth_e2e::kube_api::{Fault, RequestRecord};
+use regauth_e2e::ops::{Signal, send_signal};
+use regauth_e2e::pull_secrets::{
+    Cluster, PREFIX, SYSTEM_NAMESPACE, credential_expiry, eventually, metric, now_seconds, password,
+};
+
+/// The label that opts a namespace in.
+const OPT_IN: &str = "regauth.io/pull-secrets";
+/// The tests' `resync_interval` (see `Cluster::config`).
+const RESYNC: Duration = Duration::from_secs(10);
+/// What a loaded machine may add to "within one resync".
+const SLACK: Duration = Duration::from_secs(10);
+/// The field manager and User-Agent product of the controller.
+const MANAGER: &str = "regauth-pull-secrets";
+
+fn selector_config() -> String {
+    format!("namespaces:\n  selector: \"{OPT_IN}=enabled\"\n")
+}
+
+fn opt_in(cluster: &Cluster, namespace: &str, enabled: bool) {
+    let mut ns = cluster
+        .api
+        .get::<Namespace>("", namespace)
+        .expect("the namespace exists");
+    let labels = ns.metadata.labels.get_or_insert_with(Default::default);
+    if enabled {
+        labels.insert(OPT_IN.to_owned(), "enabled".to_owned());
+    } else {
+        labels.remove(OPT_IN);
+    }
+    cluster.api.update(&ns);
+}
+
+fn secret_name() -> String {
+    format!("{PREFIX}-default")
+}
+
+/// Requests of the controller's replicas that wrote (or tried to write)
+/// `resource` in `namespace`.
+fn controller_writes(cluster: &Cluster, resource: &str, namespace: &str) -> Vec<RequestRecord> {
+    cluster
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.client.starts_with("replica-") && r.is_write())
+        .filter(|r| r.resource == resource && r.namespace == namespace)
+        .collect()
+}
+
+/// Waits up to `bound` for `probe`, returning how long it took.
+fn within<T>(what: &str, bound: Duration, mut probe: impl FnMut() -> Option<T>) -> (T, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe() {
+            return (value, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < bound,
+            "timed out after {bound:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A Secret of the same name that a namespace owner made first is theirs:
+/// selection, resyncs and deselection leave it exactly as it was, and the
+/// controller says why it does nothing there.
+#[test]
+fn a_foreign_secret_with_our_name_survives_selection_a_resync_and_deselection_byte_for_byte() {
+    let cluster = Cluster::start("1h");
+    cluster.api.create_namespace("victim", &[]);
+    cluster
+        .api
+        .create_namespace("team-b", &[(OPT_IN, "enabled")]);
+    let owner = cluster.namespace_user("victim", "victim-owner");
+    // kubectl's typed create sends protobuf, which the stub does not
+    // decode: the same Secret goes through `kubectl create -f` as JSON.
+    let made = cluster.kubectl(
+        &owner,
+        &[
+            "create",
+            "secret",
+            "docker-registry",
+            &secret_name(),
+            "-n",
+            "victim",
+            "--docker-server=registry.example.com",
+            "--docker-username=theirs",
+            "--docker-password=their-own-password",
+            "--dry-run=client",
+            "-o",
+            "json",
+        ],
+    );
+    made.assert_success("kubectl create secret docker-registry --dry-run=client");
+    let manifest = owner.with_file_name("their-secret.json");
+    std::fs::write(&manifest, &made.stdout).expect("write their Secret");
+    cluster
+        .kubectl(
+            &owner,
+            &[
+                "create",
+                "--validate=false",
+                "-f",
+                manifest.to_str().unwrap(),
+            ],
+        )
+        .assert_success("kubectl create -f of their Secret as the namespace owner");
+    let theirs = cluster
+        .api
+        .get::<Secret>("victim", &secret_name())
+        .expect("their Secret exists");
+    opt_in(&cluster, "victim", true);
+    let controller = cluster.start_controller("replica-a", &cluster.config(&selector_config(), ""));
+    // Control: the controller works beside it.
+    cluster.wait_pull_secret("team-b", "default");
+    cluster.wait_attached("team-b", "default");
+
+    // A resync later: still theirs, and not listed by us.
+    std::thread::sleep(RESYNC + Duration::from_secs(2));
+    assert_eq!(
+        cluster.api.get::<Secret>("victim", &secret_name()).as_ref(),
+        Some(&theirs),
+        "their Secret changed"
+    );
+    assert!(cluster.pull_secret_names("victim", "default").is_empty());
+
+    let event = eventually("a SecretConflict Event on victim/default", || {
+        cluster
+            .events_on("victim", "default")
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("SecretConflict"))
+    });
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let note = event.note.clone().unwrap_or_default();
+    assert!(
+        note.contains(&format!("victim/{}", secret_name())) && note.contains("left as it is"),
+        "{note}"
+    );
+    eventually("the conflicts metric", || {
+        metric(&controller.metrics(), "regauth_pull_secrets_conflicts").filter(|n| *n == 1.0)
+    });
+    assert!(
+        metric(
+            &controller.metrics(),
+            "regauth_pull_secrets_failures_total{reason=\"foreign_secret\"}"
+        )
+        .is_some_and(|n| n >= 1.0)
+    );
+    assert!(
+        controller.logs().contains("pull Secret name taken"),
+        "{}",
+        controller.logs()
+    );
+
+    // Deselected: the controller lets go of the namespace, and nothing of theirs.
+    opt_in(&cluster, "victim", false);
+    eventually("the conflict to be forgotten", || {
+        metric(&controller.metrics(), "regauth_pull_secrets_conflicts").filter(|n| *n == 0.0)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        cluster.api.get::<Secret>("victim", &secret_name()).as_ref(),
+        Some(&theirs),
+        "their Secret changed on deselection"
+    );
+    let writes = controller_writes(&cluster, "secrets", "victim");
+    assert!(
+        writes.is_empty(),
+        "the controller wrote their Secret: {writes:?}"
+    );
+}
+
+/// Nothing a namespace user may edit decides freshness: an edited expiry
+/// annotation, an edited `.dockerconfigjson`, a deleted Secret and a
+/// removed `imagePullSecrets` entry are each repaired within one resync,
+/// and no sample ever holds an expired credential.
+#[test]
+fn edits_to_a_pull_secret_are_repaired_within_one_resync_and_no_expired_credential_is_served() {
+    // Credentials live 20 s and are refreshed once 12 s remain.
+    let cluster = Cluster::start("20s");
+    cluster
+        .api
+        .create_namespace("team-a", &[(OPT_IN, "enabled")]);
+    let owner = cluster.namespace_user("team-a", "team-a-owner");
+    let controller = cluster.start_controller(
+        "replica-a",
+        &cluster.config(&selector_config(), "refresh_threshold: 12s\n"),
+    );
+    let host = cluster.registry_host();
+    let first = cluster.wait_pull_secret("team-a", "default");
+    cluster.wait_attached("team-a", "default");
+    let bound = RESYNC + SLACK;
+    let expires = |s: &Secret| {
+        s.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("regauth.io/expires-at"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        credential_expiry(&first, &host).is_some(),
+        "the credential is a JWT"
+    );
+
+    // 1. The owner says the credential lasts until 2099.
+    cluster
+        .kubectl(
+            &owner,
+            &[
+                "annotate",
+                "--overwrite",
+                "-n",
+                "team-a",
+                "secret",
+                &secret_name(),
+                "regauth.io/expires-at=2099-01-01T00:00:00Z",
+            ],
+        )
+        .assert_success("kubectl annotate as the namespace owner");
+    assert!(
+        cluster
+            .pull_secret("team-a", "default")
+            .is_some_and(|s| expires(&s).starts_with("2099")),
+        "the edit happened"
+    );
+    let (_, took) = within("the annotation to be repaired", bound, || {
+        cluster
+            .pull_secret("team-a", "default")
+            .filter(|s| !expires(s).starts_with("2099"))
+    });
+    println!("annotation repaired in {took:?}");
+    // Sample for longer than a credential lives: never an expired one, and
+    // the metric never says more time is left than the Secret holds.
+    let mut samples = 0;
+    let mut passwords = std::collections::BTreeSet::new();
+    let until = Instant::now() + Duration::from_secs(25);
+    while Instant::now() < until {
+        let secret = cluster
+            .pull_secret("team-a", "default")
+            .expect("the Secret stays");
+        let exp = credential_expiry(&secret, &host).expect("a JWT credential");
+        let now = now_seconds();
+        assert!(
+            exp > now,
+            "sample {samples} holds a credential expired at {exp} (now {now})"
+        );
+        if let Some(left) = metric(
+            &controller.metrics(),
+            "regauth_pull_secrets_soonest_expiry_seconds",
+        ) {
+            assert!(
+                left <= (exp as f64 - now as f64) + 2.0,
+                "the metric says {left} s left, the Secret holds {} s",
+                exp as f64 - now as f64
+            );
+        }
+        passwords.insert(password(&secret, &host));
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(samples >= 20, "only {samples} samples");
+    assert!(
+        passwords.len() >= 2,
+        "the credential was refreshed meanwhile"
+    );
+
+    // 2. The owner replaces the credential.
+    let forged = serde_json::json!({"auths": {&host: {"username": "x", "password": "forged", "auth": "eDpmb3JnZWQ="}}});
+    cluster
+        .kubectl(
+            &owner,
+            &[
+                "patch",
+                "-n",
+                "team-a",
+                "secret",
+                &secret_name(),
+                "--type=merge",
+                "-p",
+                &serde_json::json!({"stringData": {".dockerconfigjson": forged.to_string()}})
+                    .to_string(),
+            ],
+        )
+        .assert_success("kubectl patch of .dockerconfigjson as the namespace owner");
+    let (_, took) = within("the credential to be repaired", bound, || {
+        cluster
+            .pull_secret("team-a", "default")
+            .filter(|s| password(s, &host) != "forged")
+    });
+    println!(".dockerconfigjson repaired in {took:?}");
+
+    // 3. The owner deletes the Secret.
+    cluster
+        .kubectl(
+            &owner,
+            &["delete", "-n", "team-a", "secret", &secret_name()],
+        )
+        .assert_success("kubectl delete secret as the namespace owner");
+    let (_, took) = within("the Secret to be recreated", bound, || {
+        cluster.pull_secret("team-a", "default")
+    });
+    println!("deleted Secret recreated in {took:?}");
+
+    // 4. The owner removes our imagePullSecrets entry.
+    cluster
+        .kubectl(
+            &owner,
+            &[
+                "patch",
+                "-n",
+                "team-a",
+                "serviceaccount",
+                "default",
+                "--type=merge",
+                "-p",
+                r#"{"imagePullSecrets": []}"#,
+            ],
+        )
+        .assert_success("kubectl patch of imagePullSecrets as the namespace owner");
+    let (_, took) = within("the entry to be listed again", bound, || {
+        cluster
+            .pull_secret_names("team-a", "default")
+            .contains(&secret_name())
+            .then_some(())
+    });
+    println!("imagePullSecrets entry restored in {took:?}");
+}
+
+/// An error far longer than an Event note allows still becomes an
+/// accepted Event, cut on a character boundary to 1024 bytes.
+#[test]
+fn an_error_longer_than_2000_bytes_still_records_an_event() {
+    let cluster = Cluster::start("1h");
+    cluster
+        .api
+        .create_namespace("team-a", &[(OPT_IN, "enabled")]);
+    // Multi-byte characters: a limit counted in characters overshoots.
+    let message = "TokenRequest refusé: ünïcödé ".repeat(100);
+    assert!(message.len() > 2000);
+    cluster.api.inject(Fault {
+        verb: "create".into(),
+        resource: "serviceaccounts".into(),
+        namespace: Some("team-a".into()),
+        status: 500,
+        times: 1000,
+        message: Some(message),
+    });
+    let _controller =
+        cluster.start_controller("replica-a", &cluster.config(&selector_config(), ""));
+    let event = eventually("a RefreshFailed Event", || {
+        cluster
+            .events_on("team-a", "default")
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("RefreshFailed"))
+    });
+    let note = event.note.unwrap_or_default();
+    assert!(note.len() <= 1024, "{} bytes", note.len());
+    assert!(
+        note.len() > 1000,
+        "the note was cut near the limit: {} bytes",
+        note.len()
+    );
+    assert!(note.starts_with("token_request: "), "{note}");
+    assert!(note.ends_with('…'), "{note}");
+    // The fault was hit, and no Event write was refused.
+    let requests = cluster.api.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.subresource == "token" && r.status == 500)
+    );
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.resource == "events" && r.status == 422),
+        "an Event was refused"
+    );
+}
+
+/// Every write of the controller names its field manager (the
+/// ServiceAccount's patch, the Secret, the Lease, Events) and every request
+/// its program and version, so a person's server-side apply of the
+/// ServiceAccount meets a named owner, never `""`.
+#[test]
+fn every_write_names_the_controller_and_a_users_server_side_apply_meets_no_empty_manager() {
+    let cluster = Cluster::start("1h");
+    cluster
+        .api
+        .create_namespace("team-a", &[(OPT_IN, "enabled")]);
+    cluster.api.inject(Fault {
+        verb: "create".into(),
+        resource: "serviceaccounts".into(),
+        namespace: Some("team-a".into()),
+        status: 500,
+        times: 1,
+        message: None,
+    });
+    let _controller =
+        cluster.start_controller("replica-a", &cluster.config(&selector_config(), ""));
+    cluster.wait_attached("team-a", "default");
+    eventually("an Event from the injected failure", || {
+        cluster.events_on("team-a", "default").into_iter().next()
+    });
+    let managers = |fields: Option<
+        Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry>,
+    >|
+     -> Vec<String> {
+        fields
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| f.manager.unwrap_or_default())
+            .collect()
+    };
+    let sa = cluster
+        .api
+        .get::<ServiceAccount>("team-a", "default")
+        .expect("the ServiceAccount");
+    let sa_managers = managers(sa.metadata.managed_fields.clone());
+    assert!(sa_managers.iter().any(|m| m == MANAGER), "{sa_managers:?}");
+    assert!(!sa_managers.iter().any(String::is_empty), "{sa_managers:?}");
+    let secret = cluster.wait_pull_secret("team-a", "default");
+    assert_eq!(managers(secret.metadata.managed_fields), [MANAGER]);
+    let lease = cluster
+        .api
+        .get::<k8s_openapi::api::coordination::v1::Lease>(SYSTEM_NAMESPACE, MANAGER)
+        .expect("the Lease");
+    assert_eq!(managers(lease.metadata.managed_fields), [MANAGER]);
+    for event in cluster.events_on("team-a", "default") {
+        assert_eq!(managers(event.metadata.managed_fields), [MANAGER]);
+    }
+    let requests: Vec<RequestRecord> = cluster
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.client == "replica-a")
+        .collect();
+    assert!(requests.len() > 5);
+    for r in &requests {
+        assert!(
+            r.user_agent.starts_with("regauth-pull-secrets/"),
+            "{} {} {} sent User-Agent {:?}",
+            r.verb,
+            r.resource,
+            r.name,
+            r.user_agent
+        );
+    }
+
+    // A person applies the ServiceAccount server-side with real kubectl.
+    let dir = cluster.world.new_dir("admin");
+    let admin = dir.join("kubeconfig");
+    cluster.write_admin_kubeconfig(&admin);
+    let manifest = dir.join("sa.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: default\n  namespace: team-a\n  labels:\n    team: a\n",
+    )
+    .unwrap();
+    cluster
+        .kubectl(
+            &admin,
+            &[
+                "apply",
+                "--server-side",
+                "--validate=false",
+                "-f",
+                manifest.to_str().unwrap(),
+            ],
+        )
+        .assert_success("kubectl apply --server-side of the ServiceAccount's labels");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: default\n  namespace: team-a\nimagePullSecrets:\n  - name: vendor-creds\n",
+    )
+    .unwrap();
+    let out = cluster.kubectl(
+        &admin,
+        &[
+            "apply",
+            "--server-side",
+            "--validate=false",
+            "-f",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !out.success(),
+        "replacing our entry must conflict:\n{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains(&format!("conflict with \"{MANAGER}\"")),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        !out.stderr.contains("conflict with \"\""),
+        "{}",
+        out.describe()
+    );
+}
+
+/// A failure of another kind than the last gets an Event of its own that
+/// names it; the first Event keeps its note.
+#[test]
+fn a_failure_of_a_new_kind_gets_an_event_that_names_it() {
+    let mut cluster = Cluster::start("1h");
+    cluster
+        .api
+        .create_namespace("team-a", &[(OPT_IN, "enabled")]);
+    send_signal(cluster.world.server.pid(), Signal::Term);
+    assert!(
+        cluster
+            .world
+            .server
+            .wait_exit(Duration::from_secs(30))
+            .is_some(),
+        "the token server stops"
+    );
+    let _controller =
+        cluster.start_controller("replica-a", &cluster.config(&selector_config(), ""));
+    let first = eventually("an Event naming the token server", || {
+        cluster
+            .events_on("team-a", "default")
+            .into_iter()
+            .find(|e| {
+                e.note
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("token server")
+            })
+    });
+    // Now the token server answers, but writing the Secret fails.
+    for verb in ["create", "apply"] {
+        cluster.api.inject(Fault {
+            verb: verb.into(),
+            resource: "secrets".into(),
+            namespace: Some("team-a".into()),
+            status: 500,
+            times: 1000,
+            message: Some("etcd is having a bad day".into()),
+        });
+    }
+    cluster.world.server.restart();
+    let second = eventually("an Event naming the failed write", || {
+        cluster
+            .events_on("team-a", "default")
+            .into_iter()
+            .find(|e| {
+                e.note
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("etcd is having a bad day")
+            })
+    });
+    assert!(
+        second
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("api_write: "),
+        "the note names the kind of failure: {second:?}"
+    );
+    assert_ne!(first.metadata.name, second.metadata.name);
+    let kept = cluster
+        .events_on("team-a", "default")
+        .into_iter()
+        .find(|e| e.metadata.name == first.metadata.name)
+        .expect("the first Event stays");
+    assert_eq!(kept.note, first.note);
+}
+
+/// Retries against a down token server reuse the ServiceAccount token
+/// while more than half its life is left, instead of asking the API for a
+/// new one each time.
+#[test]
+fn failing_retries_against_a_down_token_server_reuse_one_service_account_token() {
+    let mut cluster = Cluster::start("1h");
+    cluster
+        .api
+        .create_namespace("team-a", &[(OPT_IN, "enabled")]);
+    send_signal(cluster.world.server.pid(), Signal::Term);
+    assert!(
+        cluster
+            .world
+            .server
+            .wait_exit(Duration::from_secs(30))
+            .is_some(),
+        "the token server stops"
+    );
+    let controller = cluster.start_controller(
+        "replica-a",
+        &cluster
+            .config(&selector_config(), "")
+            .replace("max_backoff: 2s", "max_backoff: 1s"),
+    );
+    let failures = |c: &regauth_e2e::pull_secrets::Controller| {
+        metric(
+            &c.metrics(),
+            "regauth_pull_secrets_failures_total{reason=\"token_server_unavailable\"}",
+        )
+        .unwrap_or_default()
+    };
+    within("28 failed retries", Duration::from_secs(180), || {
+        (failures(&controller) >= 28.0).then_some(())
+    });
+    let token_requests = cluster
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.subresource == "token" && r.namespace == "team-a")
+        .count();
+    assert!(
+        (1..=2).contains(&token_requests),
+        "{token_requests} TokenRequests for {} failed retries",
+        failures(&controller)
+    );
+    // And the token is used: once the server is back, the Secret is written.
+    cluster.world.server.restart();
+    cluster.wait_pull_secret("team-a", "default");
+}
+
+/// The leader is killed without releasing its Lease: a follower takes over
+/// no sooner than `lease_duration` after the leader's last renewal, and
+/// within one `renew_interval` (plus the API's latency) after that.
+#[test]
+fn a_killed_leader_is_replaced_between_lease_duration_and_one_renew_interval_after_its_last_renewal()
+ {
+    const LEASE: Duration = Duration::from_secs(4);
+    const RENEW: Duration = Duration::from_secs(1);
+    // The API's latency on a loaded machine.
+    const LATENCY: Duration = Duration::from_millis(750);
+    let cluster = Cluster::start("1h");
+    cluster
+        .api
+        .create_namespace("team-a", &[(OPT_IN, "enabled")]);
+    // Each replica gets its own config: its own operations port.
+    let config = || cluster.config(&selector_config(), "");
+    assert!(config().contains("lease_duration: 4s\n  renew_interval: 1s"));
+    let holder = |prefix: &str| {
+        cluster
+            .lease_holder()
+            .filter(|h| h.starts_with(&format!("{prefix}_")))
+    };
+    let mut leader = cluster.start_controller("replica-0", &config());
+    eventually("replica-0 to lead", || holder("replica-0"));
+    let mut gaps = Vec::new();
+    for round in 1..=3 {
+        let follower = cluster.start_controller(&format!("replica-{round}"), &config());
+        // Let the follower see a few renewals.
+        std::thread::sleep(Duration::from_secs(3));
+        let killed = leader.name.clone();
+        drop(leader);
+        let successor = format!("replica-{round}");
+        eventually(&format!("{successor} to lead"), || holder(&successor));
+        let lease_writes: Vec<RequestRecord> = cluster
+            .api
+            .requests()
+            .into_iter()
+            .filter(|r| r.resource == "leases" && r.verb == "update" && r.status == 200)
+            .collect();
+        let last_renewal = lease_writes
+            .iter()
+            .filter(|r| r.client == killed)
+            .map(|r| r.at)
+            .max()
+            .expect("the leader renewed");
+        let takeover = lease_writes
+            .iter()
+            .filter(|r| r.client == successor && r.at > last_renewal)
+            .map(|r| r.at)
+            .min()
+            .expect("the follower took the Lease");
+        let gap = takeover - last_renewal;
+        println!("round {round}: taken over {gap:?} after the last renewal");
+        gaps.push(gap);
+        assert!(
+            gap >= LEASE,
+            "round {round}: taken over after {gap:?}, before the lease lapsed"
+        );
+        assert!(
+            gap <= LEASE + RENEW + LATENCY,
+            "round {round}: taken over after {gap:?}, more than lease + renew"
+        );
+        leader = follower;
+    }
+    println!("hand-over after the last renewal: {gaps:?}");
+}
