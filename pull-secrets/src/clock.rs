@@ -10,3 +10,10 @@ pub(crate) fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+/// Now, with sub-second precision, for Event timestamps.
+#[allow(clippy::disallowed_methods)] // This module is the sanctioned reader.
+pub(crate) fn timestamp() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::try_from(SystemTime::now())
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+}

@@ -24,6 +24,19 @@ const DEFAULT_SECRET_NAME: &str = "regauth-pull";
 const DEFAULT_LEASE_NAME: &str = "regauth-pull-secrets";
 /// Longest prefix that still leaves room for `-<service account>`.
 const MAX_SECRET_PREFIX: usize = 200;
+/// Bounds on configured durations: beyond them a value is a typo (or an
+/// attack on the arithmetic), and `check-config` says so.
+const MAX_LEASE_DURATION: Duration = Duration::from_secs(3600);
+const MIN_LEASE_DURATION: Duration = Duration::from_secs(1);
+const MIN_RESYNC: Duration = Duration::from_secs(1);
+/// Below these the controller would spin on the API or the token server.
+const MIN_RENEW_INTERVAL: Duration = Duration::from_millis(100);
+const MIN_MAX_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_RESYNC: Duration = Duration::from_secs(24 * 3600);
+const MAX_TOKEN_EXPIRATION: Duration = Duration::from_secs(24 * 3600);
+const MAX_REFRESH_THRESHOLD: Duration = Duration::from_secs(24 * 3600);
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why the config cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +106,8 @@ struct File {
     leader_election: LeaderElectionFile,
     #[serde(default)]
     listen: Option<S<String>>,
+    #[serde(default)]
+    scope: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,7 +135,7 @@ struct NamespacesFile {
     #[serde(default)]
     selector: Option<S<String>>,
     #[serde(default)]
-    exclude: Vec<String>,
+    exclude: Option<S<Vec<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -129,7 +144,7 @@ struct LeaderElectionFile {
     #[serde(default)]
     enabled: Option<bool>,
     #[serde(default)]
-    namespace: Option<String>,
+    namespace: Option<S<String>>,
     #[serde(default)]
     lease_name: Option<S<String>>,
     #[serde(default)]
@@ -171,6 +186,17 @@ pub(crate) struct LeaderElection {
     pub renew_interval: Duration,
 }
 
+/// What the controller's RBAC lets it see, and so how it watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Bound cluster-wide (ClusterRoleBinding): it watches namespaces,
+    /// ServiceAccounts and its Secrets across the cluster.
+    Cluster,
+    /// Bound in each selected namespace (RoleBinding): it reads nothing
+    /// cluster-wide, so the namespaces are the configured names only.
+    Namespaced,
+}
+
 /// The validated config.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -194,6 +220,8 @@ pub(crate) struct Settings {
     pub leader_election: LeaderElection,
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     pub listen: std::net::SocketAddr,
+    /// Cluster-wide or per-namespace RBAC.
+    pub scope: Scope,
 }
 
 /// Reads and validates `path`; relative paths in it resolve against its directory.
@@ -241,10 +269,12 @@ fn parse(text: &str, base: &Path) -> Result<Settings, Parse> {
             "must be an http:// or https:// URL",
         );
     }
-    let timeout = check.duration(
+    let timeout = check.bounded(
         "token_server.timeout",
         &file.token_server.timeout,
         DEFAULT_TIMEOUT,
+        Duration::ZERO,
+        MAX_TIMEOUT,
     );
     let token_server = TokenServer {
         url,
@@ -301,6 +331,18 @@ fn parse(text: &str, base: &Path) -> Result<Settings, Parse> {
             .unwrap_or_default(),
     };
 
+    let exclude = file
+        .namespaces
+        .exclude
+        .as_ref()
+        .map(|e| {
+            check.names("namespaces.exclude", e, Kind::Label);
+            e.value.clone()
+        })
+        .unwrap_or_default();
+    if let Some(names) = &file.namespaces.names {
+        check.names("namespaces.names", names, Kind::Label);
+    }
     let namespaces = match (&file.namespaces.names, &file.namespaces.selector) {
         (Some(names), Some(_)) => {
             check.fail(
@@ -310,11 +352,9 @@ fn parse(text: &str, base: &Path) -> Result<Settings, Parse> {
             );
             NamespaceSelection::all(Vec::new())
         }
-        (Some(names), None) => {
-            NamespaceSelection::names(names.value.clone(), file.namespaces.exclude.clone())
-        }
+        (Some(names), None) => NamespaceSelection::names(names.value.clone(), exclude.clone()),
         (None, Some(selector)) => {
-            match NamespaceSelection::selector(&selector.value, file.namespaces.exclude.clone()) {
+            match NamespaceSelection::selector(&selector.value, exclude.clone()) {
                 Ok(s) => s,
                 Err(e) => {
                     check.fail("namespaces.selector", selector, e);
@@ -322,14 +362,22 @@ fn parse(text: &str, base: &Path) -> Result<Settings, Parse> {
                 }
             }
         }
-        (None, None) => NamespaceSelection::all(file.namespaces.exclude.clone()),
+        (None, None) => NamespaceSelection::all(exclude),
     };
     let service_accounts = match &file.service_accounts {
         Some(list) if list.value.is_empty() => {
             check.fail("service_accounts", list, "list at least one name, or \"*\"");
             ServiceAccountSelection::new(Vec::new())
         }
-        Some(list) => ServiceAccountSelection::new(list.value.clone()),
+        Some(list) => {
+            let named: Vec<String> = list.value.iter().filter(|n| *n != "*").cloned().collect();
+            check.names(
+                "service_accounts",
+                &Spanned::new(named, list.referenced, list.defined),
+                Kind::Subdomain,
+            );
+            ServiceAccountSelection::new(list.value.clone())
+        }
         None => ServiceAccountSelection::new(vec!["default".to_owned()]),
     };
 
@@ -342,39 +390,62 @@ fn parse(text: &str, base: &Path) -> Result<Settings, Parse> {
         }
         None => DEFAULT_SECRET_NAME.to_owned(),
     };
-    let token_expiration = check.duration(
+    let token_expiration = check.bounded(
         "token_expiration",
         &file.token_expiration,
         MIN_TOKEN_EXPIRATION,
+        MIN_TOKEN_EXPIRATION,
+        MAX_TOKEN_EXPIRATION,
     );
-    if token_expiration < MIN_TOKEN_EXPIRATION
-        && let Some(at) = &file.token_expiration
-    {
-        check.fail(
-            "token_expiration",
-            at,
-            "the Kubernetes API's minimum is 10m",
-        );
-    }
-    let refresh_threshold = file
-        .refresh_threshold
-        .as_ref()
-        .map(|_| check.duration("refresh_threshold", &file.refresh_threshold, Duration::ZERO));
-    let max_backoff = check.duration("max_backoff", &file.max_backoff, DEFAULT_MAX_BACKOFF);
-    let resync_interval = check.duration("resync_interval", &file.resync_interval, DEFAULT_RESYNC);
+    let refresh_threshold = file.refresh_threshold.as_ref().map(|_| {
+        check.bounded(
+            "refresh_threshold",
+            &file.refresh_threshold,
+            Duration::ZERO,
+            Duration::ZERO,
+            MAX_REFRESH_THRESHOLD,
+        )
+    });
+    let max_backoff = check.bounded(
+        "max_backoff",
+        &file.max_backoff,
+        DEFAULT_MAX_BACKOFF,
+        MIN_MAX_BACKOFF,
+        MAX_BACKOFF,
+    );
+    let resync_interval = check.bounded(
+        "resync_interval",
+        &file.resync_interval,
+        DEFAULT_RESYNC,
+        MIN_RESYNC,
+        MAX_RESYNC,
+    );
 
     let le = &file.leader_election;
-    let lease_duration = check.duration(
+    let lease_duration = check.bounded(
         "leader_election.lease_duration",
         &le.lease_duration,
         DEFAULT_LEASE_DURATION,
+        MIN_LEASE_DURATION,
+        MAX_LEASE_DURATION,
     );
-    let renew_interval = check.duration(
+    let renew_interval = check.bounded(
         "leader_election.renew_interval",
         &le.renew_interval,
         DEFAULT_RENEW_INTERVAL,
+        MIN_RENEW_INTERVAL,
+        MAX_LEASE_DURATION,
     );
-    if renew_interval * 2 > lease_duration
+    if let Some(namespace) = &le.namespace {
+        check.name("leader_election.namespace", namespace, Kind::Label);
+    }
+    if let Some(name) = &le.lease_name {
+        check.name("leader_election.lease_name", name, Kind::Subdomain);
+    }
+    // Checked: a huge renew_interval must be an error, not an overflow.
+    if renew_interval
+        .checked_mul(2)
+        .is_none_or(|twice| twice > lease_duration)
         && let Some(at) = le.renew_interval.as_ref().or(le.lease_duration.as_ref())
     {
         check.fail(
@@ -385,7 +456,7 @@ fn parse(text: &str, base: &Path) -> Result<Settings, Parse> {
     }
     let leader_election = LeaderElection {
         enabled: le.enabled.unwrap_or(true),
-        namespace: le.namespace.clone(),
+        namespace: le.namespace.as_ref().map(|n| n.value.clone()),
         lease_name: le
             .lease_name
             .as_ref()
@@ -404,6 +475,24 @@ fn parse(text: &str, base: &Path) -> Result<Settings, Parse> {
         }),
         None => default_listen(),
     };
+    let scope = match &file.scope {
+        None => Scope::Cluster,
+        Some(s) if s.value == "cluster" => Scope::Cluster,
+        Some(s) if s.value == "namespaced" => {
+            if file.namespaces.names.is_none() {
+                check.fail(
+                    "scope",
+                    s,
+                    "namespaced needs namespaces.names: without cluster-wide RBAC the controller cannot list namespaces",
+                );
+            }
+            Scope::Namespaced
+        }
+        Some(s) => {
+            check.fail("scope", s, "must be cluster or namespaced");
+            Scope::Cluster
+        }
+    };
 
     if !check.issues.is_empty() {
         return Err(Parse::Invalid(check.issues));
@@ -421,6 +510,7 @@ fn parse(text: &str, base: &Path) -> Result<Settings, Parse> {
         resync_interval,
         leader_election,
         listen,
+        scope,
     })
 }
 
@@ -454,18 +544,56 @@ fn check_host(host: &str) -> Result<(), String> {
 }
 
 fn check_secret_prefix(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_SECRET_PREFIX
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} must be lowercase letters, digits, '-' and '.', start alphanumeric and be at most {MAX_SECRET_PREFIX} characters"
-        ))
+    if name.len() > MAX_SECRET_PREFIX {
+        return Err(format!(
+            "{name:?} is longer than {MAX_SECRET_PREFIX} characters"
+        ));
+    }
+    Kind::Subdomain.check(name)
+}
+
+/// The two shapes of Kubernetes names (RFC 1123).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A label: namespaces (at most 63 characters, no dots).
+    Label,
+    /// A subdomain: most object names (at most 253 characters, dot-separated labels).
+    Subdomain,
+}
+
+impl Kind {
+    /// Checks `name`, saying what is wrong with it.
+    pub(crate) fn check(self, name: &str) -> Result<(), String> {
+        let (max, what) = match self {
+            Kind::Label => (63, "an RFC 1123 label"),
+            Kind::Subdomain => (253, "an RFC 1123 subdomain"),
+        };
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        let ok = !name.is_empty()
+            && name.len() <= max
+            && match self {
+                Kind::Label => label_ok(name),
+                Kind::Subdomain => name.split('.').all(label_ok),
+            };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{name:?} is not {what}: lowercase letters, digits and '-'{}, starting and ending alphanumeric, at most {max} characters",
+                if self == Kind::Subdomain {
+                    " in labels separated by '.'"
+                } else {
+                    ""
+                }
+            ))
+        }
     }
 }
 
@@ -481,6 +609,52 @@ impl Check {
             line: at.referenced.line() as usize,
             message: message.to_string(),
         });
+    }
+
+    /// A name, checked as `kind`.
+    fn name(&mut self, key: &str, value: &Spanned<String>, kind: Kind) {
+        if let Err(message) = kind.check(&value.value) {
+            self.fail(key, value, message);
+        }
+    }
+
+    /// Every name of a list, checked as `kind`.
+    fn names(&mut self, key: &str, list: &Spanned<Vec<String>>, kind: Kind) {
+        for name in &list.value {
+            if let Err(message) = kind.check(name) {
+                self.fail(key, list, message);
+            }
+        }
+    }
+
+    /// A duration in `[min, max]` (and above zero), or the default.
+    fn bounded(
+        &mut self,
+        key: &str,
+        value: &Option<S<String>>,
+        default: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Duration {
+        let Some(at) = value else { return default };
+        let d = self.duration(key, value, default);
+        if d < min {
+            self.fail(
+                key,
+                at,
+                format!("must be at least {}", humantime::format_duration(min)),
+            );
+            default
+        } else if d > max {
+            self.fail(
+                key,
+                at,
+                format!("must be at most {}", humantime::format_duration(max)),
+            );
+            default
+        } else {
+            d
+        }
     }
 
     fn duration(&mut self, key: &str, value: &Option<S<String>>, default: Duration) -> Duration {
@@ -596,5 +770,119 @@ mod tests {
             "{MINIMAL}leader_election:\n  lease_duration: 10s\n  renew_interval: 6s\n"
         ));
         assert_eq!(found[0].key, "leader_election.renew_interval");
+    }
+
+    #[test]
+    fn hostile_durations_are_refused_with_their_line() {
+        let found = issues(&format!(
+            "{MINIMAL}resync_interval: 10ms\nleader_election:\n  lease_duration: 500000000000y\n  renew_interval: 5s\n"
+        ));
+        let keys: Vec<(&str, usize)> = found.iter().map(|i| (i.key.as_str(), i.line)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("resync_interval", 6),
+                ("leader_election.lease_duration", 8),
+            ],
+            "{found:?}"
+        );
+        assert!(found[0].message.contains("at least 1s"), "{found:?}");
+        assert!(found[1].message.contains("at most 1h"), "{found:?}");
+        // A renewal too large to double is an error, not an overflow.
+        let found = issues(&format!(
+            "{MINIMAL}leader_election:\n  renew_interval: 500000000000y\n"
+        ));
+        assert_eq!(found[0].key, "leader_election.renew_interval");
+        for (key, value) in [
+            ("token_expiration", "48h"),
+            ("refresh_threshold", "30d"),
+            ("max_backoff", "2h"),
+            ("max_backoff", "10ms"),
+            ("resync_interval", "2d"),
+        ] {
+            let found = issues(&format!("{MINIMAL}{key}: {value}\n"));
+            assert_eq!(found.len(), 1, "{key}: {value}: {found:?}");
+            assert_eq!((found[0].key.as_str(), found[0].line), (key, 6));
+        }
+    }
+
+    #[test]
+    fn names_must_be_kubernetes_names() {
+        let text = format!(
+            "{MINIMAL}leader_election:\n  namespace: \"kube system\"\n  lease_name: ../../../../api/v1/secrets\nservice_accounts: [default, \"Bad_Name\", \"a/b\"]\nnamespaces:\n  names: [team-a, \"../x\"]\n  exclude: [\"-x\"]\nsecret_name: \"a.-b\"\n"
+        );
+        let found = issues(&text);
+        let keys: Vec<(&str, usize)> = found.iter().map(|i| (i.key.as_str(), i.line)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("namespaces.exclude", 12),
+                ("namespaces.names", 11),
+                ("service_accounts", 9),
+                ("service_accounts", 9),
+                ("secret_name", 13),
+                ("leader_election.namespace", 7),
+                ("leader_election.lease_name", 8),
+            ],
+            "{found:?}"
+        );
+        assert!(found[6].message.contains("RFC 1123"), "{found:?}");
+        // Good names and "*" pass.
+        let s = parsed(&format!(
+            "{MINIMAL}service_accounts: [\"*\", builder.v2]\nleader_election:\n  namespace: regauth\n  lease_name: regauth-pull-secrets.v2\n"
+        ));
+        assert!(s.service_accounts.selects("anything"));
+    }
+
+    #[test]
+    fn the_namespaced_scope_needs_a_list_of_namespaces() {
+        let s = parsed(&format!(
+            "{MINIMAL}scope: namespaced\nnamespaces:\n  names: [team-a]\n"
+        ));
+        assert_eq!(s.scope, Scope::Namespaced);
+        let found = issues(&format!(
+            "{MINIMAL}scope: namespaced\nnamespaces:\n  selector: a=b\n"
+        ));
+        assert_eq!(found[0].key, "scope");
+        let found = issues(&format!("{MINIMAL}scope: everywhere\n"));
+        assert_eq!((found[0].key.as_str(), found[0].line), ("scope", 6));
+        assert_eq!(parsed(MINIMAL).scope, Scope::Cluster);
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        /// Any number with any unit in any duration key: the parser never
+        /// panics, and what it accepts is within the bounds.
+        #[test]
+        fn any_duration_parses_or_is_refused_without_panicking(
+            key in proptest::sample::select(vec![
+                "token_expiration", "refresh_threshold", "max_backoff", "resync_interval",
+                "leader_election.lease_duration", "leader_election.renew_interval",
+                "token_server.timeout",
+            ]),
+            number in proptest::prop_oneof![
+                proptest::num::u64::ANY.prop_map(|n| n.to_string()),
+                "[0-9]{1,40}",
+            ],
+            unit in proptest::sample::select(vec!["ns", "us", "ms", "s", "m", "h", "d", "w", "M", "y", ""]),
+        ) {
+            let value = format!("{number}{unit}");
+            let text = match key.split_once('.') {
+                Some(("token_server", field)) => format!(
+                    "token_server:\n  url: https://a\n  {field}: {value}\nregistries:\n  - hosts: [r.example.com]\n    service: r\n"
+                ),
+                Some((section, field)) => format!("{MINIMAL}{section}:\n  {field}: {value}\n"),
+                None => format!("{MINIMAL}{key}: {value}\n"),
+            };
+            if let Ok(s) = parse(&text, Path::new("/")) {
+                proptest::prop_assert!(s.leader_election.lease_duration <= MAX_LEASE_DURATION);
+                proptest::prop_assert!(s.leader_election.renew_interval.checked_mul(2).is_some());
+                proptest::prop_assert!(s.resync_interval >= MIN_RESYNC && s.resync_interval <= MAX_RESYNC);
+                proptest::prop_assert!(s.token_expiration <= MAX_TOKEN_EXPIRATION);
+                proptest::prop_assert!(s.max_backoff <= MAX_BACKOFF);
+                proptest::prop_assert!(s.token_server.timeout <= MAX_TIMEOUT);
+            }
+        }
     }
 }

@@ -47,6 +47,14 @@ impl ExchangeError {
             ExchangeError::Failed(_) => "exchange_failed",
         }
     }
+
+    /// How long the token server asked clients to wait (`Retry-After`).
+    pub(crate) fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ExchangeError::Unavailable(e) => e.retry_after(),
+            _ => None,
+        }
+    }
 }
 
 impl From<regauth_client::Error> for ExchangeError {
@@ -84,7 +92,7 @@ impl TokenServerExchange {
         let settings = regauth_client::Settings::new(&server.url, CLIENT_ID)
             .ca_file(server.ca_file.clone())
             .timeout(server.timeout)
-            .user_agent(concat!("regauth-pull-secrets/", env!("CARGO_PKG_VERSION")));
+            .user_agent(crate::USER_AGENT);
         Ok(Self {
             client: regauth_client::TokenClient::new(&settings)?,
         })

@@ -8,6 +8,12 @@
 //! `lease_duration` after the start of its last successful renewal; that
 //! is always before any other replica could see the lease lapse, so a
 //! replica that fails to renew stops writing before anyone else starts.
+//!
+//! A follower sees a renewal at its next poll, up to `renew_interval`
+//! later, and then polls again exactly when that record would lapse, so
+//! it takes over between `lease_duration` and `lease_duration +
+//! renew_interval` (plus the API's latency) after the leader's last
+//! renewal.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +26,10 @@ use tokio::time::Instant;
 
 use crate::config::LeaderElection;
 use crate::metrics::Metrics;
+use crate::pull_secret::MANAGER;
+
+/// The shortest wait between two polls of the Lease.
+const MIN_POLL: Duration = Duration::from_millis(10);
 
 /// Whether this replica may write now.
 #[derive(Debug)]
@@ -38,7 +48,11 @@ impl Leadership {
 
     /// Leading for good: for a single replica without election.
     pub(crate) fn always() -> Self {
-        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let now = Instant::now();
+        let far = [100 * 365 * 24 * 3600, 24 * 3600]
+            .into_iter()
+            .find_map(|s| now.checked_add(Duration::from_secs(s)))
+            .unwrap_or(now);
         Self {
             until: watch::channel(Some(far)).0,
         }
@@ -108,18 +122,27 @@ pub(crate) async fn run(
     let mut observed: Option<Observed> = None;
     loop {
         let attempt = Instant::now();
+        let mut wait = settings.renew_interval;
         match try_lead(&api, &identity, &settings, &mut observed).await {
-            Ok(true) => {
+            Ok(Outcome::Leading) => {
                 if !leadership.is_leading() {
                     tracing::info!(identity, lease = settings.lease_name, "leading");
                 }
-                leadership.lead_until(attempt + settings.lease_duration);
+                match attempt.checked_add(settings.lease_duration) {
+                    Some(deadline) => leadership.lead_until(deadline),
+                    None => leadership.follow(),
+                }
             }
-            Ok(false) => {
+            Ok(Outcome::Following { lapses_in }) => {
                 if leadership.is_leading() {
                     tracing::warn!(identity, lease = settings.lease_name, "lost the lease");
                 }
                 leadership.follow();
+                // Look again when the holder's record would lapse, not a
+                // whole interval later.
+                if let Some(left) = lapses_in {
+                    wait = wait.min(left.max(MIN_POLL));
+                }
             }
             Err(error) => {
                 // Keep leading until the deadline: a renewal may fail once.
@@ -127,7 +150,23 @@ pub(crate) async fn run(
             }
         }
         metrics.set_leader(leadership.is_leading());
-        tokio::time::sleep(settings.renew_interval).await;
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// What one look at the Lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// This replica holds it (it just created or renewed it).
+    Leading,
+    /// Another replica does; its record lapses in this long, if known.
+    Following { lapses_in: Option<Duration> },
+}
+
+fn params() -> PostParams {
+    PostParams {
+        field_manager: Some(MANAGER.to_owned()),
+        ..PostParams::default()
     }
 }
 
@@ -142,10 +181,7 @@ pub(crate) async fn release(api: &Api<Lease>, identity: &str, settings: &LeaderE
     }
     spec.holder_identity = None;
     spec.lease_duration_seconds = Some(1);
-    if let Err(error) = api
-        .replace(&settings.lease_name, &PostParams::default(), &lease)
-        .await
-    {
+    if let Err(error) = api.replace(&settings.lease_name, &params(), &lease).await {
         tracing::warn!(error = %error_chain(&error), "could not release the lease");
     }
 }
@@ -155,13 +191,10 @@ async fn try_lead(
     identity: &str,
     settings: &LeaderElection,
     observed: &mut Option<Observed>,
-) -> Result<bool, kube::Error> {
-    let now = MicroTime(
-        i64::try_from(crate::clock::now())
-            .ok()
-            .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
-            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
-    );
+) -> Result<Outcome, kube::Error> {
+    // Microseconds, as the API keeps them: two renewals within one second
+    // must still differ, or a follower would take them for none.
+    let now = MicroTime(crate::clock::timestamp());
     let duration_seconds = i32::try_from(settings.lease_duration.as_secs()).unwrap_or(i32::MAX);
     let Some(mut lease) = api.get_opt(&settings.lease_name).await? else {
         let lease = Lease {
@@ -178,7 +211,7 @@ async fn try_lead(
                 ..LeaseSpec::default()
             }),
         };
-        return created_or_lost(api.create(&PostParams::default(), &lease).await);
+        return created_or_lost(api.create(&params(), &lease).await);
     };
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
     let record = Observed {
@@ -199,29 +232,32 @@ async fn try_lead(
         .lease_duration_seconds
         .and_then(|s| u64::try_from(s).ok())
         .map_or(settings.lease_duration, Duration::from_secs);
-    let lapsed = record.holder.is_none() || seen_since.elapsed() >= their_duration;
+    let seen_for = seen_since.elapsed();
+    let lapsed = record.holder.is_none() || seen_for >= their_duration;
     if !held_by_us && !lapsed {
-        return Ok(false);
+        return Ok(Outcome::Following {
+            lapses_in: Some(their_duration.saturating_sub(seen_for)),
+        });
     }
     if !held_by_us {
         spec.acquire_time = Some(now.clone());
-        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        // Saturating: the count is whatever the last writer stored.
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
     }
     spec.holder_identity = Some(identity.to_owned());
     spec.lease_duration_seconds = Some(duration_seconds);
     spec.renew_time = Some(now);
     // The resourceVersion read above makes this a compare-and-swap: if
     // another replica wrote first, this is a 409 and we follow.
-    created_or_lost(
-        api.replace(&settings.lease_name, &PostParams::default(), &lease)
-            .await,
-    )
+    created_or_lost(api.replace(&settings.lease_name, &params(), &lease).await)
 }
 
-fn created_or_lost(result: Result<Lease, kube::Error>) -> Result<bool, kube::Error> {
+fn created_or_lost(result: Result<Lease, kube::Error>) -> Result<Outcome, kube::Error> {
     match result {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Ok(_) => Ok(Outcome::Leading),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            Ok(Outcome::Following { lapses_in: None })
+        }
         Err(e) => Err(e),
     }
 }

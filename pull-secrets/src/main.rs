@@ -7,8 +7,10 @@
 
 #![forbid(unsafe_code)]
 
+mod caches;
 mod clock;
 mod config;
+mod events;
 mod exchange;
 mod leader;
 mod metrics;
@@ -17,6 +19,12 @@ mod pull_secret;
 mod reconcile;
 mod run;
 mod selection;
+mod tokens;
+
+/// The User-Agent of every request, to the API and to the token server;
+/// the API records its first part as the field manager of any write that
+/// names none.
+pub(crate) const USER_AGENT: &str = concat!("regauth-pull-secrets/", env!("CARGO_PKG_VERSION"));
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -127,13 +135,29 @@ fn run_command(args: &RunArgs) -> ExitCode {
     }
 }
 
-async fn execute(args: &RunArgs, settings: config::Settings) -> Result<(), String> {
-    let client = kube::Client::try_default().await.map_err(|e| {
+/// A Kubernetes client from the in-cluster config or `KUBECONFIG`, naming
+/// itself in its User-Agent.
+async fn kube_client() -> Result<kube::Client, String> {
+    let mut config = kube::Config::infer().await.map_err(|e| {
         format!(
             "cannot configure the Kubernetes client: {}",
             error_chain(&e)
         )
     })?;
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(USER_AGENT),
+    ));
+    kube::Client::try_from(config).map_err(|e| {
+        format!(
+            "cannot configure the Kubernetes client: {}",
+            error_chain(&e)
+        )
+    })
+}
+
+async fn execute(args: &RunArgs, settings: config::Settings) -> Result<(), String> {
+    let client = kube_client().await?;
     if args.cleanup {
         let cleaned = run::cleanup(&settings, client)
             .await

@@ -1,6 +1,6 @@
 //! Prometheus metrics, in the text format at `/metrics`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
@@ -22,8 +22,11 @@ pub(crate) struct Metrics {
     failures: Family<Vec<(String, String)>, Counter>,
     soonest_expiry: Gauge<f64, AtomicU64>,
     leader: Gauge,
-    /// When each managed Secret's credential expires.
+    conflicts: Gauge,
+    /// When the credential each managed Secret serves expires.
     expiries: Mutex<BTreeMap<Key, u64>>,
+    /// ServiceAccounts whose Secret name is taken by someone else's Secret.
+    conflicted: Mutex<BTreeSet<Key>>,
 }
 
 impl Default for Metrics {
@@ -34,6 +37,7 @@ impl Default for Metrics {
         let failures = Family::<Vec<(String, String)>, Counter>::default();
         let soonest_expiry = Gauge::<f64, AtomicU64>::default();
         let leader = Gauge::default();
+        let conflicts = Gauge::default();
         registry.register(
             "managed",
             "Pull Secrets this replica keeps fresh",
@@ -55,6 +59,11 @@ impl Default for Metrics {
             "1 while this replica holds the lease",
             leader.clone(),
         );
+        registry.register(
+            "conflicts",
+            "ServiceAccounts whose pull Secret name is taken by a Secret the controller did not write",
+            conflicts.clone(),
+        );
         Self {
             registry,
             managed,
@@ -62,13 +71,16 @@ impl Default for Metrics {
             failures,
             soonest_expiry,
             leader,
+            conflicts,
             expiries: Mutex::new(BTreeMap::new()),
+            conflicted: Mutex::new(BTreeSet::new()),
         }
     }
 }
 
 impl Metrics {
-    /// A Secret is managed, its credential expiring at `expires_at`.
+    /// A Secret is managed, and the credential a pull would use from it
+    /// expires at `expires_at`.
     pub(crate) fn track(&self, namespace: &str, service_account: &str, expires_at: u64) {
         let mut expiries = self.lock();
         expiries.insert(
@@ -79,12 +91,31 @@ impl Metrics {
             .set(i64::try_from(expiries.len()).unwrap_or(i64::MAX));
     }
 
-    /// A Secret is no longer managed.
+    /// A Secret is no longer managed (nor in conflict).
     pub(crate) fn forget(&self, namespace: &str, service_account: &str) {
+        let key = (namespace.to_owned(), service_account.to_owned());
         let mut expiries = self.lock();
-        expiries.remove(&(namespace.to_owned(), service_account.to_owned()));
+        expiries.remove(&key);
         self.managed
             .set(i64::try_from(expiries.len()).unwrap_or(i64::MAX));
+        drop(expiries);
+        self.set_conflict(namespace, service_account, false);
+    }
+
+    /// Whether the ServiceAccount's Secret name is taken by someone else.
+    pub(crate) fn set_conflict(&self, namespace: &str, service_account: &str, taken: bool) {
+        let key = (namespace.to_owned(), service_account.to_owned());
+        let mut conflicted = self
+            .conflicted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if taken {
+            conflicted.insert(key);
+        } else {
+            conflicted.remove(&key);
+        }
+        self.conflicts
+            .set(i64::try_from(conflicted.len()).unwrap_or(i64::MAX));
     }
 
     /// A credential was exchanged and written.
@@ -137,6 +168,7 @@ mod tests {
         m.refreshed();
         m.failed("token_server_unavailable");
         m.set_leader(true);
+        m.set_conflict("c", "default", true);
         let text = m.render(900);
         for line in [
             "regauth_pull_secrets_managed 2",
@@ -144,6 +176,7 @@ mod tests {
             "regauth_pull_secrets_failures_total{reason=\"token_server_unavailable\"} 1",
             "regauth_pull_secrets_soonest_expiry_seconds 100.0",
             "regauth_pull_secrets_leader 1",
+            "regauth_pull_secrets_conflicts 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -151,6 +184,8 @@ mod tests {
             );
         }
         m.forget("a", "default");
+        m.forget("c", "default");
+        assert!(m.render(900).contains("regauth_pull_secrets_conflicts 0"));
         assert!(
             m.render(900)
                 .contains("regauth_pull_secrets_soonest_expiry_seconds 200.0")

@@ -1,6 +1,7 @@
 //! The pull Secret the controller writes for one ServiceAccount: its name,
-//! its `.dockerconfigjson`, the labels that mark it as ours, and the
-//! annotations that say when its credential expires.
+//! its `.dockerconfigjson`, the controller reference that proves it is
+//! ours, and (for people, never read back) a label and annotations saying
+//! whose it is and when its credential expires.
 
 use std::collections::BTreeMap;
 
@@ -26,9 +27,6 @@ pub(crate) const SERVICE_ACCOUNT_ANNOTATION: &str = "regauth.io/service-account"
 pub(crate) const EXPIRES_ANNOTATION: &str = "regauth.io/expires-at";
 /// When it was issued (RFC 3339).
 pub(crate) const ISSUED_ANNOTATION: &str = "regauth.io/issued-at";
-/// A fingerprint of the registries it was written for, so a config change
-/// rewrites it.
-pub(crate) const REGISTRIES_ANNOTATION: &str = "regauth.io/registries";
 /// The Secret type the kubelet reads.
 pub(crate) const DOCKER_CONFIG_JSON: &str = "kubernetes.io/dockerconfigjson";
 /// Its one key.
@@ -57,25 +55,6 @@ pub(crate) fn secret_name(prefix: &str, service_account: &str) -> String {
         cut.pop();
     }
     format!("{prefix}-{cut}-{hash}")
-}
-
-/// What the registries section of the config says, as a stable string:
-/// a Secret written for other registries is rewritten.
-pub(crate) fn registries_fingerprint(settings: &Settings) -> String {
-    let mut text = settings.token_server.url.clone();
-    for r in &settings.registries {
-        text.push('|');
-        text.push_str(&r.service);
-        for host in &r.hosts {
-            text.push(',');
-            text.push_str(host);
-        }
-    }
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
-    digest.as_ref()[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// One registry's credential, for the `auths` map.
@@ -112,7 +91,8 @@ pub(crate) fn docker_config_json(entries: &[(&str, &str)]) -> Vec<u8> {
 }
 
 /// The Secret for `sa`, holding one credential per configured registry
-/// (`credentials` in the order of `settings.registries`).
+/// (`credentials` in the order of `settings.registries`), owned by `sa`
+/// through a controller reference: the proof that the controller wrote it.
 pub(crate) fn build(
     settings: &Settings,
     sa: &ServiceAccount,
@@ -125,32 +105,12 @@ pub(crate) fn build(
             entries.push((host.as_str(), credential.refresh_token.expose()));
         }
     }
-    let issued_at = credentials
-        .iter()
-        .map(|c| c.issued_at)
-        .min()
-        .unwrap_or_default();
-    let expires_at = credentials
-        .iter()
-        .map(|c| c.expires_at)
-        .min()
-        .unwrap_or_default();
+    let lifetime = Lifetime::of(credentials);
     let annotations = BTreeMap::from([
         (SERVICE_ACCOUNT_ANNOTATION.to_owned(), sa_name.clone()),
-        (ISSUED_ANNOTATION.to_owned(), rfc3339(issued_at)),
-        (EXPIRES_ANNOTATION.to_owned(), rfc3339(expires_at)),
-        (
-            REGISTRIES_ANNOTATION.to_owned(),
-            registries_fingerprint(settings),
-        ),
+        (ISSUED_ANNOTATION.to_owned(), rfc3339(lifetime.issued_at)),
+        (EXPIRES_ANNOTATION.to_owned(), rfc3339(lifetime.expires_at)),
     ]);
-    let owner = sa.metadata.uid.clone().map(|uid| OwnerReference {
-        api_version: "v1".to_owned(),
-        kind: "ServiceAccount".to_owned(),
-        name: sa_name.clone(),
-        uid,
-        ..OwnerReference::default()
-    });
     Secret {
         metadata: ObjectMeta {
             name: Some(secret_name(&settings.secret_name, &sa_name)),
@@ -160,7 +120,7 @@ pub(crate) fn build(
                 MANAGER.to_owned(),
             )])),
             annotations: Some(annotations),
-            owner_references: owner.map(|o| vec![o]),
+            owner_references: owner_reference(sa).map(|o| vec![o]),
             ..ObjectMeta::default()
         },
         type_: Some(DOCKER_CONFIG_JSON.to_owned()),
@@ -172,46 +132,163 @@ pub(crate) fn build(
     }
 }
 
-/// What an existing Secret of ours says about its credential.
+/// The controller reference to `sa` that every Secret it writes carries.
+/// `blockOwnerDeletion` stays unset: setting it would need delete rights
+/// on ServiceAccounts.
+fn owner_reference(sa: &ServiceAccount) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: "v1".to_owned(),
+        kind: "ServiceAccount".to_owned(),
+        name: sa.metadata.name.clone()?,
+        uid: sa.metadata.uid.clone()?,
+        controller: Some(true),
+        ..OwnerReference::default()
+    })
+}
+
+/// When the credentials of one Secret were issued and when the first of
+/// them expires (seconds since the epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Written {
+pub(crate) struct Lifetime {
     pub issued_at: u64,
     pub expires_at: u64,
 }
 
-/// Reads our annotations back; `None` when the Secret is not ours, was
-/// written for other registries, or is unreadable (then it is rewritten).
-pub(crate) fn written(settings: &Settings, secret: &Secret) -> Option<Written> {
-    let labels = secret.metadata.labels.as_ref()?;
-    if labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGER) {
-        return None;
+impl Lifetime {
+    /// The lifetime of a Secret holding `credentials`: the earliest of each.
+    pub(crate) fn of(credentials: &[Credential]) -> Self {
+        Self {
+            issued_at: credentials
+                .iter()
+                .map(|c| c.issued_at)
+                .min()
+                .unwrap_or_default(),
+            expires_at: credentials
+                .iter()
+                .map(|c| c.expires_at)
+                .min()
+                .unwrap_or_default(),
+        }
     }
-    let annotations = secret.metadata.annotations.as_ref()?;
-    if annotations.get(REGISTRIES_ANNOTATION)? != &registries_fingerprint(settings) {
-        return None;
+}
+
+/// Who a Secret with our name belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// There is none.
+    Absent,
+    /// The controller can prove it wrote it.
+    Us,
+    /// Anyone else: it is never changed or deleted.
+    Someone,
+}
+
+/// Whether `existing` is provably the controller's Secret for `sa`: it
+/// carries the controller reference to this very ServiceAccount (its uid),
+/// or it is the object this replica created (`created` is the uid the API
+/// gave it). A label is no proof: anyone may set one.
+pub(crate) fn owner(
+    existing: Option<&Secret>,
+    sa: &ServiceAccount,
+    created: Option<&str>,
+) -> Owner {
+    let Some(secret) = existing else {
+        return Owner::Absent;
+    };
+    let uid = secret.metadata.uid.as_deref();
+    if has_controller_reference(secret, sa) || (uid.is_some() && uid == created) {
+        Owner::Us
+    } else {
+        Owner::Someone
     }
-    if secret.type_.as_deref() != Some(DOCKER_CONFIG_JSON)
-        || !secret
-            .data
-            .as_ref()
-            .is_some_and(|d| d.contains_key(DOCKER_CONFIG_KEY))
-    {
-        return None;
-    }
-    Some(Written {
-        issued_at: parse_rfc3339(annotations.get(ISSUED_ANNOTATION)?)?,
-        expires_at: parse_rfc3339(annotations.get(EXPIRES_ANNOTATION)?)?,
+}
+
+fn has_controller_reference(secret: &Secret, sa: &ServiceAccount) -> bool {
+    let Some(wanted) = owner_reference(sa) else {
+        return false;
+    };
+    secret.metadata.owner_references.iter().flatten().any(|o| {
+        o.controller == Some(true)
+            && o.kind == wanted.kind
+            && o.api_version == wanted.api_version
+            && o.name == wanted.name
+            && o.uid == wanted.uid
     })
 }
 
-/// Whether a Secret carries our label (the only Secrets we ever delete).
-pub(crate) fn is_ours(secret: &Secret) -> bool {
-    secret
+/// Whether the fields the controller writes hold exactly what `desired`
+/// says: type, `.dockerconfigjson`, our label and annotations, and the
+/// controller reference. Fields others add are theirs and do not count.
+pub(crate) fn holds(existing: &Secret, desired: &Secret, sa: &ServiceAccount) -> bool {
+    let data = |s: &Secret| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(DOCKER_CONFIG_KEY))
+            .map(|b| b.0.clone())
+    };
+    let ours = |map: &Option<BTreeMap<String, String>>,
+                wanted: &Option<BTreeMap<String, String>>| {
+        wanted
+            .iter()
+            .flatten()
+            .all(|(k, v)| map.as_ref().and_then(|m| m.get(k)) == Some(v))
+    };
+    existing.type_ == desired.type_
+        && data(existing) == data(desired)
+        && ours(&existing.metadata.labels, &desired.metadata.labels)
+        && ours(
+            &existing.metadata.annotations,
+            &desired.metadata.annotations,
+        )
+        && has_controller_reference(existing, sa)
+}
+
+/// The merge patch that makes `existing` hold `desired`, guarded by the
+/// `resourceVersion` read: if anyone wrote in between, the API answers 409.
+/// Other owner references, labels, annotations and data keys are kept.
+pub(crate) fn update_patch(existing: &Secret, desired: &Secret) -> serde_json::Value {
+    let mine = desired
         .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(MANAGED_BY_LABEL))
-        .is_some_and(|v| v == MANAGER)
+        .owner_references
+        .clone()
+        .unwrap_or_default();
+    let mut references: Vec<OwnerReference> = existing
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|o| !mine.iter().any(|m| m.uid == o.uid))
+        .cloned()
+        .collect();
+    references.extend(mine);
+    serde_json::json!({
+        "metadata": {
+            "resourceVersion": existing.metadata.resource_version,
+            "labels": desired.metadata.labels,
+            "annotations": desired.metadata.annotations,
+            "ownerReferences": references,
+        },
+        "data": desired.data,
+    })
+}
+
+/// The `exp` claim of the first credential in a Secret's
+/// `.dockerconfigjson`, **unverified** (the controller cannot check the
+/// token server's signature). Used only where a wrong value can do no harm
+/// beyond the Secret's own namespace; see the callers.
+pub(crate) fn claimed_expiry(secret: &Secret) -> Option<u64> {
+    let bytes = &secret.data.as_ref()?.get(DOCKER_CONFIG_KEY)?.0;
+    let config: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let auths = config.get("auths")?.as_object()?;
+    auths
+        .values()
+        .filter_map(|entry| entry.get("password")?.as_str())
+        .filter_map(|password| {
+            regauth_client::unverified_claims(password)?
+                .get("exp")?
+                .as_u64()
+        })
+        .min()
 }
 
 /// Seconds since the epoch as RFC 3339 (`2026-01-01T00:00:00Z`).
@@ -221,11 +298,6 @@ pub(crate) fn rfc3339(seconds: u64) -> String {
         .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
         .map(|t| t.to_string())
         .unwrap_or_default()
-}
-
-fn parse_rfc3339(text: &str) -> Option<u64> {
-    let t: k8s_openapi::jiff::Timestamp = text.parse().ok()?;
-    u64::try_from(t.as_second()).ok()
 }
 
 #[cfg(test)]
@@ -268,14 +340,133 @@ mod tests {
         assert_eq!(entry["password"], "tok");
         assert_eq!(entry["auth"], STANDARD.encode("regauth:tok"));
         assert!(parsed["auths"]["r.example.com"].is_object());
+        let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
-            written(&settings, &secret),
-            Some(Written {
-                issued_at: 1_700_000_000,
-                expires_at: 1_700_003_600
-            })
+            (owner.uid.as_str(), owner.controller),
+            ("uid-1", Some(true))
         );
-        assert_eq!(secret.metadata.owner_references.unwrap()[0].uid, "uid-1");
+        assert_eq!(owner.block_owner_deletion, None);
+        assert_eq!(
+            secret.metadata.annotations.as_ref().unwrap()[EXPIRES_ANNOTATION],
+            "2023-11-14T23:13:20Z"
+        );
+    }
+
+    fn credential(token: &str, exp: u64) -> Credential {
+        Credential {
+            refresh_token: Token::new(token),
+            issued_at: 1_700_000_000,
+            expires_at: exp,
+        }
+    }
+
+    #[test]
+    fn only_a_controller_reference_to_this_service_account_or_our_own_create_proves_ownership() {
+        let settings = settings();
+        let ours = build(&settings, &sa(), &[credential("tok", 1_700_003_600)]);
+        assert_eq!(owner(None, &sa(), None), Owner::Absent);
+        assert_eq!(owner(Some(&ours), &sa(), None), Owner::Us);
+        // Our label alone proves nothing.
+        let mut labelled = ours.clone();
+        labelled.metadata.owner_references = None;
+        assert_eq!(owner(Some(&labelled), &sa(), None), Owner::Someone);
+        // A reference that is not the controller's, or to another
+        // incarnation of the ServiceAccount, neither.
+        let mut weak = ours.clone();
+        weak.metadata.owner_references.as_mut().unwrap()[0].controller = None;
+        assert_eq!(owner(Some(&weak), &sa(), None), Owner::Someone);
+        let mut recreated = sa();
+        recreated.metadata.uid = Some("uid-2".into());
+        assert_eq!(owner(Some(&ours), &recreated, None), Owner::Someone);
+        // The object this replica created stays provably ours.
+        labelled.metadata.uid = Some("secret-uid".into());
+        assert_eq!(owner(Some(&labelled), &sa(), Some("secret-uid")), Owner::Us);
+        assert_eq!(owner(Some(&labelled), &sa(), Some("other")), Owner::Someone);
+    }
+
+    #[test]
+    fn a_secret_holds_what_we_wrote_only_while_our_fields_are_unchanged() {
+        let settings = settings();
+        let desired = build(&settings, &sa(), &[credential("tok", 1_700_003_600)]);
+        let mut stored = desired.clone();
+        // Fields others add are theirs.
+        stored
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("team/note".into(), "x".into());
+        stored
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("extra".into(), ByteString(b"x".to_vec()));
+        assert!(holds(&stored, &desired, &sa()));
+        let mut edited = stored.clone();
+        edited
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(EXPIRES_ANNOTATION.into(), "2099-01-01T00:00:00Z".into());
+        assert!(!holds(&edited, &desired, &sa()));
+        let other = build(&settings, &sa(), &[credential("other", 1_700_003_600)]);
+        assert!(!holds(&other, &desired, &sa()));
+        let mut unowned = stored;
+        unowned.metadata.owner_references = None;
+        assert!(!holds(&unowned, &desired, &sa()));
+    }
+
+    #[test]
+    fn the_update_keeps_other_owners_and_carries_the_version_read() {
+        let settings = settings();
+        let desired = build(&settings, &sa(), &[credential("tok", 1_700_003_600)]);
+        let mut existing = desired.clone();
+        existing.metadata.resource_version = Some("42".into());
+        existing
+            .metadata
+            .owner_references
+            .as_mut()
+            .unwrap()
+            .push(OwnerReference {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                name: "x".into(),
+                uid: "cm-uid".into(),
+                ..OwnerReference::default()
+            });
+        let patch = update_patch(&existing, &desired);
+        assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        let uids: Vec<&str> = patch["metadata"]["ownerReferences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["uid"].as_str().unwrap())
+            .collect();
+        assert_eq!(uids, ["cm-uid", "uid-1"]);
+        assert!(patch["data"][DOCKER_CONFIG_KEY].is_string());
+    }
+
+    #[test]
+    fn the_claimed_expiry_is_the_earliest_exp_in_the_secret_or_none() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let settings = settings();
+        let jwt = |exp: u64| {
+            format!(
+                "e30.{}.sig",
+                URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{exp}}}"))
+            )
+        };
+        let secret = build(&settings, &sa(), &[credential(&jwt(1_700_000_500), 1)]);
+        assert_eq!(claimed_expiry(&secret), Some(1_700_000_500));
+        let opaque = build(&settings, &sa(), &[credential("opaque", 1)]);
+        assert_eq!(claimed_expiry(&opaque), None);
+        let mut broken = opaque;
+        broken.data = Some(BTreeMap::from([(
+            DOCKER_CONFIG_KEY.to_owned(),
+            ByteString(b"{not json".to_vec()),
+        )]));
+        assert_eq!(claimed_expiry(&broken), None);
     }
 
     #[test]
@@ -290,6 +481,6 @@ mod tests {
     #[test]
     fn timestamps_round_trip() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(parse_rfc3339(&rfc3339(1_700_000_000)), Some(1_700_000_000));
+        assert_eq!(rfc3339(u64::MAX), "");
     }
 }

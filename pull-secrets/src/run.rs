@@ -1,26 +1,26 @@
 //! The three ways the controller runs: continuously (with leader
 //! election), once (`--once`, optionally `--dry-run`), and `--cleanup`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt as _;
+use futures_util::stream::BoxStream;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
-use crate::config::Settings;
+use crate::caches::{self, Caches, Readiness, SecretCaches, SecretSelector};
+use crate::config::{Scope, Settings};
+use crate::events::Events;
 use crate::exchange::Exchange;
 use crate::leader::{self, Leadership, error_chain};
 use crate::metrics::Metrics;
-use crate::pull_secret::{self, MANAGED_SELECTOR};
+use crate::pull_secret::{self, Owner};
 use crate::reconcile::{self, Context};
 
 /// How many ServiceAccounts are reconciled at once.
@@ -32,21 +32,23 @@ const CLEANUP_ATTEMPTS: usize = 5;
 /// Why a run failed as a whole.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RunError {
-    #[error("listing {what} failed")]
+    #[error("listing {what} {} failed", where_(.namespace.as_deref()))]
     List {
         what: &'static str,
+        /// `None`: across the cluster.
+        namespace: Option<String>,
         #[source]
         source: kube::Error,
     },
     #[error("{failed} of {total} ServiceAccounts failed")]
     Partial { failed: usize, total: usize },
-    #[error("cleanup of {namespace}/{name} failed")]
-    Cleanup {
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
+}
+
+fn where_(namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) => format!("in namespace {ns}"),
+        None => "across the cluster".to_owned(),
+    }
 }
 
 /// Shared by the continuous run and the operations endpoints.
@@ -88,11 +90,9 @@ pub(crate) async fn continuously<E: Exchange + Clone>(
         health.metrics.set_leader(true);
         Arc::new(Leadership::always())
     };
-    // Ready once the API answers; the controller's own caches fill later.
-    match Api::<Namespace>::all(client.clone())
-        .list_metadata(&ListParams::default().limit(1))
-        .await
-    {
+    // Ready once the API answers (`/version` needs no grant); the
+    // controller's own caches fill later.
+    match client.apiserver_version().await {
         Ok(_) => health.ready.store(true, Ordering::SeqCst),
         Err(e) => tracing::warn!(error = %error_chain(&e), "the Kubernetes API did not answer"),
     }
@@ -127,9 +127,33 @@ pub(crate) async fn continuously<E: Exchange + Clone>(
     }
 }
 
-/// The controller: ServiceAccounts are the reconciled objects; our Secrets
-/// (through their owner reference) and namespaces (by mapping to their
-/// ServiceAccounts) trigger them too.
+/// A watch of Secrets through a reflector writing `store`'s cache.
+fn secret_watch(
+    client: &kube::Client,
+    scope: Option<&str>,
+    selector: &SecretSelector,
+) -> (
+    Store<Secret>,
+    BoxStream<'static, Result<Secret, watcher::Error>>,
+) {
+    let (store, writer) = reflector::store::<Secret>();
+    let events = reflector(
+        writer,
+        watcher(
+            caches::api::<Secret>(client, scope),
+            selector.watch_config(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects()
+    .boxed();
+    (store, events)
+}
+
+/// The controller: ServiceAccounts are the reconciled objects; Secrets with
+/// our names and namespaces (by mapping to their ServiceAccounts) trigger
+/// them too. In the namespaced scope there is one controller per namespace,
+/// each watching only inside it.
 async fn control<E: Exchange>(
     settings: Settings,
     client: kube::Client,
@@ -138,82 +162,116 @@ async fn control<E: Exchange>(
     leadership: Arc<Leadership>,
     metrics: Arc<Metrics>,
 ) {
-    let namespace_watch = match settings.namespaces.label_selector() {
-        Some(selector) => watcher::Config::default().labels(selector),
-        None => watcher::Config::default(),
-    };
-    let (namespaces, namespace_writer) = reflector::store::<Namespace>();
-    let namespace_events = reflector(
-        namespace_writer,
-        watcher(Api::<Namespace>::all(client.clone()), namespace_watch),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (secrets, secret_writer) = reflector::store::<Secret>();
-    let secret_events = reflector(
-        secret_writer,
-        watcher(
-            Api::<Secret>::all(client.clone()),
-            watcher::Config::default().labels(MANAGED_SELECTOR),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
-    let controller = Controller::new(
-        Api::<ServiceAccount>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(controller::Config::default().concurrency(CONCURRENCY));
-    let service_accounts = controller.store();
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: pull_secret::MANAGER.to_owned(),
-            instance: Some(identity),
-        },
-    );
-    // One waiter for both caches, which then tells every reconcile.
-    let (ready_tx, caches_ready) = tokio::sync::watch::channel(false);
-    let (namespace_cache, secret_cache) = (namespaces.clone(), secrets.clone());
-    tokio::spawn(async move {
-        if namespace_cache.wait_until_ready().await.is_ok()
-            && secret_cache.wait_until_ready().await.is_ok()
-        {
-            let _ = ready_tx.send(true);
+    let selectors = SecretSelector::all(&settings);
+    let (namespaces, namespace_events) = match settings.scope {
+        Scope::Cluster => {
+            let config = match settings.namespaces.label_selector() {
+                Some(selector) => watcher::Config::default().labels(selector),
+                None => watcher::Config::default(),
+            };
+            let (store, writer) = reflector::store::<Namespace>();
+            let events = reflector(
+                writer,
+                watcher(Api::<Namespace>::all(client.clone()), config),
+            )
+            .default_backoff()
+            .touched_objects();
+            (Some(store), Some(events))
         }
-    });
-    let ctx = Arc::new(Context {
-        settings,
-        client,
+        Scope::Namespaced => (None, None),
+    };
+    let mut secret_stores = Vec::new();
+    let mut controllers = Vec::new();
+    let mut readiness = Readiness::default();
+    for scope in caches::scopes(&settings) {
+        let mut events = Vec::new();
+        let mut stores = Vec::new();
+        for selector in &selectors {
+            let (store, stream) = secret_watch(&client, scope.as_deref(), selector);
+            stores.push(store);
+            events.push(stream);
+        }
+        // One waiter per scope, which then tells every reconcile there.
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        readiness.insert(scope.clone(), ready);
+        let (namespaces, scoped) = (namespaces.clone(), SecretCaches::new(stores.clone()));
+        tokio::spawn(async move {
+            let namespaces_ready = match &namespaces {
+                Some(store) => store.wait_until_ready().await.is_ok(),
+                None => true,
+            };
+            if namespaces_ready && scoped.wait_until_ready().await {
+                let _ = ready_tx.send(true);
+            }
+        });
+        secret_stores.extend(stores);
+        let controller = Controller::new(
+            caches::api::<ServiceAccount>(&client, scope.as_deref()),
+            watcher::Config::default(),
+        )
+        .with_config(controller::Config::default().concurrency(CONCURRENCY));
+        controllers.push((controller, futures_util::stream::select_all(events)));
+    }
+    let caches = Caches {
         namespaces,
-        secrets,
-        caches_ready,
+        secrets: SecretCaches::new(secret_stores),
+        ready: readiness,
+    };
+    let mut context = Context::new(
+        settings,
+        client.clone(),
+        caches,
         exchange,
         leadership,
         metrics,
-        recorder: Some(recorder),
-        dry_run: None,
-        failures: Mutex::new(HashMap::new()),
-        written: Mutex::new(HashMap::new()),
-        attached: Mutex::new(HashMap::new()),
+    );
+    context.events = Some(Events::new(client, &identity));
+    let ctx = Arc::new(context);
+    let mut namespace_events = namespace_events;
+    let runs = controllers.into_iter().map(|(controller, secret_events)| {
+        let service_accounts = controller.store();
+        let by_secret = {
+            let (settings, known) = (ctx.settings.clone(), service_accounts.clone());
+            move |secret: Secret| {
+                let namespace = secret.namespace().unwrap_or_default();
+                caches::service_accounts_for(&settings, &known, &namespace, &secret.name_any())
+            }
+        };
+        // A resync reads only the caches unless something is due, so it
+        // costs no API requests.
+        let every = ctx.settings.resync_interval;
+        let resync = futures_util::stream::unfold((), move |()| async move {
+            tokio::time::sleep(every).await;
+            Some(((), ()))
+        });
+        let mut controller = controller
+            .reconcile_all_on(resync)
+            .watches_stream(secret_events, by_secret);
+        if let Some(events) = namespace_events.take() {
+            controller = controller.watches_stream(events, move |namespace: Namespace| {
+                in_namespace(&service_accounts, &namespace.name_any())
+            });
+        }
+        controller
+            .run(
+                reconcile::reconcile,
+                reconcile::error_policy,
+                Arc::clone(&ctx),
+            )
+            .boxed()
     });
-    // A resync reads only the caches unless something is due, so it costs
-    // no API requests.
-    let every = ctx.settings.resync_interval;
-    let resync = futures_util::stream::unfold((), move |()| async move {
-        tokio::time::sleep(every).await;
-        Some(((), ()))
-    });
-    controller
-        .reconcile_all_on(resync)
-        .owns_stream(secret_events)
-        .watches_stream(namespace_events, move |namespace: Namespace| {
-            in_namespace(&service_accounts, &namespace.name_any())
-        })
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+    futures_util::stream::select_all(runs)
         .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(error = %error_chain(&error), "reconcile not done");
+            match result {
+                // A list or watch failed (it is retried with backoff): say
+                // so loudly, as a missing grant shows up only here.
+                Err(controller::Error::QueueError(error)) => {
+                    tracing::warn!(error = %error_chain(&error), "listing or watching failed; retrying");
+                }
+                Err(error) => {
+                    tracing::debug!(error = %error_chain(&error), "reconcile not done");
+                }
+                Ok(_) => {}
             }
         })
         .await;
@@ -228,45 +286,81 @@ fn in_namespace(store: &Store<ServiceAccount>, namespace: &str) -> Vec<ObjectRef
         .collect()
 }
 
+/// What a one-shot run reads first: namespaces (cluster scope only), our
+/// Secrets and the ServiceAccounts, listed within the controller's scope.
+struct Snapshot {
+    caches: Caches,
+    service_accounts: Vec<ServiceAccount>,
+}
+
+async fn snapshot(settings: &Settings, client: &kube::Client) -> Result<Snapshot, RunError> {
+    let namespaces = match settings.scope {
+        Scope::Cluster => {
+            let mut params = ListParams::default();
+            if let Some(selector) = settings.namespaces.label_selector() {
+                params = params.labels(selector);
+            }
+            let items = list(
+                &Api::<Namespace>::all(client.clone()),
+                &params,
+                "namespaces",
+                None,
+            )
+            .await?;
+            Some(caches::filled(items))
+        }
+        Scope::Namespaced => None,
+    };
+    let mut secrets = Vec::new();
+    let mut service_accounts = Vec::new();
+    for scope in caches::scopes(settings) {
+        for selector in SecretSelector::all(settings) {
+            let api = caches::api::<Secret>(client, scope.as_deref());
+            secrets.extend(list(&api, &selector.list_params(), "Secrets", scope.as_deref()).await?);
+        }
+        let api = caches::api::<ServiceAccount>(client, scope.as_deref());
+        service_accounts.extend(
+            list(
+                &api,
+                &ListParams::default(),
+                "ServiceAccounts",
+                scope.as_deref(),
+            )
+            .await?,
+        );
+    }
+    Ok(Snapshot {
+        caches: Caches {
+            namespaces,
+            secrets: SecretCaches::filled(secrets),
+            ready: Readiness::now(),
+        },
+        service_accounts,
+    })
+}
+
 /// One pass over every ServiceAccount, then return. With `dry_run`, nothing
-/// is written and the Secrets that would be applied are returned.
+/// is written and the Secrets that would be written are returned.
 pub(crate) async fn once<E: Exchange>(
     settings: Settings,
     client: kube::Client,
     exchange: E,
     dry_run: bool,
 ) -> Result<Vec<Secret>, RunError> {
-    let mut namespace_list = ListParams::default();
-    if let Some(selector) = settings.namespaces.label_selector() {
-        namespace_list = namespace_list.labels(selector);
-    }
-    let namespaces = list_all::<Namespace>(&client, &namespace_list, "namespaces").await?;
-    let secrets = list_all::<Secret>(
-        &client,
-        &ListParams::default().labels(MANAGED_SELECTOR),
-        "Secrets",
-    )
-    .await?;
-    let service_accounts =
-        list_all::<ServiceAccount>(&client, &ListParams::default(), "ServiceAccounts").await?;
-    let ctx = Arc::new(Context {
+    let snapshot = snapshot(&settings, &client).await?;
+    let mut context = Context::new(
         settings,
         client,
-        namespaces: filled(namespaces),
-        secrets: filled(secrets),
-        caches_ready: tokio::sync::watch::channel(true).1,
+        snapshot.caches,
         exchange,
-        leadership: Arc::new(Leadership::always()),
-        metrics: Arc::new(Metrics::default()),
-        recorder: None,
-        dry_run: dry_run.then(|| Mutex::new(Vec::new())),
-        failures: Mutex::new(HashMap::new()),
-        written: Mutex::new(HashMap::new()),
-        attached: Mutex::new(HashMap::new()),
-    });
-    let total = service_accounts.len();
+        Arc::new(Leadership::always()),
+        Arc::new(Metrics::default()),
+    );
+    context.dry_run = dry_run.then(|| Mutex::new(Vec::new()));
+    let ctx = Arc::new(context);
+    let total = snapshot.service_accounts.len();
     let mut failed = 0;
-    for sa in service_accounts {
+    for sa in snapshot.service_accounts {
         if reconcile::reconcile(Arc::new(sa), Arc::clone(&ctx))
             .await
             .is_err()
@@ -285,36 +379,24 @@ pub(crate) async fn once<E: Exchange>(
     Ok(collected)
 }
 
-/// Every object of a type, cluster-wide, matching `params`.
-async fn list_all<K>(
-    client: &kube::Client,
+/// Every object `api` lists with `params`.
+async fn list<K>(
+    api: &Api<K>,
     params: &ListParams,
     what: &'static str,
+    namespace: Option<&str>,
 ) -> Result<Vec<K>, RunError>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    K::DynamicType: Default,
 {
-    Api::<K>::all(client.clone())
-        .list(params)
+    api.list(params)
         .await
         .map(|list| list.items)
-        .map_err(|source| RunError::List { what, source })
-}
-
-/// A store holding exactly `items`, ready.
-fn filled<K>(items: Vec<K>) -> Store<K>
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    let mut writer = reflector::store::Writer::<K>::default();
-    writer.apply_watcher_event(&watcher::Event::Init);
-    for item in items {
-        writer.apply_watcher_event(&watcher::Event::InitApply(item));
-    }
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-    writer.as_reader()
+        .map_err(|source| RunError::List {
+            what,
+            namespace: namespace.map(str::to_owned),
+            source,
+        })
 }
 
 /// What `--cleanup` removed.
@@ -324,89 +406,69 @@ pub(crate) struct Cleaned {
     pub service_accounts: usize,
 }
 
-/// Removes every Secret carrying our label and every `imagePullSecrets`
-/// entry that names our Secret for that ServiceAccount; nothing else.
+/// Removes, for every configured ServiceAccount, the Secret with our name
+/// that provably is ours, and our `imagePullSecrets` entry (unless the
+/// Secret it names belongs to someone else); nothing else. A
+/// ServiceAccount that changes meanwhile is read again and retried.
 pub(crate) async fn cleanup(
     settings: &Settings,
     client: kube::Client,
 ) -> Result<Cleaned, RunError> {
+    let snapshot = snapshot(settings, &client).await?;
+    let ctx = Context::new(
+        settings.clone(),
+        client.clone(),
+        snapshot.caches,
+        (),
+        Arc::new(Leadership::always()),
+        Arc::new(Metrics::default()),
+    );
     let mut cleaned = Cleaned::default();
-    let service_accounts =
-        list_all::<ServiceAccount>(&client, &ListParams::default(), "ServiceAccounts").await?;
-    for sa in service_accounts {
-        let ours = pull_secret::secret_name(&settings.secret_name, &sa.name_any());
-        if detach(&client, sa, &ours).await? {
-            cleaned.service_accounts += 1;
+    let total = snapshot.service_accounts.len();
+    let mut failed = 0;
+    for mut sa in snapshot.service_accounts {
+        let name = sa.name_any();
+        if !settings.service_accounts.selects(&name) {
+            continue;
         }
-    }
-    let secrets = list_all::<Secret>(
-        &client,
-        &ListParams::default().labels(MANAGED_SELECTOR),
-        "Secrets",
-    )
-    .await?;
-    for secret in secrets.iter().filter(|s| pull_secret::is_ours(s)) {
-        let namespace = secret.namespace().unwrap_or_default();
-        let name = secret.name_any();
-        match Api::<Secret>::namespaced(client.clone(), &namespace)
-            .delete(&name, &DeleteParams::default())
-            .await
-        {
-            Ok(_) => cleaned.secrets += 1,
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(source) => {
-                return Err(RunError::Cleanup {
-                    namespace,
-                    name,
-                    source,
-                });
+        let namespace = sa.namespace().unwrap_or_default();
+        let secret_name = pull_secret::secret_name(&settings.secret_name, &name);
+        let existing = ctx.secrets.get(&namespace, &secret_name);
+        let owner = pull_secret::owner(existing.as_deref(), &sa, None);
+        for attempt in 1..=CLEANUP_ATTEMPTS {
+            let listed = sa
+                .image_pull_secrets
+                .iter()
+                .flatten()
+                .any(|r| r.name == secret_name);
+            match reconcile::remove(&ctx, &sa, &secret_name, existing.as_deref(), owner).await {
+                Ok(()) => {
+                    cleaned.secrets += usize::from(owner == Owner::Us);
+                    cleaned.service_accounts += usize::from(listed && owner != Owner::Someone);
+                    break;
+                }
+                Err(error) if error.reason() == "conflict" && attempt < CLEANUP_ATTEMPTS => {
+                    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+                    match api.get_opt(&name).await {
+                        Ok(Some(fresh)) => sa = fresh,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(namespace, service_account = name, error = %error_chain(&e), "cleanup failed");
+                            failed += 1;
+                            break;
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(namespace, service_account = name, error = %error_chain(&error), "cleanup failed");
+                    failed += 1;
+                    break;
+                }
             }
         }
+    }
+    if failed > 0 {
+        return Err(RunError::Partial { failed, total });
     }
     Ok(cleaned)
-}
-
-/// Drops `secret_name` from the ServiceAccount's `imagePullSecrets`,
-/// re-reading it after a conflict. Returns whether it was listed.
-async fn detach(
-    client: &kube::Client,
-    mut sa: ServiceAccount,
-    secret_name: &str,
-) -> Result<bool, RunError> {
-    let namespace = sa.namespace().unwrap_or_default();
-    let name = sa.name_any();
-    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
-    for attempt in 1..=CLEANUP_ATTEMPTS {
-        let list = sa.image_pull_secrets.clone().unwrap_or_default();
-        if !list.iter().any(|r| r.name == secret_name) {
-            return Ok(false);
-        }
-        let kept: Vec<_> = list.into_iter().filter(|r| r.name != secret_name).collect();
-        let patch = json!({
-            "metadata": {"resourceVersion": sa.resource_version()},
-            "imagePullSecrets": kept,
-        });
-        match api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => return Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 && attempt < CLEANUP_ATTEMPTS => {
-                sa = api.get(&name).await.map_err(|source| RunError::Cleanup {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                    source,
-                })?;
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(false),
-            Err(source) => {
-                return Err(RunError::Cleanup {
-                    namespace,
-                    name,
-                    source,
-                });
-            }
-        }
-    }
-    Ok(false)
 }

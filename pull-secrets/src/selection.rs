@@ -44,6 +44,22 @@ impl NamespaceSelection {
         })
     }
 
+    /// The configured names, when the selection is a list of names.
+    pub(crate) fn listed(&self) -> Option<&[String]> {
+        match &self.rule {
+            Rule::Names(names) => Some(names),
+            _ => None,
+        }
+    }
+
+    /// Whether `name` is selected, judged by name alone (when the
+    /// controller may not read namespaces): only a list of names can say.
+    pub(crate) fn selects_name(&self, name: &str) -> bool {
+        self.listed()
+            .is_some_and(|names| names.iter().any(|n| n == name))
+            && !self.exclude.iter().any(|e| e == name)
+    }
+
     /// The label selector for the namespace watch, when there is one.
     pub(crate) fn label_selector(&self) -> Option<&str> {
         match &self.rule {
@@ -76,6 +92,11 @@ impl ServiceAccountSelection {
 
     pub(crate) fn selects(&self, name: &str) -> bool {
         self.0.iter().any(|n| n == "*" || n == name)
+    }
+
+    /// The configured names; `None` when `*` selects every name.
+    pub(crate) fn names(&self) -> Option<&[String]> {
+        (!self.0.iter().any(|n| n == "*")).then_some(self.0.as_slice())
     }
 }
 
@@ -193,6 +214,11 @@ mod tests {
                 k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
             ));
         assert!(!all.selects(&going));
+        // By name alone only a list of names selects.
+        assert!(named.selects_name("team-a") && !named.selects_name("team-b"));
+        assert!(!all.selects_name("team-a"));
+        let excluded = NamespaceSelection::names(vec!["team-a".into()], vec!["team-a".into()]);
+        assert!(!excluded.selects_name("team-a"));
     }
 
     #[test]
@@ -224,5 +250,11 @@ mod tests {
         assert!(ServiceAccountSelection::new(vec!["*".into()]).selects("anything"));
         let named = ServiceAccountSelection::new(vec!["default".into(), "builder".into()]);
         assert!(named.selects("builder") && !named.selects("deployer"));
+        assert_eq!(named.names().map(<[String]>::len), Some(2));
+        assert!(
+            ServiceAccountSelection::new(vec!["a".into(), "*".into()])
+                .names()
+                .is_none()
+        );
     }
 }
