@@ -325,11 +325,11 @@ pub(crate) fn refresh_at(lifetime: Lifetime, threshold: Option<Duration>) -> u64
 /// no readable credential at all.
 fn served_expiry(
     existing: Option<&Secret>,
-    intact: Option<&Written>,
+    holding: Option<&Written>,
     last: Option<&Written>,
     now: u64,
 ) -> u64 {
-    if let Some(w) = intact {
+    if let Some(w) = holding {
         return w.lifetime.expires_at;
     }
     let claimed = existing
@@ -393,26 +393,27 @@ async fn reconcile_service_account<E: Exchange>(
     }
     ctx.metrics.set_conflict(&namespace, &name, false);
 
-    let fresh = last.as_ref().filter(|w| {
-        now < refresh_at(w.lifetime, settings.refresh_threshold) && now < w.lifetime.expires_at
-    });
-    let intact = fresh.filter(|w| {
+    // What this replica wrote, while it is still valid; whether the Secret
+    // still holds exactly that; and whether it is not yet due.
+    let unexpired = last.as_ref().filter(|w| now < w.lifetime.expires_at);
+    let holding = unexpired.filter(|w| {
         existing.as_deref().is_some_and(|s| {
             pull_secret::holds(s, &pull_secret::build(settings, sa, &w.credentials), sa)
         })
     });
+    let fresh = unexpired.filter(|w| now < refresh_at(w.lifetime, settings.refresh_threshold));
     ctx.metrics.track(
         &namespace,
         &name,
-        served_expiry(existing.as_deref(), intact, last.as_ref(), now),
+        served_expiry(existing.as_deref(), holding, last.as_ref(), now),
     );
     // Our own write counts until the watch shows it; past the grace a
     // Secret that still differs (or is missing) is rewritten.
-    let lagging = fresh.filter(|_| intact.is_none()).and_then(|w| {
+    let lagging = unexpired.filter(|_| holding.is_none()).and_then(|w| {
         let left = WATCH_LAG_GRACE.saturating_sub(w.at.elapsed());
         (!left.is_zero()).then_some((w.lifetime, left))
     });
-    let (lifetime, mut recheck) = match (intact, lagging) {
+    let (lifetime, mut recheck) = match (holding.and(fresh), lagging) {
         (Some(w), _) => (w.lifetime, None),
         (None, Some((lifetime, left))) => (lifetime, Some(left)),
         (None, None) => {
@@ -435,16 +436,19 @@ async fn reconcile_service_account<E: Exchange>(
                 }
                 return Ok(Action::requeue(MIN_REQUEUE));
             }
-            // A fresh credential is written again as it was; only a due
-            // one costs a TokenRequest and an exchange.
-            let credentials = match fresh {
-                Some(w) => Arc::clone(&w.credentials),
-                None => obtain(ctx, sa, &namespace, &name, now).await?,
+            // A Secret that no longer holds what was written is repaired
+            // with that credential while it is valid, with no exchange, so
+            // a token server outage cannot stop the repair; a due one is
+            // refreshed on the next round. Only a refresh costs a
+            // TokenRequest and an exchange.
+            let (credentials, refreshed) = match (holding, unexpired) {
+                (None, Some(w)) => (Arc::clone(&w.credentials), false),
+                _ => (obtain(ctx, sa, &namespace, &name, now).await?, true),
             };
             let desired = pull_secret::build(settings, sa, &credentials);
             let stored = write(ctx, sa, existing.as_deref(), desired).await?;
             let lifetime = Lifetime::of(&credentials);
-            if fresh.is_none() {
+            if refreshed {
                 ctx.metrics.refreshed();
             }
             let created = match (&stored, existing.as_deref()) {

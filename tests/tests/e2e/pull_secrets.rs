@@ -288,11 +288,13 @@ fn foreign_image_pull_secrets_entries_are_kept() {
 
 #[test]
 fn a_token_server_outage_backs_off_records_an_event_and_keeps_the_old_secret() {
-    let mut cluster = Cluster::start("30s");
+    // Refreshed 5 s after issue, valid for a minute: the outage below starts
+    // past the refresh point, well before the credential expires.
+    let mut cluster = Cluster::start("60s");
     team_namespaces(&cluster, &["team-a"]);
     let controller = cluster.start_controller(
         "replica-a",
-        &cluster.config(&selector_config(), "refresh_threshold: 25s\n"),
+        &cluster.config(&selector_config(), "refresh_threshold: 55s\n"),
     );
     let host = cluster.registry_host();
     let before = cluster.wait_pull_secret("team-a", "default");
@@ -338,6 +340,38 @@ fn a_token_server_outage_backs_off_records_an_event_and_keeps_the_old_secret() {
         .pull_secret("team-a", "default")
         .expect("the old Secret is kept");
     assert_eq!(password(&kept, &host), old_password);
+    // An edit during the outage is still repaired, with the credential that
+    // was written (valid for a while yet, though past its refresh point).
+    let mut edited = kept.clone();
+    edited
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            "regauth.io/expires-at".into(),
+            "2099-01-01T00:00:00Z".into(),
+        );
+    edited.data.get_or_insert_with(Default::default).insert(
+        ".dockerconfigjson".into(),
+        k8s_openapi::ByteString(br#"{"auths":{}}"#.to_vec()),
+    );
+    cluster.api.update(&edited);
+    let repaired = eventually("the Secret repaired during the outage", || {
+        cluster.pull_secret("team-a", "default").filter(|s| {
+            docker_config(s)["auths"]
+                .as_object()
+                .is_some_and(|a| !a.is_empty())
+        })
+    });
+    assert_eq!(password(&repaired, &host), old_password);
+    assert!(
+        cluster
+            .world
+            .server
+            .wait_exit(Duration::from_millis(1))
+            .is_some(),
+        "the token server is still down"
+    );
     // Backing off: a handful of attempts in a few seconds, not hundreds.
     std::thread::sleep(Duration::from_secs(3));
     let later = metric(
