@@ -179,6 +179,29 @@ fn a_foreign_secret_with_our_name_survives_selection_a_resync_and_deselection_by
         writes.is_empty(),
         "the controller wrote their Secret: {writes:?}"
     );
+
+    // Selected again, and the owner deletes their Secret: ours takes its
+    // place within a backoff (max_backoff is 2 s here).
+    opt_in(&cluster, "victim", true);
+    eventually("the conflict to be seen again", || {
+        metric(&controller.metrics(), "regauth_pull_secrets_conflicts").filter(|n| *n == 1.0)
+    });
+    cluster
+        .kubectl(
+            &owner,
+            &["delete", "-n", "victim", "secret", &secret_name()],
+        )
+        .assert_success("kubectl delete of their Secret");
+    let ours = eventually("the controller's Secret in victim", || {
+        cluster
+            .pull_secret("victim", "default")
+            .filter(|s| s.metadata.owner_references.is_some())
+    });
+    assert_ne!(ours.metadata.uid, theirs.metadata.uid);
+    cluster.wait_attached("victim", "default");
+    eventually("the conflict to clear", || {
+        metric(&controller.metrics(), "regauth_pull_secrets_conflicts").filter(|n| *n == 0.0)
+    });
 }
 
 /// Nothing a namespace user may edit decides freshness: an edited expiry
