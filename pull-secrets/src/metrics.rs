@@ -102,6 +102,22 @@ impl Metrics {
         self.set_conflict(namespace, service_account, false);
     }
 
+    /// Forgets every ServiceAccount `keep` says no longer exists.
+    pub(crate) fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+        let mut expiries = self.lock();
+        expiries.retain(|(namespace, name), _| keep(namespace, name));
+        self.managed
+            .set(i64::try_from(expiries.len()).unwrap_or(i64::MAX));
+        drop(expiries);
+        let mut conflicted = self
+            .conflicted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        conflicted.retain(|(namespace, name)| keep(namespace, name));
+        self.conflicts
+            .set(i64::try_from(conflicted.len()).unwrap_or(i64::MAX));
+    }
+
     /// Whether the ServiceAccount's Secret name is taken by someone else.
     pub(crate) fn set_conflict(&self, namespace: &str, service_account: &str, taken: bool) {
         let key = (namespace.to_owned(), service_account.to_owned());
@@ -184,7 +200,7 @@ mod tests {
             );
         }
         m.forget("a", "default");
-        m.forget("c", "default");
+        m.retain(|namespace, _| namespace != "c");
         assert!(m.render(900).contains("regauth_pull_secrets_conflicts 0"));
         assert!(
             m.render(900)

@@ -287,6 +287,16 @@ impl<E> Context<E> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Drops what is kept for every ServiceAccount `exists` says is gone.
+    pub(crate) fn forget_missing(&self, exists: impl Fn(&ObjectRef<ServiceAccount>) -> bool) {
+        self.lock_written().retain(|sa, _| exists(sa));
+        self.lock_attached().retain(|sa, _| exists(sa));
+        self.lock_failures().retain(|sa, _| exists(sa));
+        self.tokens.retain(&exists);
+        self.metrics
+            .retain(|namespace, name| exists(&ObjectRef::new(name).within(namespace)));
+    }
+
     fn may_write(&self) -> Result<(), Error> {
         if self.dry_run.is_some() || self.leadership.is_leading() {
             Ok(())

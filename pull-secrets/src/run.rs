@@ -228,6 +228,8 @@ async fn control<E: Exchange>(
     context.events = Some(Events::new(client, &identity));
     let ctx = Arc::new(context);
     let mut namespace_events = namespace_events;
+    let service_account_stores: Vec<Store<ServiceAccount>> =
+        controllers.iter().map(|(c, _)| c.store()).collect();
     let runs = controllers.into_iter().map(|(controller, secret_events)| {
         let service_accounts = controller.store();
         let by_secret = {
@@ -260,21 +262,40 @@ async fn control<E: Exchange>(
             )
             .boxed()
     });
-    futures_util::stream::select_all(runs)
-        .for_each(|result| async move {
-            match result {
-                // A list or watch failed (it is retried with backoff): say
-                // so loudly, as a missing grant shows up only here.
-                Err(controller::Error::QueueError(error)) => {
-                    tracing::warn!(error = %error_chain(&error), "listing or watching failed; retrying");
-                }
-                Err(error) => {
-                    tracing::debug!(error = %error_chain(&error), "reconcile not done");
-                }
-                Ok(_) => {}
+    let controlling = futures_util::stream::select_all(runs).for_each(|result| async move {
+        match result {
+            // A list or watch failed (it is retried with backoff): say so
+            // loudly, as a missing grant shows up only here.
+            Err(controller::Error::QueueError(error)) => {
+                tracing::warn!(error = %error_chain(&error), "listing or watching failed; retrying");
             }
-        })
-        .await;
+            Err(error) => {
+                tracing::debug!(error = %error_chain(&error), "reconcile not done");
+            }
+            Ok(_) => {}
+        }
+    });
+    tokio::select! {
+        () = controlling => {}
+        () = forget_deleted(&ctx, &service_account_stores) => {}
+    }
+}
+
+/// A deleted ServiceAccount is never reconciled again, so what this replica
+/// keeps for it (memory, token, metrics) is dropped here, once per resync:
+/// otherwise a deleted namespace's expiry would stay in the expiry metric
+/// and, once past, raise a false alarm.
+async fn forget_deleted<E>(ctx: &Context<E>, stores: &[Store<ServiceAccount>]) {
+    for store in stores {
+        // A store that is not filled yet would make everything look deleted.
+        if store.wait_until_ready().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+    loop {
+        tokio::time::sleep(ctx.settings.resync_interval).await;
+        ctx.forget_missing(|sa| stores.iter().any(|s| s.get(sa).is_some()));
+    }
 }
 
 fn in_namespace(store: &Store<ServiceAccount>, namespace: &str) -> Vec<ObjectRef<ServiceAccount>> {

@@ -97,6 +97,11 @@ impl Tokens {
         Ok(token)
     }
 
+    /// Keeps only the tokens of ServiceAccounts `keep` says exist.
+    pub(crate) fn retain(&self, keep: impl Fn(&ObjectRef<ServiceAccount>) -> bool) {
+        self.lock().retain(|sa, _| keep(sa));
+    }
+
     /// Drops the token held for `sa` (it was refused, or `sa` left).
     pub(crate) fn forget(&self, sa: &ObjectRef<ServiceAccount>) {
         self.lock().remove(sa);

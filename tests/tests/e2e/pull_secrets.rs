@@ -194,8 +194,7 @@ fn credentials_are_refreshed_in_place_before_they_expire() {
 fn namespaces_are_picked_up_when_added_and_cleaned_when_they_leave() {
     let cluster = Cluster::start("1h");
     team_namespaces(&cluster, &["team-a"]);
-    let _controller =
-        cluster.start_controller("replica-a", &cluster.config(&selector_config(), ""));
+    let controller = cluster.start_controller("replica-a", &cluster.config(&selector_config(), ""));
     cluster.wait_pull_secret("team-a", "default");
 
     // Added later: picked up.
@@ -233,6 +232,11 @@ fn namespaces_are_picked_up_when_added_and_cleaned_when_they_leave() {
     let before = token_requests(&cluster, "team-a");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(token_requests(&cluster, "team-a"), before);
+    // Nor is it counted any more (within a resync): its expiry would
+    // otherwise pass and raise a false alarm.
+    eventually("the deleted namespace to leave the metrics", || {
+        metric(&controller.metrics(), "regauth_pull_secrets_managed").filter(|n| *n == 0.0)
+    });
 
     // A watch that expires is listed again, and still sees new namespaces.
     cluster.api.expire_watches();
