@@ -228,8 +228,11 @@ async fn control<E: Exchange>(
     context.events = Some(Events::new(client, &identity));
     let ctx = Arc::new(context);
     let mut namespace_events = namespace_events;
-    let service_account_stores: Vec<Store<ServiceAccount>> =
-        controllers.iter().map(|(c, _)| c.store()).collect();
+    let service_account_stores: Vec<(Option<String>, Store<ServiceAccount>)> =
+        caches::scopes(&ctx.settings)
+            .into_iter()
+            .zip(controllers.iter().map(|(c, _)| c.store()))
+            .collect();
     let runs = controllers.into_iter().map(|(controller, secret_events)| {
         let service_accounts = controller.store();
         let by_secret = {
@@ -284,17 +287,30 @@ async fn control<E: Exchange>(
 /// A deleted ServiceAccount is never reconciled again, so what this replica
 /// keeps for it (memory, token, metrics) is dropped here, once per resync:
 /// otherwise a deleted namespace's expiry would stay in the expiry metric
-/// and, once past, raise a false alarm.
-async fn forget_deleted<E>(ctx: &Context<E>, stores: &[Store<ServiceAccount>]) {
-    for store in stores {
-        // A store that is not filled yet would make everything look deleted.
-        if store.wait_until_ready().await.is_err() {
-            return std::future::pending().await;
-        }
-    }
+/// and, once past, raise a false alarm. Only the stores of `stores` (per
+/// scope) that have filled judge: one not filled yet (a namespace the
+/// controller may not read, say) would make everything in it look deleted.
+async fn forget_deleted<E>(ctx: &Context<E>, stores: &[(Option<String>, Store<ServiceAccount>)]) {
+    use futures_util::FutureExt as _;
     loop {
         tokio::time::sleep(ctx.settings.resync_interval).await;
-        ctx.forget_missing(|sa| stores.iter().any(|s| s.get(sa).is_some()));
+        let filled: Vec<&(Option<String>, Store<ServiceAccount>)> = stores
+            .iter()
+            .filter(|(_, store)| {
+                store
+                    .wait_until_ready()
+                    .now_or_never()
+                    .is_some_and(|ready| ready.is_ok())
+            })
+            .collect();
+        ctx.forget_missing(|sa| {
+            let mut covering = filled
+                .iter()
+                .filter(|(scope, _)| scope.is_none() || scope.as_deref() == sa.namespace.as_deref())
+                .peekable();
+            // Unknown (no filled store covers it) is kept.
+            covering.peek().is_none() || covering.any(|(_, store)| store.get(sa).is_some())
+        });
     }
 }
 
