@@ -94,7 +94,7 @@ impl Events {
             written.get(&key).cloned()
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        let record = match previous {
+        let continued = match previous {
             Some(mut known) => {
                 known.count = known.count.saturating_add(1);
                 known.last_seen = seconds;
@@ -106,14 +106,24 @@ impl Events {
                     field_manager: Some(MANAGER.to_owned()),
                     ..PatchParams::default()
                 };
-                api.patch(
-                    &known.name,
-                    &params,
-                    &Patch::Merge(json!({"series": series})),
-                )
-                .await?;
-                known
+                match api
+                    .patch(
+                        &known.name,
+                        &params,
+                        &Patch::Merge(json!({"series": series})),
+                    )
+                    .await
+                {
+                    Ok(_) => Some(known),
+                    // Gone (Events expire, or someone deleted it): start anew.
+                    Err(kube::Error::Api(s)) if s.code == 404 => None,
+                    Err(e) => return Err(e),
+                }
             }
+            None => None,
+        };
+        let record = match continued {
+            Some(known) => known,
             None => {
                 let event = self.event(sa, reason, action, &note, now);
                 let params = PostParams {

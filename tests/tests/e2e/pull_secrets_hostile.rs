@@ -536,7 +536,8 @@ fn every_write_names_the_controller_and_a_users_server_side_apply_meets_no_empty
 }
 
 /// A failure of another kind than the last gets an Event of its own that
-/// names it; the first Event keeps its note.
+/// names it; the first Event keeps its note. The same failure again is
+/// counted on its Event, or written anew once that Event is gone.
 #[test]
 fn a_failure_of_a_new_kind_gets_an_event_that_names_it() {
     let mut cluster = Cluster::start("1h");
@@ -554,16 +555,36 @@ fn a_failure_of_a_new_kind_gets_an_event_that_names_it() {
     );
     let _controller =
         cluster.start_controller("replica-a", &cluster.config(&selector_config(), ""));
-    let first = eventually("an Event naming the token server", || {
+    let naming_the_token_server = |e: &k8s_openapi::api::events::v1::Event| {
+        e.note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("token server")
+    };
+    let gone = eventually("an Event naming the token server", || {
         cluster
             .events_on("team-a", "default")
             .into_iter()
-            .find(|e| {
-                e.note
-                    .as_deref()
-                    .unwrap_or_default()
-                    .contains("token server")
-            })
+            .find(naming_the_token_server)
+    });
+    // The same failure again raises the count of that Event; once it is
+    // gone (Events expire), the next one is written anew.
+    eventually("the same failure counted on it", || {
+        cluster
+            .events_on("team-a", "default")
+            .into_iter()
+            .find(|e| e.metadata.name == gone.metadata.name)
+            .filter(|e| e.series.as_ref().is_some_and(|s| s.count >= 2))
+    });
+    assert!(cluster.api.delete::<k8s_openapi::api::events::v1::Event>(
+        "team-a",
+        gone.metadata.name.as_deref().unwrap_or_default()
+    ));
+    let first = eventually("a new Event for the same failure", || {
+        cluster
+            .events_on("team-a", "default")
+            .into_iter()
+            .find(|e| naming_the_token_server(e) && e.metadata.name != gone.metadata.name)
     });
     // Now the token server answers, but writing the Secret fails.
     for verb in ["create", "apply"] {
