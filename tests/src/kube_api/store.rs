@@ -529,6 +529,21 @@ fn check_immutable(rt: ResourceType, current: &Value, object: &Value) -> Result<
     if rt.kind == "Secret" && current["type"] != object["type"] {
         return Err(ApiError::invalid("type: Invalid value: field is immutable"));
     }
+    // As the API's ValidateSecretUpdate: once `immutable: true` is set, it
+    // stays set and `data` cannot change (metadata still can).
+    if rt.kind == "Secret" && current["immutable"] == Value::Bool(true) {
+        let name = current["metadata"]["name"].as_str().unwrap_or_default();
+        if object["immutable"] != Value::Bool(true) {
+            return Err(ApiError::invalid(format!(
+                "Secret \"{name}\" is invalid: immutable: Forbidden: field is immutable when `immutable` is set"
+            )));
+        }
+        if current["data"] != object["data"] {
+            return Err(ApiError::invalid(format!(
+                "Secret \"{name}\" is invalid: data: Forbidden: field is immutable when `immutable` is set"
+            )));
+        }
+    }
     Ok(())
 }
 
