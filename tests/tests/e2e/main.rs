@@ -29,6 +29,7 @@ mod oauth2_client;
 mod operations;
 mod packages;
 mod pull_secrets;
+mod pull_secrets_attacks;
 mod pull_secrets_deploy;
 mod pull_secrets_hostile;
 mod pull_secrets_kube_api;
