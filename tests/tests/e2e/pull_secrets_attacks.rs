@@ -854,3 +854,160 @@ fn attack_entries_named_like_ours_make_the_controller_retry_forbidden_patches_fo
         events.len()
     );
 }
+
+/// A token server (or the load balancer in front of it) that answers 429
+/// with `Retry-After`. The README: retries are "never sooner than the token
+/// server's `Retry-After` (up to `max_backoff`)". RFC 9110 allows the
+/// value as seconds or as an HTTP-date. Returns the exchange attempts in
+/// `window`.
+fn attempts_under_retry_after(
+    http_date: bool,
+    resync: &str,
+    window: Duration,
+    poke: bool,
+) -> Vec<Duration> {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use std::sync::{Arc, Mutex};
+    const ASKED: u64 = 8;
+    let cluster = Cluster::start("1h");
+    cluster
+        .api
+        .create_namespace("team-a", &[(OPT_IN, "enabled")]);
+    let hits: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let seen = Arc::clone(&hits);
+    let router = axum::Router::new().fallback(move || {
+        let seen = Arc::clone(&seen);
+        async move {
+            seen.lock().unwrap().push(Instant::now());
+            let value = if http_date {
+                k8s_openapi::jiff::Timestamp::from_second((now_seconds() + ASKED) as i64)
+                    .unwrap()
+                    .strftime("%a, %d %b %Y %H:%M:%S GMT")
+                    .to_string()
+            } else {
+                ASKED.to_string()
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert(header::RETRY_AFTER, value.parse().unwrap());
+            headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                headers,
+                r#"{"error":"slow_down","error_description":"busy"}"#,
+            )
+        }
+    });
+    let stub = regauth_e2e::http_stub::HttpStub::start("busy-token-server", router);
+    let config = cluster
+        .config(&selector_config(), "")
+        .replace(&cluster.world.server.url(), &stub.url())
+        .replace("max_backoff: 2s", "max_backoff: 60s")
+        .replace(
+            "resync_interval: 10s",
+            &format!("resync_interval: {resync}"),
+        );
+    assert!(config.contains(&stub.url()) && config.contains("max_backoff: 60s"));
+    assert!(config.contains(&format!("resync_interval: {resync}\n")));
+    let controller = cluster.start_controller("replica-a", &config);
+    eventually("a first exchange attempt", || {
+        (!hits.lock().unwrap().is_empty()).then_some(())
+    });
+    let first = hits.lock().unwrap()[0];
+    if poke {
+        // The namespace owner edits an annotation of the ServiceAccount
+        // once a second.
+        let owner = cluster.namespace_user("team-a", "owner-a");
+        let mut i = 0;
+        while first.elapsed() + Duration::from_secs(1) < window {
+            i += 1;
+            cluster
+                .kubectl(
+                    &owner,
+                    &[
+                        "annotate",
+                        "--overwrite",
+                        "-n",
+                        "team-a",
+                        "serviceaccount",
+                        "default",
+                        &format!("poke={i}"),
+                    ],
+                )
+                .assert_success("kubectl annotate serviceaccount as the namespace owner");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    std::thread::sleep(window.saturating_sub(first.elapsed()));
+    let at: Vec<Duration> = hits
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| *t - first)
+        .filter(|d| *d <= window)
+        .collect();
+    println!(
+        "Retry-After as {}, resync_interval {resync}, owner pokes {poke}: {} attempts in {window:?} at {at:?}; failures {:?}",
+        if http_date { "an HTTP-date" } else { "seconds" },
+        at.len(),
+        metric(
+            &controller.metrics(),
+            "regauth_pull_secrets_failures_total{reason=\"token_server_unavailable\"}"
+        )
+    );
+    at
+}
+
+/// Two ways around the token server's `Retry-After: 8`: the HTTP-date form
+/// is ignored, and every `resync_interval` reconciles the ServiceAccount
+/// whatever its backoff. Control: seconds, with no resync in the window,
+/// are honoured.
+#[test]
+fn attack_retry_after_is_cut_short_by_an_http_date_and_by_the_resync() {
+    let window = Duration::from_secs(17);
+    let gaps = |at: &[Duration]| at.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>();
+    let short = |at: &[Duration]| {
+        gaps(at)
+            .into_iter()
+            .filter(|g| *g < Duration::from_millis(7900))
+            .count()
+    };
+    let control = attempts_under_retry_after(false, "1h", window, false);
+    assert!(
+        control.len() >= 2 && short(&control) == 0,
+        "control: Retry-After 8 spaces the attempts: {control:?}"
+    );
+    let mut broken = Vec::new();
+    let resync = attempts_under_retry_after(false, "10s", window, false);
+    if short(&resync) > 0 {
+        broken.push(format!(
+            "with resync_interval 10s, attempts at {resync:?} despite Retry-After: 8"
+        ));
+    }
+    let date = attempts_under_retry_after(true, "1h", window, false);
+    if short(&date) > 0 {
+        broken.push(format!(
+            "with Retry-After as an HTTP-date 8 s ahead, attempts at {date:?}"
+        ));
+    }
+    assert!(
+        broken.is_empty(),
+        "Retry-After not honoured:\n- {}",
+        broken.join("\n- ")
+    );
+}
+
+/// A namespace owner who edits their ServiceAccount once a second makes
+/// the controller retry the exchange at that rate, whatever `Retry-After`
+/// the token server asked for (here 8 s). Control: without the edits, the
+/// attempts are 8 s apart (see the test above).
+#[test]
+fn attack_a_namespace_owner_drives_exchanges_past_retry_after() {
+    let window = Duration::from_secs(17);
+    let at = attempts_under_retry_after(false, "1h", window, true);
+    assert!(
+        at.len() <= 3,
+        "Retry-After: 8, yet {} exchange attempts in {window:?} while a namespace owner edited \
+         their ServiceAccount once a second: {at:?}",
+        at.len()
+    );
+}
