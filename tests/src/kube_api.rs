@@ -23,8 +23,10 @@
 //!   [`KubeApi::expire_watches`] compacts the history and ends every watch
 //!   that way.
 //! - `PUT` with a stale `metadata.resourceVersion`, a merge patch carrying
-//!   one, and a delete with a `preconditions.resourceVersion`: 409
-//!   `Conflict`. A Secret's `type` is immutable (422).
+//!   one, and a delete whose `preconditions` (`uid`, `resourceVersion`)
+//!   the object no longer matches: 409 `Conflict`. A Secret's `type` is
+//!   immutable, and so are its `data` and `immutable` once `immutable:
+//!   true` is set (422).
 //! - Merge patch (RFC 7386) and server-side apply (`PATCH` with
 //!   `application/apply-patch+yaml`, `fieldManager`, `force`), with field
 //!   ownership per manager in `metadata.managedFields` (see
@@ -501,7 +503,12 @@ impl KubeApi {
         K: k8s_openapi::Resource,
     {
         self.store()
-            .delete(resources::of::<K>(), namespace, name, None)
+            .delete(
+                resources::of::<K>(),
+                namespace,
+                name,
+                &store::Preconditions::default(),
+            )
             .is_ok()
     }
 

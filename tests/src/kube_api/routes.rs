@@ -17,7 +17,7 @@ use super::rbac::{self as authz, Attributes};
 use super::resources::{self, RESOURCES, ResourceType};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
-use super::store::{Change, ChangeKind};
+use super::store::{Change, ChangeKind, Preconditions};
 use super::{RequestRecord, State, tokens};
 use crate::http_stub;
 
@@ -268,16 +268,17 @@ fn serve(
                 .map(|v| (if existed { 200 } else { 201 }, v))
         }
         ("delete", Some(name), None) => {
-            let precondition = if body.is_empty() {
-                None
+            let preconditions = if body.is_empty() {
+                Preconditions::default()
             } else {
-                json_body(body)?["preconditions"]["resourceVersion"]
-                    .as_str()
-                    .map(str::to_owned)
+                let options = json_body(body)?;
+                let field = |key: &str| options["preconditions"][key].as_str().map(str::to_owned);
+                Preconditions {
+                    uid: field("uid"),
+                    resource_version: field("resourceVersion"),
+                }
             };
-            store
-                .delete(rt, ns, name, precondition.as_deref())
-                .map(|v| (200, v))
+            store.delete(rt, ns, name, &preconditions).map(|v| (200, v))
         }
         _ => Err(ApiError::new(
             405,

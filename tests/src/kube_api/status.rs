@@ -40,6 +40,25 @@ impl ApiError {
         )
     }
 
+    /// A 409 `Conflict` for a delete whose precondition on `field` (`UID`
+    /// or `ResourceVersion`) the object does not meet (the API's wording).
+    pub fn precondition_failed(
+        plural: &str,
+        name: &str,
+        field: &str,
+        wanted: &str,
+        actual: &str,
+    ) -> Self {
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {plural} \"{name}\": Precondition failed: \
+                 {field} in precondition: {wanted}, {field} in object meta: {actual}"
+            ),
+        )
+    }
+
     /// A 400 `BadRequest`.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)

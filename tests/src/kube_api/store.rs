@@ -40,6 +40,15 @@ pub struct Change {
     pub new: Value,
 }
 
+/// What a delete requires of the object (`DeleteOptions.preconditions`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preconditions {
+    /// The object's `metadata.uid`.
+    pub uid: Option<String>,
+    /// The object's `metadata.resourceVersion`.
+    pub resource_version: Option<String>,
+}
+
 /// (type, namespace or `""`, name).
 type Key = (ResourceType, String, String);
 
@@ -324,20 +333,34 @@ impl Store {
         }
     }
 
-    /// Deletes an object; `precondition` is a `resourceVersion` it must
-    /// have. Deleting a namespace deletes everything in it first.
+    /// Deletes an object, if it still matches `preconditions` (its `uid`
+    /// and `resourceVersion`, each when given; 409 otherwise, as the API's
+    /// `Preconditions.Check`). Deleting a namespace deletes everything in
+    /// it first.
     pub fn delete(
         &mut self,
         rt: ResourceType,
         ns: &str,
         name: &str,
-        precondition: Option<&str>,
+        preconditions: &Preconditions,
     ) -> Result<Value, ApiError> {
         let current = self.get(rt, ns, name)?;
-        if let Some(rv) = precondition
-            && current["metadata"]["resourceVersion"].as_str() != Some(rv)
-        {
-            return Err(ApiError::stale(rt.plural, name));
+        for (field, wanted, key) in [
+            ("UID", &preconditions.uid, "uid"),
+            (
+                "ResourceVersion",
+                &preconditions.resource_version,
+                "resourceVersion",
+            ),
+        ] {
+            let actual = current["metadata"][key].as_str().unwrap_or_default();
+            if let Some(wanted) = wanted
+                && wanted != actual
+            {
+                return Err(ApiError::precondition_failed(
+                    rt.plural, name, field, wanted, actual,
+                ));
+            }
         }
         if rt.kind == "Namespace" {
             let inside: Vec<Key> = self
@@ -683,7 +706,51 @@ mod tests {
                 NOW,
             )
             .unwrap();
-        store.delete(of::<Namespace>(), "", "team-a", None).unwrap();
+        store
+            .delete(of::<Namespace>(), "", "team-a", &Preconditions::default())
+            .unwrap();
+        assert_eq!(store.get(sa, "team-a", "default").unwrap_err().code, 404);
+    }
+
+    /// As the API's `Preconditions.Check`: a delete names the object it
+    /// means by uid and version, and a recreated or changed one is spared.
+    #[test]
+    fn a_delete_meets_both_its_uid_and_its_version_precondition_or_conflicts() {
+        let mut store = with_namespace();
+        let sa = of::<ServiceAccount>();
+        let body = json!({"metadata": {"name": "default"}});
+        let made = store.create(sa, "team-a", &body, "test", NOW).unwrap();
+        let uid = made["metadata"]["uid"].as_str().unwrap().to_owned();
+        let rv = made["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for (wrong, field) in [
+            (
+                Preconditions {
+                    uid: Some("another-uid".into()),
+                    resource_version: Some(rv.clone()),
+                },
+                "UID in precondition: another-uid",
+            ),
+            (
+                Preconditions {
+                    uid: Some(uid.clone()),
+                    resource_version: Some("1".into()),
+                },
+                "ResourceVersion in precondition: 1",
+            ),
+        ] {
+            let err = store.delete(sa, "team-a", "default", &wrong).unwrap_err();
+            assert_eq!(err.code, 409);
+            assert!(err.message.contains(field), "{}", err.message);
+            assert!(store.get(sa, "team-a", "default").is_ok(), "kept");
+        }
+        let right = Preconditions {
+            uid: Some(uid),
+            resource_version: Some(rv),
+        };
+        store.delete(sa, "team-a", "default", &right).unwrap();
         assert_eq!(store.get(sa, "team-a", "default").unwrap_err().code, 404);
     }
 
