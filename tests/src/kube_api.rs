@@ -153,7 +153,8 @@ impl RequestRecord {
 }
 
 /// Answers the next `times` requests matching `verb` and `resource` (and
-/// `namespace` when set) with `status`, without touching the store.
+/// `namespace` and `client` when set) with `status`, without touching the
+/// store.
 #[derive(Debug, Clone)]
 pub struct Fault {
     /// The verb to match.
@@ -162,6 +163,9 @@ pub struct Fault {
     pub resource: String,
     /// The namespace to match (`None`: any).
     pub namespace: Option<String>,
+    /// The client to match, by the label its token was made for (`None`:
+    /// any).
+    pub client: Option<String>,
     /// The status to answer (409 is a `Conflict`, 500 an internal error…).
     pub status: u16,
     /// How many more requests to fail.
@@ -251,6 +255,7 @@ impl State {
                 && f.namespace
                     .as_deref()
                     .is_none_or(|n| n == request.namespace)
+                && f.client.as_deref().is_none_or(|c| c == request.client)
         })?;
         fault.times -= 1;
         Some(match (fault.status, &fault.message) {

@@ -44,6 +44,14 @@ pub const PREFIX: &str = "regauth-pull";
 /// Generous bound for anything the controller should do "within seconds"
 /// on a loaded machine.
 pub const SOON: Duration = Duration::from_secs(45);
+/// The namespace label that opts a namespace in, in the tests that select
+/// by label.
+pub const OPT_IN: &str = "regauth.io/pull-secrets";
+
+/// The `namespaces:` block selecting the namespaces labelled [`OPT_IN`].
+pub fn selector_config() -> String {
+    format!("namespaces:\n  selector: \"{OPT_IN}=enabled\"\n")
+}
 
 /// Each namespace owns its area; the `admin` account may push anywhere.
 pub const POLICY: &str = r#"policy:
@@ -179,6 +187,85 @@ impl Cluster {
         let path = self.world.new_dir(name).join("kubeconfig");
         self.api.write_kubeconfig(&path, name);
         path
+    }
+
+    /// Labels `namespace` with [`OPT_IN`] (or removes the label).
+    pub fn opt_in(&self, namespace: &str, enabled: bool) {
+        let mut ns = self
+            .api
+            .get::<k8s_openapi::api::core::v1::Namespace>("", namespace)
+            .expect("the namespace exists");
+        let labels = ns.metadata.labels.get_or_insert_with(Default::default);
+        if enabled {
+            labels.insert(OPT_IN.to_owned(), "enabled".to_owned());
+        } else {
+            labels.remove(OPT_IN);
+        }
+        self.api.update(&ns);
+    }
+
+    /// A namespace owner's own `kubernetes.io/dockerconfigjson` Secret
+    /// `name` in `namespace`, made with real kubectl as `owner` (a
+    /// kubeconfig from [`Cluster::namespace_user`]); returns it as stored.
+    pub fn their_secret(&self, owner: &Path, namespace: &str, name: &str) -> Secret {
+        // kubectl's typed create sends protobuf, which the stub does not
+        // decode: the same Secret goes through `kubectl create -f` as JSON.
+        let made = self.kubectl(
+            owner,
+            &[
+                "create",
+                "secret",
+                "docker-registry",
+                name,
+                "-n",
+                namespace,
+                "--docker-server=registry.example.com",
+                "--docker-username=theirs",
+                "--docker-password=their-own-password",
+                "--dry-run=client",
+                "-o",
+                "json",
+            ],
+        );
+        made.assert_success("kubectl create secret docker-registry --dry-run=client");
+        let manifest = owner.with_file_name(format!("their-secret-{namespace}-{name}.json"));
+        std::fs::write(&manifest, &made.stdout).expect("write their Secret");
+        let path = manifest.to_str().expect("a UTF-8 path");
+        self.kubectl(owner, &["create", "--validate=false", "-f", path])
+            .assert_success("kubectl create -f of their Secret as the namespace owner");
+        self.api
+            .get::<Secret>(namespace, name)
+            .expect("their Secret exists")
+    }
+
+    /// Sets ServiceAccount `namespace/name`'s `imagePullSecrets` to
+    /// `entries`, as its owner would: a merge patch with real kubectl.
+    pub fn set_pull_secret_entries(
+        &self,
+        owner: &Path,
+        namespace: &str,
+        name: &str,
+        entries: &[&str],
+    ) {
+        let list: Vec<Value> = entries
+            .iter()
+            .map(|n| serde_json::json!({"name": n}))
+            .collect();
+        let patch = serde_json::json!({"imagePullSecrets": list}).to_string();
+        self.kubectl(
+            owner,
+            &[
+                "patch",
+                "-n",
+                namespace,
+                "serviceaccount",
+                name,
+                "--type=merge",
+                "-p",
+                &patch,
+            ],
+        )
+        .assert_success("kubectl patch imagePullSecrets as the namespace owner");
     }
 
     /// The Events regarding ServiceAccount `namespace/sa`, oldest first.

@@ -19,15 +19,9 @@ use regauth_e2e::skopeo::Auth;
 use regauth_e2e::tools::require_tool;
 
 use regauth_e2e::pull_secrets::{
-    Cluster, PREFIX, docker_config, docker_config_bytes, eventually, metric, password,
+    Cluster, OPT_IN, PREFIX, docker_config, docker_config_bytes, eventually, metric, password,
+    selector_config,
 };
-
-/// The label that opts a namespace in, in the tests that select by label.
-const OPT_IN: &str = "regauth.io/pull-secrets";
-
-fn selector_config() -> String {
-    format!("namespaces:\n  selector: \"{OPT_IN}=enabled\"\n")
-}
 
 fn team_namespaces(cluster: &Cluster, names: &[&str]) {
     for name in names {
@@ -157,12 +151,12 @@ fn first_sync_writes_a_secret_per_namespace_that_pulls_only_its_own_images() {
 
 #[test]
 fn credentials_are_refreshed_in_place_before_they_expire() {
-    // Credentials live 20 s; the controller refreshes once 12 s remain.
+    // Credentials live 20 s; the controller refreshes once 8 s remain.
     let cluster = Cluster::start("20s");
     team_namespaces(&cluster, &["team-a"]);
     let _controller = cluster.start_controller(
         "replica-a",
-        &cluster.config(&selector_config(), "refresh_threshold: 12s\n"),
+        &cluster.config(&selector_config(), "refresh_threshold: 8s\n"),
     );
     let host = cluster.registry_host();
     let first = cluster.wait_pull_secret("team-a", "default");
@@ -292,14 +286,12 @@ fn foreign_image_pull_secrets_entries_are_kept() {
 
 #[test]
 fn a_token_server_outage_backs_off_records_an_event_and_keeps_the_old_secret() {
-    // Refreshed 5 s after issue, valid for a minute: the outage below starts
-    // past the refresh point, well before the credential expires.
-    let mut cluster = Cluster::start("60s");
+    // Refreshed at half-life (20 s), valid for 40 s: the outage below
+    // starts before the refresh point, and the edit lands past it, well
+    // before the credential expires.
+    let mut cluster = Cluster::start("40s");
     team_namespaces(&cluster, &["team-a"]);
-    let controller = cluster.start_controller(
-        "replica-a",
-        &cluster.config(&selector_config(), "refresh_threshold: 55s\n"),
-    );
+    let controller = cluster.start_controller("replica-a", &cluster.config(&selector_config(), ""));
     let host = cluster.registry_host();
     let before = cluster.wait_pull_secret("team-a", "default");
     let old_password = password(&before, &host);
@@ -404,6 +396,7 @@ fn conflicts_on_the_service_account_are_retried() {
         verb: "patch".into(),
         resource: "serviceaccounts".into(),
         namespace: Some("team-a".into()),
+        client: None,
         status: 409,
         times: 2,
         message: None,

@@ -7,39 +7,20 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use regauth_e2e::kube_api::{Fault, RequestRecord};
 use regauth_e2e::ops::{Signal, send_signal};
 use regauth_e2e::pull_secrets::{
-    Cluster, PREFIX, SYSTEM_NAMESPACE, credential_expiry, eventually, metric, now_seconds, password,
+    Cluster, OPT_IN, PREFIX, SYSTEM_NAMESPACE, credential_expiry, eventually, metric, now_seconds,
+    password, selector_config,
 };
 
-/// The label that opts a namespace in.
-const OPT_IN: &str = "regauth.io/pull-secrets";
 /// The tests' `resync_interval` (see `Cluster::config`).
 const RESYNC: Duration = Duration::from_secs(10);
 /// What a loaded machine may add to "within one resync".
 const SLACK: Duration = Duration::from_secs(10);
 /// The field manager and User-Agent product of the controller.
 const MANAGER: &str = "regauth-pull-secrets";
-
-fn selector_config() -> String {
-    format!("namespaces:\n  selector: \"{OPT_IN}=enabled\"\n")
-}
-
-fn opt_in(cluster: &Cluster, namespace: &str, enabled: bool) {
-    let mut ns = cluster
-        .api
-        .get::<Namespace>("", namespace)
-        .expect("the namespace exists");
-    let labels = ns.metadata.labels.get_or_insert_with(Default::default);
-    if enabled {
-        labels.insert(OPT_IN.to_owned(), "enabled".to_owned());
-    } else {
-        labels.remove(OPT_IN);
-    }
-    cluster.api.update(&ns);
-}
 
 fn secret_name() -> String {
     format!("{PREFIX}-default")
@@ -83,44 +64,8 @@ fn a_foreign_secret_with_our_name_survives_selection_a_resync_and_deselection_by
         .api
         .create_namespace("team-b", &[(OPT_IN, "enabled")]);
     let owner = cluster.namespace_user("victim", "victim-owner");
-    // kubectl's typed create sends protobuf, which the stub does not
-    // decode: the same Secret goes through `kubectl create -f` as JSON.
-    let made = cluster.kubectl(
-        &owner,
-        &[
-            "create",
-            "secret",
-            "docker-registry",
-            &secret_name(),
-            "-n",
-            "victim",
-            "--docker-server=registry.example.com",
-            "--docker-username=theirs",
-            "--docker-password=their-own-password",
-            "--dry-run=client",
-            "-o",
-            "json",
-        ],
-    );
-    made.assert_success("kubectl create secret docker-registry --dry-run=client");
-    let manifest = owner.with_file_name("their-secret.json");
-    std::fs::write(&manifest, &made.stdout).expect("write their Secret");
-    cluster
-        .kubectl(
-            &owner,
-            &[
-                "create",
-                "--validate=false",
-                "-f",
-                manifest.to_str().unwrap(),
-            ],
-        )
-        .assert_success("kubectl create -f of their Secret as the namespace owner");
-    let theirs = cluster
-        .api
-        .get::<Secret>("victim", &secret_name())
-        .expect("their Secret exists");
-    opt_in(&cluster, "victim", true);
+    let theirs = cluster.their_secret(&owner, "victim", &secret_name());
+    cluster.opt_in("victim", true);
     let controller = cluster.start_controller("replica-a", &cluster.config(&selector_config(), ""));
     // Control: the controller works beside it.
     cluster.wait_pull_secret("team-b", "default");
@@ -164,7 +109,7 @@ fn a_foreign_secret_with_our_name_survives_selection_a_resync_and_deselection_by
     );
 
     // Deselected: the controller lets go of the namespace, and nothing of theirs.
-    opt_in(&cluster, "victim", false);
+    cluster.opt_in("victim", false);
     eventually("the conflict to be forgotten", || {
         metric(&controller.metrics(), "regauth_pull_secrets_conflicts").filter(|n| *n == 0.0)
     });
@@ -182,7 +127,7 @@ fn a_foreign_secret_with_our_name_survives_selection_a_resync_and_deselection_by
 
     // Selected again, and the owner deletes their Secret: ours takes its
     // place within a backoff (max_backoff is 2 s here).
-    opt_in(&cluster, "victim", true);
+    cluster.opt_in("victim", true);
     eventually("the conflict to be seen again", || {
         metric(&controller.metrics(), "regauth_pull_secrets_conflicts").filter(|n| *n == 1.0)
     });
@@ -205,12 +150,12 @@ fn a_foreign_secret_with_our_name_survives_selection_a_resync_and_deselection_by
 }
 
 /// Nothing a namespace user may edit decides freshness: an edited expiry
-/// annotation, an edited `.dockerconfigjson`, a deleted Secret and a
-/// removed `imagePullSecrets` entry are each repaired within one resync,
-/// and no sample ever holds an expired credential.
+/// annotation, an edited `.dockerconfigjson`, a deleted Secret, a removed
+/// `imagePullSecrets` entry and a removed label are each repaired within
+/// one resync, and no sample ever holds an expired credential.
 #[test]
 fn edits_to_a_pull_secret_are_repaired_within_one_resync_and_no_expired_credential_is_served() {
-    // Credentials live 20 s and are refreshed once 12 s remain.
+    // Credentials live 20 s and are refreshed once 8 s remain.
     let cluster = Cluster::start("20s");
     cluster
         .api
@@ -218,7 +163,7 @@ fn edits_to_a_pull_secret_are_repaired_within_one_resync_and_no_expired_credenti
     let owner = cluster.namespace_user("team-a", "team-a-owner");
     let controller = cluster.start_controller(
         "replica-a",
-        &cluster.config(&selector_config(), "refresh_threshold: 12s\n"),
+        &cluster.config(&selector_config(), "refresh_threshold: 8s\n"),
     );
     let host = cluster.registry_host();
     let first = cluster.wait_pull_secret("team-a", "default");
@@ -363,6 +308,36 @@ fn edits_to_a_pull_secret_are_repaired_within_one_resync_and_no_expired_credenti
             .then_some(())
     });
     println!("imagePullSecrets entry restored in {took:?}");
+
+    // 5. The owner removes our label (which proves nothing, but is ours).
+    let labelled = |s: &Secret| {
+        s.metadata.labels.as_ref().is_some_and(|l| {
+            l.get("app.kubernetes.io/managed-by").map(String::as_str) == Some(MANAGER)
+        })
+    };
+    cluster
+        .kubectl(
+            &owner,
+            &[
+                "label",
+                "-n",
+                "team-a",
+                "secret",
+                &secret_name(),
+                "app.kubernetes.io/managed-by-",
+            ],
+        )
+        .assert_success("kubectl label … managed-by- as the namespace owner");
+    assert!(
+        cluster
+            .pull_secret("team-a", "default")
+            .is_some_and(|s| !labelled(&s)),
+        "the label is gone"
+    );
+    let (_, took) = within("the label to be restored", bound, || {
+        cluster.pull_secret("team-a", "default").filter(labelled)
+    });
+    println!("managed-by label restored in {took:?}");
 }
 
 /// An error far longer than an Event note allows still becomes an
@@ -380,6 +355,7 @@ fn an_error_longer_than_2000_bytes_still_records_an_event() {
         verb: "create".into(),
         resource: "serviceaccounts".into(),
         namespace: Some("team-a".into()),
+        client: None,
         status: 500,
         times: 1000,
         message: Some(message),
@@ -430,6 +406,7 @@ fn every_write_names_the_controller_and_a_users_server_side_apply_meets_no_empty
         verb: "create".into(),
         resource: "serviceaccounts".into(),
         namespace: Some("team-a".into()),
+        client: None,
         status: 500,
         times: 1,
         message: None,
@@ -596,6 +573,7 @@ fn a_failure_of_a_new_kind_gets_an_event_that_names_it() {
             verb: verb.into(),
             resource: "secrets".into(),
             namespace: Some("team-a".into()),
+            client: None,
             status: 500,
             times: 1000,
             message: Some("etcd is having a bad day".into()),
@@ -745,4 +723,219 @@ fn a_killed_leader_is_replaced_between_lease_duration_and_one_renew_interval_aft
         leader = follower;
     }
     println!("hand-over after the last renewal: {gaps:?}");
+}
+
+/// A namespace owner sets `immutable: true` on the controller's Secret (a
+/// metadata-level edit the API allows; afterwards its `data` cannot
+/// change). It used to be patched in vain until its credential expired,
+/// with a new exchange per refused patch. It is deleted (with its uid and
+/// `resourceVersion` as preconditions) and created anew instead, with one
+/// exchange per refresh.
+#[test]
+fn an_immutable_pull_secret_is_recreated_with_a_fresh_credential_not_left_to_expire() {
+    // Credentials live 20 s: refreshed at half-life.
+    let cluster = Cluster::start("20s");
+    for ns in ["team-a", "team-b"] {
+        cluster.api.create_namespace(ns, &[(OPT_IN, "enabled")]);
+    }
+    let owner = cluster.namespace_user("team-a", "owner-a");
+    let controller = cluster.start_controller("replica-a", &cluster.config(&selector_config(), ""));
+    let host = cluster.registry_host();
+    let first = cluster.wait_pull_secret("team-a", "default");
+    let first_b = cluster.wait_pull_secret("team-b", "default");
+    cluster.wait_attached("team-a", "default");
+    let exp = credential_expiry(&first, &host).expect("a JWT credential");
+    cluster
+        .kubectl(
+            &owner,
+            &[
+                "patch",
+                "-n",
+                "team-a",
+                "secret",
+                &secret_name(),
+                "--type=merge",
+                "-p",
+                r#"{"immutable": true}"#,
+            ],
+        )
+        .assert_success("kubectl patch immutable=true as the namespace owner");
+    // Control: the API now refuses a change of data, as the real API does.
+    let refused = cluster.kubectl(
+        &owner,
+        &[
+            "patch",
+            "-n",
+            "team-a",
+            "secret",
+            &secret_name(),
+            "--type=merge",
+            "-p",
+            r#"{"data": {"x": "eA=="}}"#,
+        ],
+    );
+    assert!(
+        !refused.success() && refused.stderr.contains("immutable"),
+        "control: {}",
+        refused.describe()
+    );
+    let started = Instant::now();
+    while now_seconds() < exp + 4 {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let now = now_seconds();
+    // Control: team-b, untouched, was refreshed meanwhile.
+    let b = cluster.pull_secret("team-b", "default").unwrap();
+    assert_ne!(
+        password(&b, &host),
+        password(&first_b, &host),
+        "control: team-b refreshed"
+    );
+    let a = cluster
+        .pull_secret("team-a", "default")
+        .expect("team-a's Secret");
+    let a_exp = credential_expiry(&a, &host).expect("a JWT credential");
+    let exchanged = controller
+        .logs()
+        .lines()
+        .filter(|l| l.contains("credential exchanged") && l.contains("\"team-a\""))
+        .count();
+    let refused = controller_writes(&cluster, "secrets", "team-a")
+        .into_iter()
+        .filter(|r| r.status == 422)
+        .count();
+    println!(
+        "team-a after {:?}: exp {a_exp} (now {now}), {exchanged} exchanges, {refused} refused \
+         writes, uid {:?} (first {:?})",
+        started.elapsed(),
+        a.metadata.uid,
+        first.metadata.uid
+    );
+    assert!(
+        a_exp > now,
+        "team-a's pull Secret serves a credential that expired at {a_exp} (now {now})"
+    );
+    assert_ne!(a.metadata.uid, first.metadata.uid, "recreated");
+    assert_ne!(
+        a.immutable,
+        Some(true),
+        "the new Secret is the controller's own"
+    );
+    assert!(
+        a.metadata.owner_references.is_some(),
+        "it carries the controller reference"
+    );
+    assert_eq!(
+        refused, 0,
+        "no write was refused as a change of immutable data"
+    );
+    // One at the start, then one per half-life (10 s) over about 25 s.
+    assert!(
+        exchanged <= 4,
+        "{exchanged} exchanges for team-a: one per failed write, not per refresh"
+    );
+    cluster.wait_attached("team-a", "default");
+}
+
+/// ServiceAccounts and `imagePullSecrets` entries the controller does not
+/// manage, in namespaces it never selected:
+/// - 50 ServiceAccounts `bot-N` (not configured) each listing
+///   `regauth-pull-bot-N`, which used to be taken for the controller's own
+///   entries and "removed": a Forbidden patch retried forever each, and a
+///   Warning Event each in a namespace that never opted in;
+/// - a team's `default` ServiceAccount listing `regauth-pull-default`, the
+///   name of a Secret the team has not made yet, whose entry used to be
+///   stripped;
+/// - the same with the team's own Secret of that name (held before too).
+///
+/// An entry is removed only where the controller can prove it was its own
+/// (it holds its Secret, or this replica wrote it): here nothing is
+/// written, no Event is recorded, and every entry stays.
+#[test]
+fn entries_named_like_ours_that_the_controller_never_wrote_are_never_touched() {
+    const BOTS: usize = 50;
+    let cluster = Cluster::start("1h");
+    cluster
+        .api
+        .create_namespace("team-a", &[(OPT_IN, "enabled")]);
+    for ns in ["plain", "later", "theirs"] {
+        cluster.api.create_namespace(ns, &[]);
+    }
+    let plain = cluster.namespace_user("plain", "plain-owner");
+    for i in 0..BOTS {
+        let name = format!("bot-{i}");
+        cluster.api.create_service_account("plain", &name);
+        let entry = format!("{PREFIX}-{name}");
+        cluster.set_pull_secret_entries(&plain, "plain", &name, &[&entry]);
+    }
+    let later = cluster.namespace_user("later", "later-owner");
+    cluster.set_pull_secret_entries(
+        &later,
+        "later",
+        "default",
+        &["vendor-creds", &secret_name()],
+    );
+    let theirs_owner = cluster.namespace_user("theirs", "theirs-owner");
+    let theirs = cluster.their_secret(&theirs_owner, "theirs", &secret_name());
+    cluster.set_pull_secret_entries(
+        &theirs_owner,
+        "theirs",
+        "default",
+        &["vendor-creds", &secret_name()],
+    );
+    let _controller =
+        cluster.start_controller("replica-a", &cluster.config(&selector_config(), ""));
+    // Control: the controller serves the selected namespace, and has
+    // reconciled every ServiceAccount it watches at least once since.
+    cluster.wait_pull_secret("team-a", "default");
+    cluster.wait_attached("team-a", "default");
+    std::thread::sleep(RESYNC + Duration::from_secs(5));
+
+    let requests = cluster.api.requests();
+    let mut broken = Vec::new();
+    for ns in ["plain", "later", "theirs"] {
+        let writes: Vec<String> = requests
+            .iter()
+            .filter(|r| r.client == "replica-a" && r.is_write() && r.namespace == ns)
+            .map(|r| format!("{} {}/{} {}", r.verb, r.resource, r.name, r.status))
+            .collect();
+        if !writes.is_empty() {
+            broken.push(format!(
+                "{} writes in {ns}, e.g. {:?}",
+                writes.len(),
+                &writes[..writes.len().min(3)]
+            ));
+        }
+        let events = cluster
+            .api
+            .list::<k8s_openapi::api::events::v1::Event>()
+            .into_iter()
+            .filter(|e| e.metadata.namespace.as_deref() == Some(ns))
+            .count();
+        if events > 0 {
+            broken.push(format!("{events} Events in {ns}"));
+        }
+    }
+    for i in 0..BOTS {
+        let name = format!("bot-{i}");
+        if cluster.pull_secret_names("plain", &name) != [format!("{PREFIX}-{name}")] {
+            broken.push(format!("plain/{name}'s entry was changed"));
+        }
+    }
+    for ns in ["later", "theirs"] {
+        let names = cluster.pull_secret_names(ns, "default");
+        if names != ["vendor-creds".to_owned(), secret_name()] {
+            broken.push(format!("{ns}/default now lists {names:?}"));
+        }
+    }
+    assert_eq!(
+        cluster.api.get::<Secret>("theirs", &secret_name()).as_ref(),
+        Some(&theirs),
+        "their Secret stays"
+    );
+    assert!(
+        broken.is_empty(),
+        "the controller acted where it manages nothing:\n- {}",
+        broken.join("\n- ")
+    );
 }

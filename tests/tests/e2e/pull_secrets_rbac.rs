@@ -8,7 +8,7 @@
 
 use k8s_openapi::api::core::v1::Secret;
 use regauth_e2e::process::CmdOutput;
-use regauth_e2e::pull_secrets::{Cluster, Install, PREFIX, eventually};
+use regauth_e2e::pull_secrets::{Cluster, Install, OPT_IN, PREFIX, eventually, selector_config};
 use regauth_e2e::token_client::{http_client_builder, send};
 
 fn forbidden(out: &CmdOutput, what: &str) {
@@ -295,4 +295,59 @@ fn the_namespaced_install_confines_the_controller_to_the_bound_namespaces() {
     cluster.bind_namespace("team-b");
     let _controller = cluster.start_controller("replica-b", &config);
     cluster.wait_pull_secret("team-b", "default");
+}
+
+/// `service_accounts: ["*"]` cannot be confined by RBAC: the Secret names
+/// are not known in advance, so the controller would need to read every
+/// Secret in the cluster, and tokens for every ServiceAccount; it watched
+/// its Secrets by a label any namespace owner may remove, hiding the
+/// controller's own Secret from it. It is refused, by `check-config` with
+/// its line and at start, before anything is read or written. Control: the
+/// same config naming the ServiceAccount passes and runs.
+#[test]
+fn service_accounts_star_is_refused_since_no_rbac_could_confine_it() {
+    let cluster = Cluster::start("1h");
+    cluster
+        .api
+        .create_namespace("team-a", &[(OPT_IN, "enabled")]);
+    let base = cluster.config(&selector_config(), "");
+    let named = format!("{base}service_accounts: [default]\n");
+    cluster
+        .check_config(&named)
+        .assert_success("control: check-config on a named list");
+    for list in [r#"["*"]"#, r#"[default, "*"]"#] {
+        let config = format!("{base}service_accounts: {list}\n");
+        let line = config.lines().count();
+        let out = cluster.check_config(&config);
+        assert!(
+            !out.success(),
+            "service_accounts: {list} passed check-config:\n{}",
+            out.describe()
+        );
+        assert!(
+            out.stderr
+                .contains(&format!("line {line}: service_accounts"))
+                && out.stderr.contains("\"*\""),
+            "{list}: {}",
+            out.describe()
+        );
+        let run = cluster.run_controller("star", &config, &["--once"]);
+        assert!(
+            !run.success() && run.stderr.contains("service_accounts"),
+            "the controller started with service_accounts: {list}:\n{}",
+            run.describe()
+        );
+    }
+    let star_requests = cluster
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.client == "star")
+        .count();
+    assert_eq!(star_requests, 0, "a refused config reaches no API");
+    // Control: the named list runs and serves team-a.
+    cluster
+        .run_controller("named", &named, &["--once"])
+        .assert_success("regauth-pull-secrets --once with service_accounts: [default]");
+    assert!(cluster.pull_secret("team-a", "default").is_some());
 }
