@@ -165,7 +165,7 @@ impl TokenClient {
             .send()
             .await
             .map_err(|source| unreachable(&url, source))?;
-        let (status, retry_after, body) = self.read(&url, response).await?;
+        let (status, retry_after, body) = self.read(&url, response, None).await?;
         reply(&url, Grant::RefreshToken, "", status, retry_after, &body).healthy()
     }
 
@@ -188,7 +188,7 @@ impl TokenClient {
             .send()
             .await
             .map_err(|source| unreachable(&self.token_url, source))?;
-        let (status, retry_after, body) = self.read(&self.token_url, response).await?;
+        let (status, retry_after, body) = self.read(&self.token_url, response, None).await?;
         reply(
             &self.token_url,
             Grant::RefreshToken,
@@ -216,22 +216,24 @@ impl TokenClient {
             .send()
             .await
             .map_err(|source| unreachable(url, source))?;
-        let (status, retry_after, body) = self.read(url, response).await?;
+        let (status, retry_after, body) = self.read(url, response, Some(now)).await?;
         reply(url, grant, target, status, retry_after, &body).issued(now)
     }
 
-    /// The status, the `Retry-After` delay and the body of a reply.
+    /// The status, the `Retry-After` delay and the body of a reply; `now`
+    /// (seconds since the epoch) turns an HTTP-date into a delay.
     async fn read(
         &self,
         url: &Url,
         response: reqwest::Response,
+        now: Option<u64>,
     ) -> Result<(u16, Option<Duration>, Vec<u8>), Error> {
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(retry_after);
+            .and_then(|v| retry_after(v, now));
         match read_limited(response, MAX_REPLY_BYTES).await {
             Ok(body) => Ok((status, retry_after, body)),
             Err(ReadError::Transport(source)) => Err(unreachable(url, source)),
@@ -265,11 +267,25 @@ fn reply<'a>(
 /// value cannot park a client for days.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
-/// A `Retry-After` value in seconds (the HTTP-date form is not used by the
-/// token server, and is ignored), at most [`MAX_RETRY_AFTER`].
-fn retry_after(value: &str) -> Option<Duration> {
-    let seconds: u64 = value.trim().parse().ok()?;
-    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+/// A `Retry-After` value (RFC 9110, section 10.2.3) as a delay, at most
+/// [`MAX_RETRY_AFTER`]: delay-seconds, or an HTTP-date (any of the three
+/// forms recipients must accept) less `now`, seconds since the epoch. A
+/// load balancer in front of the token server may send either. Whole
+/// seconds: `now` is cut down, so the delay never ends before the date. A
+/// date already past is no wait; without `now` a date cannot be judged and
+/// is ignored.
+fn retry_after(value: &str, now: Option<u64>) -> Option<Duration> {
+    let value = value.trim();
+    if value.bytes().all(|b| b.is_ascii_digit()) {
+        let seconds: u64 = value.parse().ok()?;
+        return Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
+    }
+    let at = httpdate::parse_http_date(value)
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(Duration::from_secs(at.saturating_sub(now?)).min(MAX_RETRY_AFTER))
 }
 
 fn unreachable(url: &Url, source: reqwest::Error) -> Error {
@@ -347,11 +363,42 @@ mod tests {
 
     #[test]
     fn retry_after_is_seconds_and_bounded() {
-        assert_eq!(retry_after("3"), Some(Duration::from_secs(3)));
-        assert_eq!(retry_after(" 0 "), Some(Duration::ZERO));
-        assert_eq!(retry_after("99999999999999999999"), None);
-        assert_eq!(retry_after(&u64::MAX.to_string()), Some(MAX_RETRY_AFTER));
-        assert_eq!(retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
-        assert_eq!(retry_after("-1"), None);
+        let now = Some(1_445_412_400); // Wed, 21 Oct 2015 07:26:40 GMT
+        assert_eq!(retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after(" 0 ", None), Some(Duration::ZERO));
+        assert_eq!(retry_after("99999999999999999999", now), None);
+        assert_eq!(
+            retry_after(&u64::MAX.to_string(), now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(retry_after("-1", now), None);
+        assert_eq!(retry_after("", now), None);
+        assert_eq!(retry_after("soon", now), None);
+    }
+
+    /// RFC 9110: recipients accept the IMF-fixdate and the two obsolete
+    /// forms; a date is a delay from now, never negative, never longer
+    /// than the bound, and unjudgeable without a clock.
+    #[test]
+    fn retry_after_as_an_http_date_is_a_delay_from_now() {
+        let now = Some(1_445_412_400); // Wed, 21 Oct 2015 07:26:40 GMT
+        let eighty = Some(Duration::from_secs(80));
+        assert_eq!(retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now), eighty);
+        assert_eq!(
+            retry_after("Wednesday, 21-Oct-15 07:28:00 GMT", now),
+            eighty
+        );
+        assert_eq!(retry_after("Wed Oct 21 07:28:00 2015", now), eighty);
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date past is no wait"
+        );
+        assert_eq!(
+            retry_after("Fri, 21 Oct 2016 07:28:00 GMT", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(retry_after("Wed, 21 Oct 2015 07:28:00 GMT", None), None);
+        assert_eq!(retry_after("Wed, 32 Oct 2015 07:28:00 GMT", now), None);
     }
 }
