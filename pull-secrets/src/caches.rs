@@ -6,9 +6,8 @@
 //! ServiceAccount name. That is the only way RBAC `resourceNames` can
 //! confine a list or watch, so the controller can read no other Secret.
 //! The caches then show every Secret with one of our names, ours or not,
-//! which is what deciding ownership needs. With `service_accounts: ["*"]`
-//! the names are not known in advance, and the Secrets are watched by our
-//! label instead (which needs unrestricted list and watch on Secrets).
+//! which is what deciding ownership needs; nothing is selected by a label,
+//! which anyone may remove.
 //!
 //! In the namespaced scope every list and watch is made in each configured
 //! namespace; in the cluster scope, across the cluster.
@@ -23,43 +22,35 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 
 use crate::config::{Scope, Settings};
-use crate::pull_secret::{self, MANAGED_SELECTOR};
+use crate::pull_secret;
 
-/// How Secrets are selected in one list or watch.
+/// One list or watch of Secrets: `fieldSelector=metadata.name=NAME`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum SecretSelector {
-    /// `fieldSelector=metadata.name=NAME`.
-    Name(String),
-    /// `labelSelector=` our label (with `service_accounts: ["*"]`).
-    Label,
-}
+pub(crate) struct SecretSelector(String);
 
 impl SecretSelector {
-    /// The selectors the settings call for.
+    /// One per configured ServiceAccount name.
     pub(crate) fn all(settings: &Settings) -> Vec<Self> {
-        match settings.service_accounts.names() {
-            Some(names) => names
-                .iter()
-                .map(|n| Self::Name(pull_secret::secret_name(&settings.secret_name, n)))
-                .collect(),
-            None => vec![Self::Label],
-        }
+        settings
+            .service_accounts
+            .names()
+            .iter()
+            .map(|n| Self(pull_secret::secret_name(&settings.secret_name, n)))
+            .collect()
+    }
+
+    fn field_selector(&self) -> String {
+        format!("metadata.name={}", self.0)
     }
 
     /// As a watcher config.
     pub(crate) fn watch_config(&self) -> watcher::Config {
-        match self {
-            Self::Name(name) => watcher::Config::default().fields(&format!("metadata.name={name}")),
-            Self::Label => watcher::Config::default().labels(MANAGED_SELECTOR),
-        }
+        watcher::Config::default().fields(&self.field_selector())
     }
 
     /// As list parameters.
     pub(crate) fn list_params(&self) -> ListParams {
-        match self {
-            Self::Name(name) => ListParams::default().fields(&format!("metadata.name={name}")),
-            Self::Label => ListParams::default().labels(MANAGED_SELECTOR),
-        }
+        ListParams::default().fields(&self.field_selector())
     }
 }
 
@@ -171,30 +162,20 @@ impl SecretCaches {
     }
 }
 
-/// The ServiceAccounts a change to Secret `namespace/name` concerns: those
-/// whose Secret has that name, among `known` (a store), or among the
-/// configured names.
+/// The ServiceAccounts a change to Secret `namespace/name` concerns: the
+/// configured names whose Secret has that name.
 pub(crate) fn service_accounts_for(
     settings: &Settings,
-    known: &Store<ServiceAccount>,
     namespace: &str,
     name: &str,
 ) -> Vec<ObjectRef<ServiceAccount>> {
-    let ours = |sa: &str| pull_secret::secret_name(&settings.secret_name, sa) == name;
-    match settings.service_accounts.names() {
-        Some(names) => names
-            .iter()
-            .filter(|n| ours(n))
-            .map(|n| ObjectRef::new(n).within(namespace))
-            .collect(),
-        None => known
-            .state()
-            .iter()
-            .filter(|sa| sa.metadata.namespace.as_deref() == Some(namespace))
-            .filter(|sa| sa.metadata.name.as_deref().is_some_and(ours))
-            .map(|sa| ObjectRef::from_obj(sa.as_ref()))
-            .collect(),
-    }
+    settings
+        .service_accounts
+        .names()
+        .iter()
+        .filter(|sa| pull_secret::secret_name(&settings.secret_name, sa) == name)
+        .map(|sa| ObjectRef::new(sa).within(namespace))
+        .collect()
 }
 
 /// A store holding exactly `items`, ready.

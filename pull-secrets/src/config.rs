@@ -366,16 +366,23 @@ fn parse(text: &str, base: &Path) -> Result<Settings, Parse> {
     };
     let service_accounts = match &file.service_accounts {
         Some(list) if list.value.is_empty() => {
-            check.fail("service_accounts", list, "list at least one name, or \"*\"");
+            check.fail("service_accounts", list, "list at least one name");
+            ServiceAccountSelection::new(Vec::new())
+        }
+        Some(list) if list.value.iter().any(|n| n == "*") => {
+            // Every name would need RBAC without resourceNames: reading
+            // every Secret in the cluster and tokens for every
+            // ServiceAccount. No such mode is offered.
+            check.fail(
+                "service_accounts",
+                list,
+                "\"*\" is not supported: list the ServiceAccount names, so that RBAC can confine \
+                 the controller to their Secrets and tokens",
+            );
             ServiceAccountSelection::new(Vec::new())
         }
         Some(list) => {
-            let named: Vec<String> = list.value.iter().filter(|n| *n != "*").cloned().collect();
-            check.names(
-                "service_accounts",
-                &Spanned::new(named, list.referenced, list.defined),
-                Kind::Subdomain,
-            );
+            check.names("service_accounts", list, Kind::Subdomain);
             ServiceAccountSelection::new(list.value.clone())
         }
         None => ServiceAccountSelection::new(vec!["default".to_owned()]),
@@ -827,11 +834,30 @@ mod tests {
             "{found:?}"
         );
         assert!(found[6].message.contains("RFC 1123"), "{found:?}");
-        // Good names and "*" pass.
+        // Good names pass.
         let s = parsed(&format!(
-            "{MINIMAL}service_accounts: [\"*\", builder.v2]\nleader_election:\n  namespace: regauth\n  lease_name: regauth-pull-secrets.v2\n"
+            "{MINIMAL}service_accounts: [default, builder.v2]\nleader_election:\n  namespace: regauth\n  lease_name: regauth-pull-secrets.v2\n"
         ));
-        assert!(s.service_accounts.selects("anything"));
+        assert!(s.service_accounts.selects("builder.v2") && !s.service_accounts.selects("other"));
+    }
+
+    /// No RBAC could confine a controller that serves every ServiceAccount
+    /// name: `*` is refused, alone or among names, with its line.
+    #[test]
+    fn a_star_for_service_accounts_is_refused() {
+        for list in ["[\"*\"]", "[default, \"*\"]"] {
+            let found = issues(&format!("{MINIMAL}service_accounts: {list}\n"));
+            assert_eq!(found.len(), 1, "{list}: {found:?}");
+            assert_eq!(
+                (found[0].key.as_str(), found[0].line),
+                ("service_accounts", 6),
+                "{found:?}"
+            );
+            assert!(
+                found[0].message.contains("\"*\" is not supported"),
+                "{found:?}"
+            );
+        }
     }
 
     #[test]

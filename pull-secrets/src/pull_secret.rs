@@ -17,10 +17,8 @@ use crate::exchange::Credential;
 
 /// The field manager of every write, and the `managed-by` label's value.
 pub(crate) const MANAGER: &str = "regauth-pull-secrets";
-/// The label that marks our Secrets.
+/// The label that marks our Secrets, for people (it proves nothing).
 pub(crate) const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-/// The label selector of our Secrets.
-pub(crate) const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=regauth-pull-secrets";
 /// The ServiceAccount a Secret belongs to.
 pub(crate) const SERVICE_ACCOUNT_ANNOTATION: &str = "regauth.io/service-account";
 /// When the credential in the Secret expires (RFC 3339).

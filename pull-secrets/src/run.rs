@@ -236,10 +236,10 @@ async fn control<E: Exchange>(
     let runs = controllers.into_iter().map(|(controller, secret_events)| {
         let service_accounts = controller.store();
         let by_secret = {
-            let (settings, known) = (ctx.settings.clone(), service_accounts.clone());
+            let settings = ctx.settings.clone();
             move |secret: Secret| {
                 let namespace = secret.namespace().unwrap_or_default();
-                caches::service_accounts_for(&settings, &known, &namespace, &secret.name_any())
+                caches::service_accounts_for(&settings, &namespace, &secret.name_any())
             }
         };
         // A resync reads only the caches unless something is due, so it

@@ -81,7 +81,9 @@ impl NamespaceSelection {
     }
 }
 
-/// Which ServiceAccounts in a selected namespace: names, or `*` for all.
+/// Which ServiceAccounts in a selected namespace: always by name, so that
+/// RBAC `resourceNames` can confine the controller to their Secrets and
+/// tokens (the config refuses `*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ServiceAccountSelection(Vec<String>);
 
@@ -91,12 +93,12 @@ impl ServiceAccountSelection {
     }
 
     pub(crate) fn selects(&self, name: &str) -> bool {
-        self.0.iter().any(|n| n == "*" || n == name)
+        self.0.iter().any(|n| n == name)
     }
 
-    /// The configured names; `None` when `*` selects every name.
-    pub(crate) fn names(&self) -> Option<&[String]> {
-        (!self.0.iter().any(|n| n == "*")).then_some(self.0.as_slice())
+    /// The configured names.
+    pub(crate) fn names(&self) -> &[String] {
+        &self.0
     }
 }
 
@@ -246,15 +248,11 @@ mod tests {
     }
 
     #[test]
-    fn service_accounts_by_name_or_star() {
-        assert!(ServiceAccountSelection::new(vec!["*".into()]).selects("anything"));
+    fn service_accounts_by_name_only() {
         let named = ServiceAccountSelection::new(vec!["default".into(), "builder".into()]);
         assert!(named.selects("builder") && !named.selects("deployer"));
-        assert_eq!(named.names().map(<[String]>::len), Some(2));
-        assert!(
-            ServiceAccountSelection::new(vec!["a".into(), "*".into()])
-                .names()
-                .is_none()
-        );
+        assert_eq!(named.names().len(), 2);
+        // A literal "*" is no wildcard (the config refuses it anyway).
+        assert!(!ServiceAccountSelection::new(vec!["*".into()]).selects("anything"));
     }
 }
