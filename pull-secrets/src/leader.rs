@@ -3,11 +3,18 @@
 //!
 //! Expiry is judged by each replica's own monotonic clock, as client-go
 //! does: a lease is free once its record (holder and renew time) has not
-//! changed for `lease_duration` since this replica first saw it, so clock
-//! skew between nodes does not matter. The holder leads only until
+//! changed for this replica's own `lease_duration` since it first saw it,
+//! so clock skew between nodes does not matter. The record's
+//! `leaseDurationSeconds` is never trusted: anyone who may write the Lease
+//! (the controller's own stolen token) could otherwise park every replica
+//! for 68 years with one write, and the record holds whole seconds, so a
+//! follower judging by it would take over too early after a leader with a
+//! fractional `lease_duration`. The record carries the duration rounded up,
+//! for people and other tools. The holder leads only until
 //! `lease_duration` after the start of its last successful renewal; that
-//! is always before any other replica could see the lease lapse, so a
-//! replica that fails to renew stops writing before anyone else starts.
+//! is always before any other replica (with the same `lease_duration`)
+//! could see the lease lapse, so a replica that fails to renew stops
+//! writing before anyone else starts.
 //!
 //! A follower sees a renewal at its next poll, up to `renew_interval`
 //! later, and then polls again exactly when that record would lapse, so
@@ -195,7 +202,7 @@ async fn try_lead(
     // Microseconds, as the API keeps them: two renewals within one second
     // must still differ, or a follower would take them for none.
     let now = MicroTime(crate::clock::timestamp());
-    let duration_seconds = i32::try_from(settings.lease_duration.as_secs()).unwrap_or(i32::MAX);
+    let duration_seconds = recorded_seconds(settings.lease_duration);
     let Some(mut lease) = api.get_opt(&settings.lease_name).await? else {
         let lease = Lease {
             metadata: ObjectMeta {
@@ -227,16 +234,12 @@ async fn try_lead(
         }
     };
     let held_by_us = record.holder.as_deref() == Some(identity);
-    // The lease's own duration decides, as the holder wrote it.
-    let their_duration = spec
-        .lease_duration_seconds
-        .and_then(|s| u64::try_from(s).ok())
-        .map_or(settings.lease_duration, Duration::from_secs);
+    // Our own duration decides, never the record's (see the module doc).
     let seen_for = seen_since.elapsed();
-    let lapsed = record.holder.is_none() || seen_for >= their_duration;
+    let lapsed = record.holder.is_none() || seen_for >= settings.lease_duration;
     if !held_by_us && !lapsed {
         return Ok(Outcome::Following {
-            lapses_in: Some(their_duration.saturating_sub(seen_for)),
+            lapses_in: Some(settings.lease_duration.saturating_sub(seen_for)),
         });
     }
     if !held_by_us {
@@ -250,6 +253,16 @@ async fn try_lead(
     // The resourceVersion read above makes this a compare-and-swap: if
     // another replica wrote first, this is a 409 and we follow.
     created_or_lost(api.replace(&settings.lease_name, &params(), &lease).await)
+}
+
+/// `leaseDurationSeconds` for `lease_duration`: whole seconds, rounded
+/// up, so that anyone judging by the record waits at least as long as the
+/// holder may write.
+fn recorded_seconds(lease_duration: Duration) -> i32 {
+    let whole = lease_duration
+        .as_secs()
+        .saturating_add(u64::from(lease_duration.subsec_nanos() > 0));
+    i32::try_from(whole).unwrap_or(i32::MAX)
 }
 
 fn created_or_lost(result: Result<Lease, kube::Error>) -> Result<Outcome, kube::Error> {
@@ -288,6 +301,14 @@ mod tests {
         leadership.lost().await;
         assert!(Instant::now() >= deadline);
         assert!(!leadership.is_leading());
+    }
+
+    #[test]
+    fn the_record_rounds_the_duration_up_to_whole_seconds() {
+        assert_eq!(recorded_seconds(Duration::from_millis(2999)), 3);
+        assert_eq!(recorded_seconds(Duration::from_secs(3)), 3);
+        assert_eq!(recorded_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(recorded_seconds(Duration::MAX), i32::MAX);
     }
 
     #[tokio::test]
