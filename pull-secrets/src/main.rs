@@ -17,6 +17,8 @@ mod metrics;
 mod ops;
 mod pull_secret;
 mod reconcile;
+mod refresh;
+mod retry;
 mod run;
 mod selection;
 mod tokens;

@@ -19,6 +19,7 @@ pub(crate) struct Metrics {
     registry: Registry,
     managed: Gauge,
     refreshes: Counter,
+    refresh_clamped: Counter,
     failures: Family<Vec<(String, String)>, Counter>,
     soonest_expiry: Gauge<f64, AtomicU64>,
     leader: Gauge,
@@ -34,6 +35,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("regauth_pull_secrets");
         let managed = Gauge::default();
         let refreshes = Counter::default();
+        let refresh_clamped = Counter::default();
         let failures = Family::<Vec<(String, String)>, Counter>::default();
         let soonest_expiry = Gauge::<f64, AtomicU64>::default();
         let leader = Gauge::default();
@@ -47,6 +49,12 @@ impl Default for Metrics {
             "refreshes",
             "Credentials exchanged and written",
             refreshes.clone(),
+        );
+        registry.register(
+            "refresh_clamped",
+            "Refresh points moved later than refresh_threshold asked (it is at least half the \
+             credentials' life), or held to the least refresh age (they live only seconds)",
+            refresh_clamped.clone(),
         );
         registry.register("failures", "Failed reconciles, by reason", failures.clone());
         registry.register(
@@ -68,6 +76,7 @@ impl Default for Metrics {
             registry,
             managed,
             refreshes,
+            refresh_clamped,
             failures,
             soonest_expiry,
             leader,
@@ -139,6 +148,11 @@ impl Metrics {
         self.refreshes.inc();
     }
 
+    /// A refresh point was moved later than the config asked.
+    pub(crate) fn refresh_clamped(&self) {
+        self.refresh_clamped.inc();
+    }
+
     /// A reconcile failed for `reason`.
     pub(crate) fn failed(&self, reason: &str) {
         self.failures
@@ -182,6 +196,7 @@ mod tests {
         m.track("a", "default", 1_000);
         m.track("b", "default", 1_100);
         m.refreshed();
+        m.refresh_clamped();
         m.failed("token_server_unavailable");
         m.set_leader(true);
         m.set_conflict("c", "default", true);
@@ -189,6 +204,7 @@ mod tests {
         for line in [
             "regauth_pull_secrets_managed 2",
             "regauth_pull_secrets_refreshes_total 1",
+            "regauth_pull_secrets_refresh_clamped_total 1",
             "regauth_pull_secrets_failures_total{reason=\"token_server_unavailable\"} 1",
             "regauth_pull_secrets_soonest_expiry_seconds 100.0",
             "regauth_pull_secrets_leader 1",

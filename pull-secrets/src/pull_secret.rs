@@ -241,6 +241,21 @@ pub(crate) fn holds(existing: &Secret, desired: &Secret, sa: &ServiceAccount) ->
         && has_controller_reference(existing, sa)
 }
 
+/// Whether a patch can make `existing` hold `desired`: the API keeps a
+/// Secret's `type` for good, and its data too once `immutable` is set (as
+/// anyone who may edit it can do to ours). Otherwise it must be created
+/// anew.
+pub(crate) fn changes_in_place(existing: &Secret, desired: &Secret) -> bool {
+    let data = |s: &Secret| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(DOCKER_CONFIG_KEY))
+            .cloned()
+    };
+    existing.type_ == desired.type_
+        && (existing.immutable != Some(true) || data(existing) == data(desired))
+}
+
 /// The merge patch that makes `existing` hold `desired`, guarded by the
 /// `resourceVersion` read: if anyone wrote in between, the API answers 409.
 /// Other owner references, labels, annotations and data keys are kept.
@@ -413,6 +428,28 @@ mod tests {
         let mut unowned = stored;
         unowned.metadata.owner_references = None;
         assert!(!holds(&unowned, &desired, &sa()));
+    }
+
+    #[test]
+    fn another_type_or_immutable_data_cannot_change_in_place() {
+        let settings = settings();
+        let desired = build(&settings, &sa(), &[credential("new", 1_700_003_600)]);
+        let stored = build(&settings, &sa(), &[credential("old", 1_700_003_600)]);
+        assert!(changes_in_place(&stored, &desired));
+        let mut opaque = stored.clone();
+        opaque.type_ = Some("Opaque".into());
+        assert!(!changes_in_place(&opaque, &desired));
+        let mut frozen = stored;
+        frozen.immutable = Some(true);
+        assert!(
+            !changes_in_place(&frozen, &desired),
+            "its data would change"
+        );
+        // Only metadata to repair: a patch still works.
+        let mut same = desired.clone();
+        same.immutable = Some(true);
+        same.metadata.annotations = None;
+        assert!(changes_in_place(&same, &desired));
     }
 
     #[test]

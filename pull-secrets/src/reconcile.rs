@@ -1,21 +1,33 @@
 //! Reconciling one (namespace, ServiceAccount): idempotent, reading state
 //! only from the reflector stores and this replica's memory of what it
-//! wrote.
+//! obtained and wrote.
 //!
-//! **What it touches.** The Secret is created with a plain create (a 409
-//! means the name is taken) carrying a controller reference to the
-//! ServiceAccount, and afterwards changed or deleted only while it carries
-//! that reference (or is the very object this replica created): see
-//! [`pull_secret::owner`]. A Secret with our name that belongs to someone
-//! else is left as it is and reported. Nothing is ever force-applied.
+//! **What it touches.** The Secret is created with a plain create carrying
+//! a controller reference to the ServiceAccount, and afterwards changed or
+//! deleted only while it carries that reference (or is the very object
+//! this replica created): see [`pull_secret::owner`]. A Secret with our
+//! name that belongs to someone else is left as it is and reported, before
+//! anything is minted for it. An `imagePullSecrets` entry with our name is
+//! removed only where it provably is ours: beside our Secret, or where this
+//! replica wrote that Secret. ServiceAccounts the config does not name, and
+//! entries the controller never wrote, are never touched. Nothing is ever
+//! force-applied.
 //!
 //! **When it refreshes.** From memory: the credentials this replica last
-//! wrote, with the lifetime the token server gave them. A Secret whose
-//! fields no longer hold exactly that is rewritten (with the remembered
-//! credential while it is fresh, without asking the token server). Nothing
-//! a namespace user may edit (annotations, labels) decides anything. A
+//! obtained, with the lifetime the token server gave them, refreshed at the
+//! point [`refresh::refresh_at`] sets (never spinning, whatever the config
+//! or the token server say). A Secret whose fields no longer hold exactly
+//! that is rewritten (with the remembered credential while it is valid,
+//! without asking the token server); one whose data cannot change in place
+//! (made `immutable`, or of another type) is deleted with preconditions and
+//! created anew. A credential obtained but not yet written (the write
+//! failed) is written on the next try, not obtained again. Nothing a
+//! namespace user may edit (annotations, labels) decides anything. A
 //! replica that starts, or takes over, has no memory: it rewrites each
 //! Secret once.
+//!
+//! **Retries** wait as [`retry`] says, whatever triggers the next
+//! reconcile.
 //!
 //! **The ServiceAccount.** `imagePullSecrets` has no merge key, so
 //! server-side apply treats it as one atomic field and a forced apply of our
@@ -26,6 +38,7 @@
 //! the reconcile is retried from the fresher state.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,16 +57,15 @@ use crate::exchange::{Credential, Exchange, ExchangeError};
 use crate::leader::{Leadership, error_chain};
 use crate::metrics::Metrics;
 use crate::pull_secret::{self, Lifetime, MANAGER, Owner};
+use crate::refresh::{self, Clamp, RefreshPoint};
+use crate::retry::Retries;
 use crate::tokens::Tokens;
 
-/// The shortest wait before a refresh, so a credential with a tiny lifetime
-/// cannot spin the controller.
+/// The shortest wait before a reconcile is run again.
 const MIN_REQUEUE: Duration = Duration::from_secs(1);
 /// How long this replica trusts its own write over a watch that has not
 /// shown it yet.
 const WATCH_LAG_GRACE: Duration = Duration::from_secs(10);
-/// The first retry after a failure; doubled each time up to `max_backoff`.
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -122,19 +134,37 @@ impl Error {
     }
 }
 
-/// What this replica last wrote for one ServiceAccount.
+/// What this replica obtained for one ServiceAccount, and whether it wrote
+/// it: the only source of truth about freshness.
 #[derive(Debug, Clone)]
-pub(crate) struct Written {
-    /// The ServiceAccount it was written for: a recreated one is another.
+pub(crate) struct Held {
+    /// The ServiceAccount it was obtained for: a recreated one is another.
     sa_uid: Option<String>,
     /// The credentials, as the token server issued them.
     credentials: Arc<[Credential]>,
     lifetime: Lifetime,
+    /// When to obtain new ones.
+    refresh: RefreshPoint,
+    /// When this replica last wrote them into the Secret; `None` until a
+    /// write succeeded.
+    written: Option<Instant>,
     /// The uid of the Secret if this replica created it: proof of ownership
     /// that no one else can forge.
     created: Option<String>,
-    /// When it was written, for the watch-lag grace.
-    at: Instant,
+}
+
+impl Held {
+    /// Whether the Secret `existing` holds exactly these credentials.
+    fn in_secret(
+        &self,
+        settings: &Settings,
+        sa: &ServiceAccount,
+        existing: Option<&Secret>,
+    ) -> bool {
+        existing.is_some_and(|s| {
+            pull_secret::holds(s, &pull_secret::build(settings, sa, &self.credentials), sa)
+        })
+    }
 }
 
 /// Everything a reconcile needs.
@@ -153,16 +183,18 @@ pub(crate) struct Context<E> {
     /// `--dry-run`: Secrets that would be written are collected here, and
     /// nothing is written.
     pub dry_run: Option<Mutex<Vec<Secret>>>,
-    /// Consecutive failures per ServiceAccount, for the backoff.
-    pub failures: Mutex<HashMap<ObjectRef<ServiceAccount>, u32>>,
-    /// What this replica last wrote per ServiceAccount: the only source of
-    /// truth about freshness.
-    pub written: Mutex<HashMap<ObjectRef<ServiceAccount>, Written>>,
+    /// The ServiceAccounts being retried, and until when they wait.
+    pub retries: Retries,
+    /// What this replica holds per ServiceAccount.
+    pub held: Mutex<HashMap<ObjectRef<ServiceAccount>, Held>>,
     /// When this replica last added its entry to each ServiceAccount: the
     /// ServiceAccount watch may not show it yet.
     pub attached: Mutex<HashMap<ObjectRef<ServiceAccount>, Instant>>,
     /// ServiceAccount tokens, reused across retries.
     pub tokens: Tokens,
+    /// Whether a clamped refresh point was logged, per kind: once is
+    /// enough (the metric counts each).
+    clamp_logged: [AtomicBool; 2],
 }
 
 impl<E> Context<E> {
@@ -186,12 +218,22 @@ impl<E> Context<E> {
             metrics,
             events: None,
             dry_run: None,
-            failures: Mutex::default(),
-            written: Mutex::default(),
+            retries: Retries::default(),
+            held: Mutex::default(),
             attached: Mutex::default(),
             tokens: Tokens::default(),
+            clamp_logged: [AtomicBool::new(false), AtomicBool::new(false)],
         }
     }
+}
+
+/// How a reconcile ended, when it did not fail.
+#[derive(Debug)]
+enum Outcome {
+    /// Everything is as it should be (until the action).
+    Done(Action),
+    /// Waiting out a failure's backoff before asking again.
+    Waiting(Action),
 }
 
 /// Reconciles one ServiceAccount, and records a failure as a Warning Event
@@ -200,75 +242,38 @@ pub(crate) async fn reconcile<E: Exchange>(
     sa: Arc<ServiceAccount>,
     ctx: Arc<Context<E>>,
 ) -> Result<Action, Error> {
-    let result = reconcile_service_account(&sa, &ctx, clock::now()).await;
-    match &result {
-        Ok(_) => {
-            ctx.lock_failures()
-                .remove(&ObjectRef::from_obj(sa.as_ref()));
+    match reconcile_service_account(&sa, &ctx, clock::now()).await {
+        Ok(Outcome::Done(action)) => {
+            ctx.retries.succeeded(&ObjectRef::from_obj(sa.as_ref()));
+            Ok(action)
         }
-        Err(Error::NotLeader | Error::StoresClosed) => {}
-        Err(error) => report(&sa, &ctx, error).await,
+        // Still failing, as far as the backoff knows.
+        Ok(Outcome::Waiting(action)) => Ok(action),
+        Err(error @ (Error::NotLeader | Error::StoresClosed)) => Err(error),
+        Err(error) => {
+            report(&sa, &ctx, &error).await;
+            Err(error)
+        }
     }
-    result
 }
 
-/// Retries with a jittered, doubling backoff per ServiceAccount, and never
-/// sooner than the token server's `Retry-After` (up to `max_backoff`).
+/// Counts the failure and waits as [`Retries::failed`] says.
 pub(crate) fn error_policy<E: Exchange>(
     sa: Arc<ServiceAccount>,
     error: &Error,
     ctx: Arc<Context<E>>,
 ) -> Action {
     ctx.metrics.failed(error.reason());
-    let attempts = {
-        let mut failures = ctx.lock_failures();
-        let n = failures
-            .entry(ObjectRef::from_obj(sa.as_ref()))
-            .or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    };
-    Action::requeue(next_try(
-        attempts,
+    Action::requeue(ctx.retries.failed(
+        ObjectRef::from_obj(sa.as_ref()),
         ctx.settings.max_backoff,
-        random_fraction(),
         error.retry_after(),
     ))
 }
 
-/// The wait before try `attempts + 1`: the jittered backoff, but never
-/// shorter than what the token server asked for (`Retry-After`), up to `max`.
-pub(crate) fn next_try(
-    attempts: u32,
-    max: Duration,
-    fraction: f64,
-    asked: Option<Duration>,
-) -> Duration {
-    let wait = backoff(attempts, max, fraction);
-    wait.max(asked.unwrap_or_default().min(max))
-}
-
-/// `FIRST_BACKOFF * 2^(attempts-1)`, capped at `max`, scaled into
-/// `[1/2, 1]` of itself by `fraction` (in `[0, 1)`) so retries spread out.
-pub(crate) fn backoff(attempts: u32, max: Duration, fraction: f64) -> Duration {
-    let exponent = attempts.saturating_sub(1).min(20);
-    let base = FIRST_BACKOFF.saturating_mul(1 << exponent).min(max);
-    base.mul_f64(0.5 + fraction.clamp(0.0, 1.0) / 2.0)
-}
-
-fn random_fraction() -> f64 {
-    let mut byte = [0u8; 2];
-    if aws_lc_rs::rand::fill(&mut byte).is_err() {
-        return 0.5;
-    }
-    f64::from(u16::from_le_bytes(byte)) / f64::from(u16::MAX)
-}
-
 impl<E> Context<E> {
-    fn lock_written(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ServiceAccount>, Written>> {
-        self.written
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ServiceAccount>, Held>> {
+        self.held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -281,20 +286,22 @@ impl<E> Context<E> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn lock_failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<ServiceAccount>, u32>> {
-        self.failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Drops what is kept for every ServiceAccount `exists` says is gone.
     pub(crate) fn forget_missing(&self, exists: impl Fn(&ObjectRef<ServiceAccount>) -> bool) {
-        self.lock_written().retain(|sa, _| exists(sa));
+        self.lock_held().retain(|sa, _| exists(sa));
         self.lock_attached().retain(|sa, _| exists(sa));
-        self.lock_failures().retain(|sa, _| exists(sa));
+        self.retries.retain(&exists);
         self.tokens.retain(&exists);
         self.metrics
             .retain(|namespace, name| exists(&ObjectRef::new(name).within(namespace)));
+    }
+
+    /// Drops what is kept for `sa` (it left the selection).
+    fn forget(&self, sa: &ObjectRef<ServiceAccount>, namespace: &str, name: &str) {
+        self.lock_held().remove(sa);
+        self.lock_attached().remove(sa);
+        self.tokens.forget(sa);
+        self.metrics.forget(namespace, name);
     }
 
     fn may_write(&self) -> Result<(), Error> {
@@ -315,44 +322,63 @@ impl<E> Context<E> {
             _ => self.settings.namespaces.selects_name(namespace),
         }
     }
-}
 
-/// When a written credential should be refreshed: `threshold` before it
-/// expires, or at half its life.
-pub(crate) fn refresh_at(lifetime: Lifetime, threshold: Option<Duration>) -> u64 {
-    match threshold {
-        Some(t) => lifetime.expires_at.saturating_sub(t.as_secs()),
-        None => lifetime
-            .issued_at
-            .saturating_add(lifetime.expires_at.saturating_sub(lifetime.issued_at) / 2),
+    /// Counts a refresh point moved later than the config asked, and says
+    /// why once per kind.
+    fn note_clamp(&self, clamp: Clamp, lifetime: Lifetime) {
+        self.metrics.refresh_clamped();
+        let kind = match clamp {
+            Clamp::Threshold => 0,
+            Clamp::ShortLived => 1,
+        };
+        if self.clamp_logged[kind].swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let lifetime_seconds = lifetime.expires_at.saturating_sub(lifetime.issued_at);
+        match clamp {
+            Clamp::Threshold => tracing::warn!(
+                refresh_threshold = ?self.settings.refresh_threshold,
+                lifetime_seconds,
+                "refresh_threshold is not shorter than half the lifetime of the token server's \
+                 credentials: they are refreshed at half their life instead \
+                 (regauth_pull_secrets_refresh_clamped_total counts each)"
+            ),
+            Clamp::ShortLived => tracing::warn!(
+                lifetime_seconds,
+                min_refresh_age_seconds = refresh::MIN_REFRESH_AGE.as_secs(),
+                "the token server's credentials live so briefly that they are refreshed no \
+                 sooner than min_refresh_age_seconds after each exchange \
+                 (regauth_pull_secrets_refresh_clamped_total counts each)"
+            ),
+        }
     }
 }
 
 /// When the credential a pull would use from `existing` expires, as far as
-/// this replica can tell: what it wrote when the Secret still holds it;
+/// this replica can tell: what it obtained when the Secret still holds it;
 /// otherwise the `exp` claimed by the credential in it (unverified, so
-/// never later than what this replica last wrote), and `now` when there is
-/// no readable credential at all.
+/// never later than what this replica last obtained), and `now` when there
+/// is no readable credential at all.
 fn served_expiry(
     existing: Option<&Secret>,
-    holding: Option<&Written>,
-    last: Option<&Written>,
+    holding: Option<&Held>,
+    last: Option<&Held>,
     now: u64,
 ) -> u64 {
-    if let Some(w) = holding {
-        return w.lifetime.expires_at;
+    if let Some(h) = holding {
+        return h.lifetime.expires_at;
     }
     let claimed = existing
         .and_then(pull_secret::claimed_expiry)
         .unwrap_or(now);
-    last.map_or(claimed, |w| claimed.min(w.lifetime.expires_at))
+    last.map_or(claimed, |h| claimed.min(h.lifetime.expires_at))
 }
 
 async fn reconcile_service_account<E: Exchange>(
     sa: &ServiceAccount,
     ctx: &Context<E>,
     now: u64,
-) -> Result<Action, Error> {
+) -> Result<Outcome, Error> {
     let namespace = sa.namespace().unwrap_or_default();
     if !ctx.caches_ready.wait(&namespace).await {
         return Err(Error::StoresClosed);
@@ -367,14 +393,14 @@ async fn reconcile_service_account<E: Exchange>(
     let key = ObjectRef::from_obj(sa);
     // Memory of another incarnation of this ServiceAccount is void.
     let last = ctx
-        .lock_written()
+        .lock_held()
         .get(&key)
-        .filter(|w| w.sa_uid == sa.metadata.uid)
+        .filter(|h| h.sa_uid == sa.metadata.uid)
         .cloned();
     let owner = pull_secret::owner(
         existing.as_deref(),
         sa,
-        last.as_ref().and_then(|w| w.created.as_deref()),
+        last.as_ref().and_then(|h| h.created.as_deref()),
     );
     tracing::debug!(
         namespace,
@@ -385,17 +411,21 @@ async fn reconcile_service_account<E: Exchange>(
     );
 
     if !selected {
-        ctx.lock_written().remove(&key);
-        ctx.lock_attached().remove(&key);
-        ctx.tokens.forget(&key);
-        ctx.metrics.forget(&namespace, &name);
-        remove(ctx, sa, &secret_name, existing.as_deref(), owner).await?;
-        return Ok(Action::await_change());
+        let wrote_it = last.as_ref().is_some_and(|h| h.written.is_some());
+        remove(ctx, sa, &secret_name, existing.as_deref(), owner, wrote_it).await?;
+        ctx.forget(&key, &namespace, &name);
+        return Ok(Outcome::Done(Action::await_change()));
     }
     if owner == Owner::Someone {
-        // Not ours: no credential of ours is served from it.
+        // Not ours: no credential of ours is served from it, and none is
+        // minted for it.
         ctx.metrics.forget(&namespace, &name);
         ctx.metrics.set_conflict(&namespace, &name, true);
+        // Reported again once per backoff, not per edit of the
+        // ServiceAccount.
+        if let Some(left) = ctx.retries.wait_left(&key) {
+            return Ok(Outcome::Waiting(Action::requeue(left.max(MIN_REQUEUE))));
+        }
         return Err(Error::Foreign {
             namespace,
             name: secret_name,
@@ -403,82 +433,91 @@ async fn reconcile_service_account<E: Exchange>(
     }
     ctx.metrics.set_conflict(&namespace, &name, false);
 
-    // What this replica wrote, while it is still valid; whether the Secret
-    // still holds exactly that; and whether it is not yet due.
-    let unexpired = last.as_ref().filter(|w| now < w.lifetime.expires_at);
-    let holding = unexpired.filter(|w| {
-        existing.as_deref().is_some_and(|s| {
-            pull_secret::holds(s, &pull_secret::build(settings, sa, &w.credentials), sa)
-        })
-    });
-    let fresh = unexpired.filter(|w| now < refresh_at(w.lifetime, settings.refresh_threshold));
+    // The credentials to serve: those held, until their refresh point; past
+    // it, still those while valid if the Secret lost them (a repair needs
+    // no exchange, so a token server outage cannot stop it; the refresh
+    // follows on the next round); else new ones.
+    let in_secret = last
+        .as_ref()
+        .is_some_and(|h| h.in_secret(settings, sa, existing.as_deref()));
+    let reusable = last
+        .as_ref()
+        .filter(|h| now < h.refresh.at || (now < h.lifetime.expires_at && !in_secret));
+    let (held, holding) = match reusable {
+        Some(h) => (h.clone(), in_secret),
+        None => {
+            ctx.may_write()?;
+            if let Some(left) = ctx.retries.wait_left(&key) {
+                let holding = last.as_ref().filter(|_| in_secret);
+                ctx.metrics.track(
+                    &namespace,
+                    &name,
+                    served_expiry(existing.as_deref(), holding, last.as_ref(), now),
+                );
+                return Ok(Outcome::Waiting(Action::requeue(left.max(MIN_REQUEUE))));
+            }
+            let credentials = obtain(ctx, sa, &namespace, &name, now).await?;
+            let lifetime = Lifetime::of(&credentials);
+            let refresh = refresh::refresh_at(lifetime, settings.refresh_threshold, now);
+            if let Some(clamp) = refresh.clamped {
+                ctx.note_clamp(clamp, lifetime);
+            }
+            let held = Held {
+                sa_uid: sa.metadata.uid.clone(),
+                credentials,
+                lifetime,
+                refresh,
+                written: None,
+                created: last.as_ref().and_then(|h| h.created.clone()),
+            };
+            // Kept before the write: a failed write costs no new exchange.
+            ctx.lock_held().insert(key.clone(), held.clone());
+            let holding = held.in_secret(settings, sa, existing.as_deref());
+            (held, holding)
+        }
+    };
     ctx.metrics.track(
         &namespace,
         &name,
-        served_expiry(existing.as_deref(), holding, last.as_ref(), now),
+        served_expiry(
+            existing.as_deref(),
+            holding.then_some(&held),
+            Some(&held),
+            now,
+        ),
     );
     // Our own write counts until the watch shows it; past the grace a
     // Secret that still differs (or is missing) is rewritten.
-    let lagging = unexpired.filter(|_| holding.is_none()).and_then(|w| {
-        let left = WATCH_LAG_GRACE.saturating_sub(w.at.elapsed());
-        (!left.is_zero()).then_some((w.lifetime, left))
-    });
-    let (lifetime, mut recheck) = match (holding.and(fresh), lagging) {
-        (Some(w), _) => (w.lifetime, None),
-        (None, Some((lifetime, left))) => (lifetime, Some(left)),
-        (None, None) => {
+    let lagging = held
+        .written
+        .map(|at| WATCH_LAG_GRACE.saturating_sub(at.elapsed()))
+        .filter(|left| !holding && !left.is_zero());
+    let mut recheck = lagging;
+    if !holding && lagging.is_none() {
+        if now < held.lifetime.expires_at {
             ctx.may_write()?;
-            // The type cannot change in place (a Secret with our reference
-            // but another type): delete ours; the deletion triggers a
-            // reconcile that creates it anew.
-            if let Some(current) = existing
-                .as_deref()
-                .filter(|s| s.type_.as_deref() != Some(pull_secret::DOCKER_CONFIG_JSON))
-            {
-                if ctx.dry_run.is_none() {
-                    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-                    delete(&api, current).await.map_err(|source| Error::Write {
-                        action: "deleting Secret of the wrong type",
-                        namespace: namespace.clone(),
-                        name: secret_name.clone(),
-                        source: Box::new(source),
-                    })?;
-                }
-                return Ok(Action::requeue(MIN_REQUEUE));
-            }
-            // A Secret that no longer holds what was written is repaired
-            // with that credential while it is valid, with no exchange, so
-            // a token server outage cannot stop the repair; a due one is
-            // refreshed on the next round. Only a refresh costs a
-            // TokenRequest and an exchange.
-            let (credentials, refreshed) = match (holding, unexpired) {
-                (None, Some(w)) => (Arc::clone(&w.credentials), false),
-                _ => (obtain(ctx, sa, &namespace, &name, now).await?, true),
-            };
-            let desired = pull_secret::build(settings, sa, &credentials);
+            let desired = pull_secret::build(settings, sa, &held.credentials);
             let stored = write(ctx, sa, existing.as_deref(), desired).await?;
-            let lifetime = Lifetime::of(&credentials);
-            if refreshed {
+            if held.written.is_none() {
                 ctx.metrics.refreshed();
             }
-            let created = match (&stored, existing.as_deref()) {
-                (Some(s), None) => s.metadata.uid.clone(),
-                _ => last.as_ref().and_then(|w| w.created.clone()),
-            };
-            ctx.lock_written().insert(
-                key.clone(),
-                Written {
-                    sa_uid: sa.metadata.uid.clone(),
-                    credentials,
-                    lifetime,
-                    created,
-                    at: Instant::now(),
-                },
-            );
-            ctx.metrics.track(&namespace, &name, lifetime.expires_at);
-            (lifetime, None)
+            let mut held_now = ctx.lock_held();
+            if let Some(h) = held_now.get_mut(&key) {
+                h.written = Some(Instant::now());
+                if let Stored::Created(uid) = stored {
+                    h.created = uid;
+                }
+            }
+            drop(held_now);
+            ctx.metrics
+                .track(&namespace, &name, held.lifetime.expires_at);
+        } else {
+            // Expired before its refresh point (the token server's
+            // credentials live less than the least refresh age): nothing
+            // valid to write until the next exchange.
+            recheck = Some(Duration::from_secs(held.refresh.at.saturating_sub(now)));
         }
-    };
+    }
     let listed = sa
         .image_pull_secrets
         .as_ref()
@@ -494,12 +533,11 @@ async fn reconcile_service_account<E: Exchange>(
         }
         _ => {}
     }
-    let due = refresh_at(lifetime, settings.refresh_threshold);
-    let mut wait = Duration::from_secs(due.saturating_sub(now));
+    let mut wait = Duration::from_secs(held.refresh.at.saturating_sub(now));
     if let Some(left) = recheck {
         wait = wait.min(left);
     }
-    Ok(Action::requeue(wait.max(MIN_REQUEUE)))
+    Ok(Outcome::Done(Action::requeue(wait.max(MIN_REQUEUE))))
 }
 
 /// A token for the ServiceAccount (reused while fresh), then one
@@ -555,21 +593,34 @@ fn patch_params() -> PatchParams {
     }
 }
 
-/// Writes `desired`: a create when there is no Secret, else a merge patch
-/// of our fields guarded by the `resourceVersion` read. Returns the Secret
-/// as stored (`None` in a dry run).
+/// How [`write`] stored the Secret.
+#[derive(Debug)]
+enum Stored {
+    /// Created by this replica, with this uid.
+    Created(Option<String>),
+    /// Patched in place.
+    Patched,
+    /// Nothing written (`--dry-run`).
+    DryRun,
+}
+
+/// Writes `desired`: a create when there is no Secret; else a merge patch
+/// of our fields guarded by the `resourceVersion` read; or, when the
+/// Secret's data cannot change in place (another type, or made
+/// `immutable`), a delete with uid and `resourceVersion` preconditions and a
+/// create.
 async fn write<E>(
     ctx: &Context<E>,
     sa: &ServiceAccount,
     existing: Option<&Secret>,
     desired: Secret,
-) -> Result<Option<Secret>, Error> {
+) -> Result<Stored, Error> {
     if let Some(collected) = &ctx.dry_run {
         collected
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(desired);
-        return Ok(None);
+        return Ok(Stored::DryRun);
     }
     let namespace = sa.namespace().unwrap_or_default();
     let name = desired.name_any();
@@ -581,27 +632,39 @@ async fn write<E>(
         source: Box::new(source),
     };
     match existing {
-        None => match api.create(&post_params(), &desired).await {
-            Ok(created) => Ok(Some(created)),
-            // Taken by a Secret our caches do not show as ours.
-            Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {
-                Err(Error::Foreign {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                })
-            }
-            Err(source) => Err(failed("creating Secret", source)),
-        },
-        Some(current) => api
+        Some(current) if pull_secret::changes_in_place(current, &desired) => api
             .patch(
                 &name,
                 &patch_params(),
                 &Patch::Merge(pull_secret::update_patch(current, &desired)),
             )
             .await
-            .map(Some)
+            .map(|_| Stored::Patched)
             .map_err(|source| failed("updating Secret", source)),
+        Some(current) => {
+            delete(&api, current)
+                .await
+                .map_err(|source| failed("deleting Secret to create it anew", source))?;
+            tracing::info!(
+                namespace,
+                secret = name,
+                "pull Secret deleted to be created anew: its data cannot change in place"
+            );
+            create(&api, &desired)
+                .await
+                .map_err(|source| failed("creating Secret anew", source))
+        }
+        // A 409 means the name was taken after the cache was read: the
+        // next reconcile sees the Secret and judges whose it is.
+        None => create(&api, &desired)
+            .await
+            .map_err(|source| failed("creating Secret", source)),
     }
+}
+
+async fn create(api: &Api<Secret>, desired: &Secret) -> Result<Stored, kube::Error> {
+    let created = api.create(&post_params(), desired).await?;
+    Ok(Stored::Created(created.metadata.uid))
 }
 
 /// Deletes `secret` only if it is still the object read (uid and
@@ -634,20 +697,25 @@ async fn attach<E>(ctx: &Context<E>, sa: &ServiceAccount, secret_name: &str) -> 
     patch_pull_secrets(ctx, sa, updated, "adding the pull Secret to ServiceAccount").await
 }
 
-/// Removes what is ours: our entry (unless the Secret it names belongs to
-/// someone else, who may have listed it), and our Secret.
+/// Removes what is provably ours: our Secret, and the entry naming it, but
+/// the entry only beside our Secret or where this replica wrote that
+/// Secret itself (`wrote_it`, though it is gone now). An entry with our
+/// name anywhere else may be anyone's (the Secret they will create, or
+/// theirs already): it is left, as is every ServiceAccount the config does
+/// not name, whose Secret the controller never watches.
 pub(crate) async fn remove<E>(
     ctx: &Context<E>,
     sa: &ServiceAccount,
     secret_name: &str,
     existing: Option<&Secret>,
     owner: Owner,
+    wrote_it: bool,
 ) -> Result<(), Error> {
     let listed = sa
         .image_pull_secrets
         .as_ref()
         .is_some_and(|l| l.iter().any(|r| r.name == secret_name));
-    let detach = listed && owner != Owner::Someone;
+    let detach = listed && (owner == Owner::Us || (owner == Owner::Absent && wrote_it));
     let ours = existing.filter(|_| owner == Owner::Us);
     if !detach && ours.is_none() {
         return Ok(());
@@ -752,52 +820,5 @@ async fn report<E>(sa: &ServiceAccount, ctx: &Context<E>, error: &Error) {
         .await
     {
         tracing::warn!(error = %error_chain(&e), "could not record an Event");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refresh_happens_at_half_life_or_before_the_threshold() {
-        let w = Lifetime {
-            issued_at: 1000,
-            expires_at: 4600,
-        };
-        assert_eq!(refresh_at(w, None), 2800);
-        assert_eq!(refresh_at(w, Some(Duration::from_secs(600))), 4000);
-        assert_eq!(refresh_at(w, Some(Duration::from_secs(9999))), 0);
-        let huge = Lifetime {
-            issued_at: u64::MAX - 1,
-            expires_at: u64::MAX,
-        };
-        assert_eq!(refresh_at(huge, None), u64::MAX - 1);
-    }
-
-    #[test]
-    fn backoff_doubles_is_capped_and_jittered() {
-        let max = Duration::from_secs(60);
-        assert_eq!(backoff(1, max, 1.0), FIRST_BACKOFF);
-        assert_eq!(backoff(1, max, 0.0), FIRST_BACKOFF / 2);
-        assert_eq!(backoff(3, max, 1.0), FIRST_BACKOFF * 4);
-        assert_eq!(backoff(40, max, 1.0), max);
-        let r = random_fraction();
-        assert!((0.0..=1.0).contains(&r));
-    }
-
-    #[test]
-    fn retry_after_is_honoured_up_to_the_longest_backoff() {
-        let max = Duration::from_secs(60);
-        let asked = Some(Duration::from_secs(7));
-        assert_eq!(next_try(1, max, 1.0, asked), Duration::from_secs(7));
-        assert_eq!(next_try(1, max, 1.0, None), FIRST_BACKOFF);
-        // A longer backoff wins over a short Retry-After.
-        assert_eq!(next_try(20, max, 1.0, asked), max);
-        // A huge Retry-After is held to max_backoff.
-        assert_eq!(
-            next_try(1, max, 0.0, Some(Duration::from_secs(86_400))),
-            max
-        );
     }
 }

@@ -444,8 +444,8 @@ pub(crate) struct Cleaned {
 }
 
 /// Removes, for every configured ServiceAccount, the Secret with our name
-/// that provably is ours, and our `imagePullSecrets` entry (unless the
-/// Secret it names belongs to someone else); nothing else. A
+/// that provably is ours, and the `imagePullSecrets` entry naming it;
+/// nothing else. A
 /// ServiceAccount that changes meanwhile is read again and retried.
 pub(crate) async fn cleanup(
     settings: &Settings,
@@ -478,10 +478,14 @@ pub(crate) async fn cleanup(
                 .iter()
                 .flatten()
                 .any(|r| r.name == secret_name);
-            match reconcile::remove(&ctx, &sa, &secret_name, existing.as_deref(), owner).await {
+            // A one-shot run holds no memory: an entry goes only beside our
+            // Secret.
+            match reconcile::remove(&ctx, &sa, &secret_name, existing.as_deref(), owner, false)
+                .await
+            {
                 Ok(()) => {
                     cleaned.secrets += usize::from(owner == Owner::Us);
-                    cleaned.service_accounts += usize::from(listed && owner != Owner::Someone);
+                    cleaned.service_accounts += usize::from(listed && owner == Owner::Us);
                     break;
                 }
                 Err(error) if error.reason() == "conflict" && attempt < CLEANUP_ATTEMPTS => {
