@@ -79,6 +79,27 @@ fn a_foreign_secret_with_our_name_survives_selection_a_resync_and_deselection_by
         "their Secret changed"
     );
     assert!(cluster.pull_secret_names("victim", "default").is_empty());
+    // Nothing is minted for a Secret that cannot be written: no TokenRequest
+    // and no exchange for victim, while team-b (the control) had both.
+    let minted = |ns: &str| {
+        let exchanges = controller
+            .logs()
+            .lines()
+            .filter(|l| l.contains("credential exchanged") && l.contains(&format!("\"{ns}\"")))
+            .count();
+        let token_requests = cluster
+            .api
+            .requests()
+            .iter()
+            .filter(|r| r.subresource == "token" && r.namespace == ns)
+            .count();
+        (exchanges, token_requests)
+    };
+    assert_eq!(minted("victim"), (0, 0), "minted for a foreign Secret");
+    assert!(
+        minted("team-b").0 >= 1 && minted("team-b").1 >= 1,
+        "control"
+    );
 
     let event = eventually("a SecretConflict Event on victim/default", || {
         cluster

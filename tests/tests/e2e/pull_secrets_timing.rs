@@ -99,10 +99,11 @@ fn a_refresh_threshold_as_long_as_the_credential_lives_never_spins_the_controlle
 }
 
 /// A token server whose credentials live 2 s (a typo in its
-/// `credential_ttl`, say) would make half-life refreshes once a second; no
-/// credential is refreshed less than 10 s after it was obtained.
+/// `credential_ttl`, say) used to bring half-life refreshes once a second;
+/// no credential is refreshed less than 10 s after it was obtained, so a
+/// 10 s window holds two at most (one at each edge).
 #[test]
-fn credentials_that_live_seconds_are_not_refreshed_more_than_once_in_ten_seconds() {
+fn credentials_that_live_seconds_are_refreshed_no_sooner_than_ten_seconds_apart() {
     let short = steady_window("2s", "");
     assert!(
         short.refreshes <= 2.0 && short.secret_writes <= 2,
