@@ -183,7 +183,9 @@ fn a_lease_duration_of_fractional_seconds_never_lets_two_replicas_write_at_once(
 }
 
 /// Replaces the Lease, with real kubectl and `kubeconfig`, by one held by
-/// `attacker` for `seconds`, renewed now.
+/// `attacker` for `seconds`, renewed now: unconditionally (no
+/// `resourceVersion`, which the API allows for Leases), so the leader's
+/// renewals cannot make it a conflict.
 fn hijack(cluster: &Cluster, kubeconfig: &Path, seconds: i64) {
     let got = cluster.kubectl(
         kubeconfig,
@@ -191,6 +193,9 @@ fn hijack(cluster: &Cluster, kubeconfig: &Path, seconds: i64) {
     );
     got.assert_success("kubectl get lease with the controller's credentials");
     let mut lease: serde_json::Value = serde_json::from_str(&got.stdout).unwrap();
+    if let Some(meta) = lease["metadata"].as_object_mut() {
+        meta.remove("resourceVersion");
+    }
     lease["spec"]["holderIdentity"] = "attacker".into();
     lease["spec"]["leaseDurationSeconds"] = seconds.into();
     lease["spec"]["renewTime"] = k8s_openapi::jiff::Timestamp::from_second(now_seconds() as i64)
