@@ -359,6 +359,48 @@ mod tests {
         assert_eq!(found[0].2, "needs shared_state");
     }
 
+    /// Before, issuers named `*` or `-` were accepted, though those names
+    /// stand for "any issuer" and "no issuer" in revocations, so a
+    /// revocation naming one matched the wrong principals. Names are now
+    /// letters, digits, '.', '_' and '-', not the markers, and distinct.
+    #[test]
+    fn issuer_names_that_collide_with_revocation_markers_are_refused() {
+        let entry = |name: &str| {
+            format!(
+                "  - name: {}\n    kind: oidc\n    issuer: https://{}.example\n    audiences: [r]\n",
+                serde_json::to_string(name).unwrap(),
+                name.len()
+            )
+        };
+        for bad in ["*", "-", "", "a:b", "a b", "x\ny", &"n".repeat(65)] {
+            let found = issues_under(&format!("issuers:\n{}", entry(bad)), &["issuers"]);
+            assert!(
+                found.iter().any(|i| i.key == "issuers[0].name"),
+                "{bad:?} accepted: {found:?}"
+            );
+        }
+        let found = issues_under(
+            &format!(
+                "issuers:\n{}{}",
+                entry("cluster-a"),
+                entry("cluster-a").replace("https://9", "https://other")
+            ),
+            &["issuers"],
+        );
+        assert_eq!(
+            found.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+            ["issuers[1].name"],
+            "{found:?}"
+        );
+        for good in ["cluster-a", "github", "ci.example_1"] {
+            let found = issues_under(&format!("issuers:\n{}", entry(good)), &["issuers"]);
+            assert!(
+                !found.iter().any(|i| i.key.ends_with(".name")),
+                "{good:?}: {found:?}"
+            );
+        }
+    }
+
     #[test]
     fn unknown_keys_are_syntax_errors_with_a_line() {
         let err = load_str(
