@@ -41,6 +41,7 @@ pub mod packages;
 pub mod pki;
 pub mod process;
 pub mod pull_secrets;
+pub mod redis;
 pub mod registry;
 pub mod release;
 pub mod secrets;
