@@ -15,13 +15,13 @@ use crate::identity::issuers::SubjectTokenError;
 use crate::identity::{Kind, Principal, certificate};
 use crate::limiter::Throttled;
 use crate::metrics::{Metrics, SharedUse};
-use crate::password_check::{self, CheckError, PasswordChecks};
+use crate::password_check::{CheckError, PasswordChecks};
 use crate::proto::Grant;
 use crate::secret::Secret;
 use crate::settings::{RevocationUnavailable, Settings};
 use crate::shared::SharedState;
 use crate::shared::limiter::Limiter;
-use crate::shared::revocation::{self, Presented, Revoked};
+use crate::shared::revocation::{Presented, Revoked};
 use crate::token::refresh::{RefreshError, RefreshTokens};
 
 /// Facts about the connection a request arrived on.
@@ -47,7 +47,12 @@ pub struct Authenticated {
 pub enum Refresh {
     /// The refresh token the caller presented: handed back, never rotated,
     /// because clients such as skopeo keep the token they were given.
-    Presented(Secret),
+    Presented {
+        /// The token.
+        token: Secret,
+        /// Its `jti`, for the audit log.
+        jti: String,
+    },
     /// A new one, valid for `ttl`, bound to the account's password-hash
     /// fingerprint when the caller used a password.
     Mint {
@@ -101,6 +106,7 @@ pub enum AuthError {
 impl From<CheckError> for AuthError {
     fn from(e: CheckError) -> Self {
         match e {
+            CheckError::Throttled(t) => AuthError::Throttled(t),
             CheckError::Busy(wait) => AuthError::Busy(wait),
             CheckError::Failed => AuthError::Internal,
         }
@@ -127,7 +133,7 @@ impl AuthError {
 /// outlives config reloads.
 pub struct Guards<'a> {
     /// Backoff after failed password checks, fleet-wide when shared.
-    pub limiter: &'a Limiter,
+    pub limiter: &'a Arc<Limiter>,
     /// The fleet's shared state, when configured.
     pub shared: Option<&'a SharedState>,
     /// Bounded, joined password hashing.
@@ -137,7 +143,8 @@ pub struct Guards<'a> {
 }
 
 /// Authenticates `grant`, presented over the connection `peer`, under one
-/// snapshot of the settings; then, in a fleet, checks the revocations.
+/// snapshot of the settings; then, in a fleet, checks the revocations this
+/// replica holds, and how fresh they are.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn authenticate(
     settings: &Arc<Settings>,
@@ -150,14 +157,15 @@ pub async fn authenticate(
     if let Some(shared) = guards.shared
         && authenticated.principal.kind != Kind::Anonymous
     {
-        match revocation::check(shared, &authenticated.principal, presented.as_ref()).await {
-            Ok(verdict) => verdict?,
-            Err(e) => {
-                guards.metrics.shared_state_fallback(SharedUse::Revocation);
-                tracing::debug!(error = %crate::report::Chain(&e), "revocations unreadable");
-                if settings.revocation_unavailable == RevocationUnavailable::Deny {
-                    return Err(AuthError::RevocationUnavailable);
-                }
+        let held = Instant::now();
+        // What this replica holds is enforced whether or not Redis answers.
+        shared
+            .revocations()
+            .check(&authenticated.principal, presented.as_ref(), held)?;
+        if !shared.in_sync(held, settings.revocation_staleness) {
+            guards.metrics.shared_state_fallback(SharedUse::Revocation);
+            if settings.revocation_unavailable == RevocationUnavailable::Deny {
+                return Err(AuthError::RevocationUnavailable);
             }
         }
     }
@@ -229,33 +237,31 @@ async fn account_password(
     guards: &Guards<'_>,
 ) -> Result<Authenticated, AuthError> {
     let addr = peer.addr.map(|a| a.ip());
-    guards.limiter.check(addr, username, guards.metrics).await?;
+    // No round trip: this process's counts and the fleet's mirrored blocks.
+    guards.limiter.check(addr, username)?;
     let cached =
         settings
             .accounts
             .verify_cached(username, password.expose().as_bytes(), Instant::now());
     guards.metrics.password_cache(cached.is_some());
     let verified = match cached {
-        Some(v) => v,
+        Some(v) => {
+            guards.limiter.cached_success(addr, username);
+            v
+        }
         None => {
             let key = settings
                 .accounts
                 .check_key(username, password.expose().as_bytes());
-            match guards.checks.joinable(&key) {
-                // The same guess is being checked: share its result, and
-                // its single count against the allowance.
-                Some(running) => password_check::wait(running).await?,
-                None => {
-                    let attempt = guards
-                        .limiter
-                        .reserve(addr, username, guards.metrics)
-                        .await?;
-                    guards
-                        .checks
-                        .check(settings, key, username, password, attempt)
-                        .await?
-                }
-            }
+            // The same guess arriving while this one is checked shares its
+            // result and its one attempt against the allowance.
+            let limiter = Arc::clone(guards.limiter);
+            let name = username.to_owned();
+            let reserve = Box::pin(async move { limiter.reserve(addr, &name).await });
+            guards
+                .checks
+                .check(settings, key, username, password, reserve)
+                .await?
         }
     };
     match verified {
@@ -292,16 +298,33 @@ fn refresh(
             .principal(&claims.principal.name)
             .ok_or(RefreshError::Revoked)?
     } else {
+        // A token minted from an issuer's token stands only while this
+        // config still trusts that issuer: removing it revokes them.
+        if matches!(claims.principal.kind, Kind::Kubernetes | Kind::Oidc) {
+            let issuer = claims.principal.attributes.get("issuer");
+            let trusted =
+                issuer.is_some_and(|name| {
+                    settings.issuers.all().iter().any(|i| {
+                        i.name == *name && i.kind.principal_kind() == claims.principal.kind
+                    })
+                });
+            if !trusted {
+                return Err(RefreshError::Revoked.into());
+            }
+        }
         claims.principal
     };
     let presented = Presented {
-        jti: claims.jti,
+        jti: claims.jti.clone(),
         iat: claims.iat,
     };
     Ok((
         Authenticated {
             principal,
-            refresh: Refresh::Presented(token),
+            refresh: Refresh::Presented {
+                token,
+                jti: claims.jti,
+            },
         },
         Some(presented),
     ))

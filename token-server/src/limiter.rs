@@ -125,7 +125,11 @@ pub enum Outcome {
     /// The password was right.
     Success,
     /// The password was wrong: counts against the allowance.
-    Failure,
+    Failure {
+        /// The name is a configured account's: the fleet tells every
+        /// replica about its failures, since its password may be cached.
+        known_account: bool,
+    },
     /// The check did not run: the reservation is given back.
     Released,
 }
@@ -333,9 +337,10 @@ impl Attempt {
         self.finish(Outcome::Success, now);
     }
 
-    /// The password was wrong.
-    pub fn failure(mut self, now: Instant) {
-        self.finish(Outcome::Failure, now);
+    /// The password was wrong for `known_account` (a configured account)
+    /// or an unknown name.
+    pub fn failure(mut self, known_account: bool, now: Instant) {
+        self.finish(Outcome::Failure { known_account }, now);
     }
 
     fn finish(&mut self, outcome: Outcome, now: Instant) {
@@ -344,7 +349,7 @@ impl Attempt {
             Some(Kept::Elsewhere(kept)) => kept.settle(outcome),
             Some(Kept::Here { limiter, keys }) => match outcome {
                 Outcome::Success => limiter.settle(&keys, false, now),
-                Outcome::Failure => limiter.settle(&keys, true, now),
+                Outcome::Failure { .. } => limiter.settle(&keys, true, now),
                 Outcome::Released => limiter.release(&keys),
             },
         }
@@ -352,6 +357,16 @@ impl Attempt {
 }
 
 impl FailureLimiter {
+    /// A success that needed no check (the password cache knew it) clears
+    /// the account's record as a checked one does.
+    pub fn clear_account(&self, account: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = entries.get_mut(&Key::account(account)) {
+            e.failures = 0;
+            e.blocked_until = None;
+        }
+    }
+
     fn release(&self, keys: &[Key]) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         for key in keys {
@@ -381,7 +396,7 @@ mod tests {
     }
 
     fn fail(l: &Arc<FailureLimiter>, addr: Option<IpAddr>, account: &str, now: Instant) {
-        l.reserve(addr, account, now).unwrap().failure(now);
+        l.reserve(addr, account, now).unwrap().failure(false, now);
     }
 
     #[test]
@@ -419,7 +434,7 @@ mod tests {
             .collect();
         assert_eq!(held.len(), 5, "only the allowance may be checked at once");
         for a in held {
-            a.failure(t0);
+            a.failure(false, t0);
         }
         assert!(
             l.reserve(ip("10.0.0.1"), "alice", t0).is_err(),

@@ -20,6 +20,8 @@ mod docker_credentials;
 mod docker_login;
 mod embedded_default;
 mod fleet;
+mod fleet_limiter;
+mod fleet_revoke;
 mod helper_cli;
 mod htpasswd_accounts;
 mod identity_attacks;

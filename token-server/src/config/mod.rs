@@ -182,6 +182,7 @@ fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
     let issuers = issuers::issuers(&file.issuers, c);
     let shared_state = shared_state::shared_state(file, c);
     let revocation_unavailable = shared_state::revocation_unavailable(file, c);
+    let revocation_staleness = shared_state::revocation_staleness(file, c);
     let (secret, verify_only) = secrets.as_deref()?.split_first()?;
     let accounts = accounts::accounts(file, secret, basics.password_cache_ttl, c)?;
     let accounts = verify_only
@@ -209,6 +210,7 @@ fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
         tls,
         shared_state,
         revocation_unavailable,
+        revocation_staleness,
     })
 }
 

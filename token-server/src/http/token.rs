@@ -119,11 +119,12 @@ fn token_reply(
         settings.access_token_ttl,
         now,
     )?;
-    let refresh_token = match (who.refresh, ask.offline) {
-        (_, false) | (Refresh::Never, true) => None,
-        (Refresh::Presented(token), true) => Some(token),
+    let (refresh_token, refresh_jti) = match (who.refresh, ask.offline) {
+        (_, false) | (Refresh::Never, true) => (None, None),
+        (Refresh::Presented { token, jti }, true) => (Some(token), Some(jti)),
         (Refresh::Mint { pwv, ttl }, true) => {
-            Some(settings.refresh.issue(&who.principal, pwv, ttl, now)?.0)
+            let (token, claims) = settings.refresh.issue(&who.principal, pwv, ttl, now)?;
+            (Some(token), Some(claims.jti))
         }
     };
     audit::issued(
@@ -135,7 +136,7 @@ fn token_reply(
             grant,
             jti: &access.jti,
             kid: key.kid(),
-            refresh: refresh_token.is_some(),
+            refresh_jti: refresh_jti.as_deref(),
         },
     );
     let reply = TokenReply {

@@ -1,35 +1,62 @@
-//! Revocations, kept in Redis so that every replica honours them within
-//! one request: a refresh token by its `jti`, every credential of a
+//! Revocations: a refresh token by its `jti`, every credential of a
 //! subject, or every refresh token issued before a time.
 //!
-//! Each revocation is one key whose value describes it (JSON) and whose
-//! lifetime is the longest a refresh token lives, after which there is
-//! nothing left for it to revoke. A check is one `MGET` of the keys that
-//! could apply to the caller. Access tokens are not revocable: registries
-//! verify them offline, so they stay short instead.
+//! Redis holds them, and each replica holds them too, in memory: a request
+//! is checked against this process's copy and never waits for Redis. In
+//! Redis, a hash maps each revocation's key (its [`Target::field`]) to its
+//! value, a sorted set holds each one's expiry, and every change is also
+//! appended to a stream with a sequence number, which replicas follow with
+//! a blocking read (see `follow`). None of these keys has a TTL, so a
+//! `volatile-*` eviction policy can never drop one; each entry ends when
+//! the longest lifetime of what it revokes has passed, after which there
+//! is nothing left for it to revoke. Access tokens are not revocable:
+//! registries verify them offline, so they stay short instead.
 
-use std::time::{Duration, SystemTime};
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::sync::RwLock;
+use std::time::{Duration, Instant, SystemTime};
 
-use redis::AsyncCommands;
+use redis::Script;
 use serde::{Deserialize, Serialize};
 
 use super::{SharedError, SharedState};
 use crate::clock::unix;
 use crate::identity::{Kind, Principal};
 
-/// Prefix of the revocation keys (a Redis Cluster hash tag, as for the
-/// limiter, so one `MGET` stays in one slot).
-const PREFIX: &str = "regauth:{revoked}:";
+/// The revocations: field -> value.
+pub(super) const ENTRIES: &str = "regauth:{revoked}:entries";
+/// Each field's expiry, milliseconds by Redis's clock.
+pub(super) const EXPIRY: &str = "regauth:{revoked}:expiry";
+/// Every change, in order.
+pub(super) const LOG: &str = "regauth:{revoked}:log";
+/// The last change's sequence number.
+pub(super) const SEQ: &str = "regauth:{revoked}:seq";
+/// A random value set once: missing or changed, Redis lost (or was
+/// replaced by another with) the revocations.
+pub(super) const EPOCH: &str = "regauth:{revoked}:epoch";
 
-/// Stands for "any" kind or issuer in a key.
+/// Changes the stream keeps; a replica further behind reloads everything.
+pub(super) const LOG_LENGTH: u32 = 10_000;
+
+/// Stands for "any" kind or issuer in a field.
 const ANY: &str = "*";
 
-/// Stands for "no issuer" (accounts) in a key.
+/// Stands for "no issuer" in a field: accounts, nodes and certificates,
+/// which no `issuers` entry vouches for.
 const NONE: &str = "-";
 
+/// The kinds a revocation can name.
+const KINDS: [Kind; 5] = [
+    Kind::Account,
+    Kind::Kubernetes,
+    Kind::Oidc,
+    Kind::Node,
+    Kind::Certificate,
+];
+
 /// What a revocation applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "target", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// One refresh token, by its `jti`.
     Jti {
@@ -42,10 +69,8 @@ pub enum Target {
         /// The `sub` of the tokens issued to it (as in the audit log).
         subject: String,
         /// Only principals of this kind.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         kind: Option<Kind>,
         /// Only principals from this issuer (its name in the config).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         issuer: Option<String>,
     },
     /// Every refresh token issued before a time, to the second.
@@ -53,32 +78,101 @@ pub enum Target {
         /// Unix seconds; tokens whose `iat` is this or earlier are refused.
         before: u64,
         /// Only principals of this kind.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         kind: Option<Kind>,
         /// Only principals from this issuer.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         issuer: Option<String>,
     },
 }
 
+fn scope_part(kind: Option<Kind>, issuer: Option<&str>) -> String {
+    format!(
+        "{}:{}",
+        kind.map_or(ANY, Kind::as_str),
+        issuer.unwrap_or(ANY)
+    )
+}
+
 impl Target {
-    fn key(&self) -> String {
+    /// Its key in Redis and in every replica's copy. An `IssuedBefore` is
+    /// named by its kind and issuer only: a later cut-off replaces it.
+    pub fn field(&self) -> String {
         match self {
-            Target::Jti { jti } => format!("{PREFIX}jti:{jti}"),
+            Target::Jti { jti } => format!("jti:{jti}"),
             Target::Subject {
                 subject,
                 kind,
                 issuer,
-            } => format!(
-                "{PREFIX}sub:{}:{}:{subject}",
-                kind.map_or(ANY, Kind::as_str),
-                issuer.as_deref().unwrap_or(ANY)
-            ),
-            Target::IssuedBefore { kind, issuer, .. } => format!(
-                "{PREFIX}before:{}:{}",
-                kind.map_or(ANY, Kind::as_str),
-                issuer.as_deref().unwrap_or(ANY)
-            ),
+            } => format!("sub:{}:{subject}", scope_part(*kind, issuer.as_deref())),
+            Target::IssuedBefore { kind, issuer, .. } => {
+                format!("before:{}", scope_part(*kind, issuer.as_deref()))
+            }
+        }
+    }
+
+    /// The target a field names; `before` fills in an `IssuedBefore`'s
+    /// cut-off, which its value holds.
+    fn from_field(field: &str, before: u64) -> Option<Target> {
+        let (what, rest) = field.split_once(':')?;
+        let scope = |text: &str| -> Option<(Option<Kind>, Option<String>)> {
+            let (kind, issuer) = text.split_once(':')?;
+            let kind = match kind {
+                ANY => None,
+                k => Some(*KINDS.iter().find(|x| x.as_str() == k)?),
+            };
+            let issuer = match issuer {
+                ANY => None,
+                i if i.is_empty() || i.contains(':') => return None,
+                i => Some(i.to_owned()),
+            };
+            Some((kind, issuer))
+        };
+        match what {
+            "jti" if !rest.is_empty() => Some(Target::Jti {
+                jti: rest.to_owned(),
+            }),
+            "sub" => {
+                let mut parts = rest.splitn(3, ':');
+                let (kind, issuer, subject) = (parts.next()?, parts.next()?, parts.next()?);
+                if subject.is_empty() {
+                    return None;
+                }
+                let (kind, issuer) = scope(&format!("{kind}:{issuer}"))?;
+                Some(Target::Subject {
+                    subject: subject.to_owned(),
+                    kind,
+                    issuer,
+                })
+            }
+            "before" => {
+                let (kind, issuer) = scope(rest)?;
+                Some(Target::IssuedBefore {
+                    before,
+                    kind,
+                    issuer,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// What the entry refuses, in words, for `revoke --list`.
+    pub fn refuses(&self) -> &'static str {
+        match self {
+            Target::Jti { .. } => "refuses the refresh token with this jti",
+            Target::Subject {
+                kind: Some(Kind::Account),
+                ..
+            } => "refuses its refresh tokens and its sign-ins",
+            Target::Subject {
+                kind: Some(Kind::Kubernetes | Kind::Oidc),
+                ..
+            } => "refuses its refresh tokens and its token exchanges",
+            Target::Subject {
+                kind: Some(Kind::Node | Kind::Certificate),
+                ..
+            } => "refuses its refresh tokens and its client-certificate sign-ins",
+            Target::Subject { .. } => "refuses its refresh tokens, sign-ins and exchanges",
+            Target::IssuedBefore { .. } => "refuses those refresh tokens",
         }
     }
 }
@@ -86,12 +180,13 @@ impl Target {
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let scope = |kind: &Option<Kind>, issuer: &Option<String>| {
-            format!(
-                "kind {}, issuer {}",
-                kind.map_or(ANY, Kind::as_str),
-                issuer.as_deref().unwrap_or(ANY)
-            )
+            let kind = kind.map_or("any kind", Kind::as_str);
+            match issuer {
+                Some(i) => format!("{kind}, issued by {i}"),
+                None => format!("{kind}, any issuer"),
+            }
         };
+        // Subjects and jtis are escaped as the text audit log writes them.
         match self {
             Target::Jti { jti } => write!(f, "refresh token {jti:?}"),
             Target::Subject {
@@ -105,7 +200,7 @@ impl std::fmt::Display for Target {
                 issuer,
             } => write!(
                 f,
-                "refresh tokens issued before {} ({})",
+                "refresh tokens issued at or before {} ({})",
                 humantime::format_rfc3339_seconds(
                     SystemTime::UNIX_EPOCH + Duration::from_secs(*before)
                 ),
@@ -115,17 +210,55 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// A revocation in force.
+/// An entry's value in Redis.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Stored {
+    /// When it was made (unix seconds).
+    revoked_at: u64,
+    /// `IssuedBefore` only: the cut-off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    before: Option<u64>,
+}
+
+/// A revocation in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
     /// What it applies to.
-    #[serde(flatten)]
     pub target: Target,
-    /// When it was made (unix seconds).
+    /// When it was made (unix seconds); 0 when its value is unreadable.
     pub revoked_at: u64,
-    /// Seconds until Redis forgets it; filled in by [`list`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_in: Option<u64>,
+    /// How long it stays in force.
+    pub expires_in: Duration,
+}
+
+impl Revocation {
+    /// The value stored for it.
+    fn value(&self) -> String {
+        let before = match self.target {
+            Target::IssuedBefore { before, .. } => Some(before),
+            _ => None,
+        };
+        let stored = Stored {
+            revoked_at: self.revoked_at,
+            before,
+        };
+        // A struct of two integers always encodes.
+        serde_json::to_string(&stored).unwrap_or_default()
+    }
+}
+
+/// Reads an entry back from Redis: its field and value, as any client of
+/// that Redis may have written them. A field that names nothing is `None`;
+/// a value that cannot be read is taken at its strictest (an unreadable
+/// cut-off refuses every refresh token of its scope).
+pub fn read_entry(field: &str, value: &str, expires_in: Duration) -> Option<Revocation> {
+    let stored = serde_json::from_str::<Stored>(value).ok();
+    let before = stored.as_ref().and_then(|s| s.before).unwrap_or(u64::MAX);
+    Some(Revocation {
+        target: Target::from_field(field, before)?,
+        revoked_at: stored.map_or(0, |s| s.revoked_at),
+        expires_in,
+    })
 }
 
 /// The refresh token a caller presented.
@@ -148,62 +281,307 @@ pub enum Revoked {
     Subject,
 }
 
-/// Checks the caller against the revocations in force: its subject always,
-/// and the refresh token it presented, if any.
-pub async fn check(
-    shared: &SharedState,
-    principal: &Principal,
-    presented: Option<&Presented>,
-) -> Result<Result<(), Revoked>, SharedError> {
-    let subject = principal.subject();
-    let kind = principal.kind.as_str();
-    let issuer = principal
-        .attributes
-        .get("issuer")
-        .map_or(NONE, String::as_str);
-    let combos = [(kind, issuer), (kind, ANY), (ANY, issuer), (ANY, ANY)];
-    let mut keys: Vec<String> = combos
-        .iter()
-        .map(|(k, i)| format!("{PREFIX}sub:{k}:{i}:{subject}"))
-        .collect();
-    if let Some(p) = presented {
-        keys.push(format!("{PREFIX}jti:{}", p.jti));
-        keys.extend(
-            combos
-                .iter()
-                .map(|(k, i)| format!("{PREFIX}before:{k}:{i}")),
-        );
-    }
-    let values: Vec<Option<String>> = shared
-        .run(|mut conn| async move { conn.mget(&keys).await })
-        .await?;
-    let (subjects, token) = values.split_at(combos.len().min(values.len()));
-    if subjects.iter().any(Option::is_some) {
-        return Ok(Err(Revoked::Subject));
-    }
-    let Some(p) = presented else {
-        return Ok(Ok(()));
-    };
-    let (jti, befores) = token.split_first().unwrap_or((&None, &[]));
-    if jti.is_some() {
-        return Ok(Err(Revoked::Token));
-    }
-    for value in befores.iter().flatten() {
-        // An entry this server cannot read is taken at its strictest.
-        let before = match serde_json::from_str::<Revocation>(value) {
-            Ok(Revocation {
+/// One revocation this process holds.
+#[derive(Debug, Clone)]
+struct Held {
+    target: Target,
+    revoked_at: u64,
+    expires: Instant,
+}
+
+/// The revocations this process holds, checked on every authenticated
+/// request without a round trip.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    held: RwLock<HashMap<String, Held>>,
+}
+
+impl Revocations {
+    /// Checks the caller against the revocations held: its subject always,
+    /// and the refresh token it presented, if any.
+    pub fn check(
+        &self,
+        principal: &Principal,
+        presented: Option<&Presented>,
+        now: Instant,
+    ) -> Result<(), Revoked> {
+        let held = self.held.read().unwrap_or_else(|e| e.into_inner());
+        if held.is_empty() {
+            return Ok(());
+        }
+        let live = |field: &str| held.get(field).filter(|h| h.expires > now);
+        let subject = principal.subject();
+        let kind = principal.kind.as_str();
+        // Only issuers of the config vouch for principals; a certificate's
+        // issuer attribute is its CA's name, which no revocation names.
+        let issuer = match principal.kind {
+            Kind::Kubernetes | Kind::Oidc => principal
+                .attributes
+                .get("issuer")
+                .map_or(NONE, String::as_str),
+            _ => NONE,
+        };
+        let combos = [(kind, issuer), (kind, ANY), (ANY, issuer), (ANY, ANY)];
+        if combos
+            .iter()
+            .any(|(k, i)| live(&format!("sub:{k}:{i}:{subject}")).is_some())
+        {
+            return Err(Revoked::Subject);
+        }
+        let Some(p) = presented else {
+            return Ok(());
+        };
+        if live(&format!("jti:{}", p.jti)).is_some() {
+            return Err(Revoked::Token);
+        }
+        for (k, i) in combos {
+            if let Some(Held {
                 target: Target::IssuedBefore { before, .. },
                 ..
-            }) => before,
-            _ => u64::MAX,
-        };
-        // `iat` has whole seconds: a token from the very second of the
-        // cut-off may predate it, so that second is revoked too.
-        if p.iat <= before {
-            return Ok(Err(Revoked::Token));
+            }) = live(&format!("before:{k}:{i}"))
+                // `iat` has whole seconds: a token from the very second of
+                // the cut-off may predate it, so that second is revoked too.
+                && p.iat <= *before
+            {
+                return Err(Revoked::Token);
+            }
+        }
+        Ok(())
+    }
+
+    /// Holds `entry` from `now` for its `expires_in`; an entry already
+    /// held for the same field keeps the later expiry.
+    pub fn put(&self, entry: Revocation, now: Instant) {
+        let field = entry.target.field();
+        let expires = now + entry.expires_in;
+        let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
+        let expires = held
+            .get(&field)
+            .filter(|h| h.target == entry.target)
+            .map_or(expires, |h| h.expires.max(expires));
+        held.insert(
+            field,
+            Held {
+                target: entry.target,
+                revoked_at: entry.revoked_at,
+                expires,
+            },
+        );
+    }
+
+    /// Stops holding `field`.
+    pub fn remove(&self, field: &str) {
+        let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
+        held.remove(field);
+    }
+
+    /// Replaces everything held with `entries` (a full load).
+    pub fn replace(&self, entries: Vec<Revocation>, now: Instant) {
+        let fresh: HashMap<String, Held> = entries
+            .into_iter()
+            .map(|e| {
+                (
+                    e.target.field(),
+                    Held {
+                        expires: now + e.expires_in,
+                        target: e.target,
+                        revoked_at: e.revoked_at,
+                    },
+                )
+            })
+            .collect();
+        *self.held.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+    }
+
+    /// How many are held (some may have expired since the last prune).
+    pub fn len(&self) -> usize {
+        self.held.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// True when none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops what has expired; returns how many are held.
+    pub fn prune(&self, now: Instant) -> usize {
+        let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
+        held.retain(|_, h| h.expires > now);
+        held.len()
+    }
+
+    /// Every revocation held and not expired, with the time it has left.
+    pub fn all(&self, now: Instant) -> Vec<Revocation> {
+        let held = self.held.read().unwrap_or_else(|e| e.into_inner());
+        held.values()
+            .filter(|h| h.expires > now)
+            .map(|h| Revocation {
+                target: h.target.clone(),
+                revoked_at: h.revoked_at,
+                expires_in: h.expires - now,
+            })
+            .collect()
+    }
+}
+
+/// Shared by the scripts: the time in milliseconds, by Redis's clock.
+const NOW: &str = "local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
+/// KEYS: ENTRIES, EXPIRY, LOG, SEQ, EPOCH. ARGV: epoch if none is set,
+/// stream length, '1' to keep entries already there, then per entry its
+/// field, value and lifetime in ms. Drops expired entries first; an entry
+/// keeps the later of its expiries. Returns how many were written.
+static PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW}local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, f in ipairs(old) do redis.call('HDEL', KEYS[1], f) end
+if #old > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
+redis.call('SET', KEYS[5], ARGV[1], 'NX')
+local written = 0
+for i = 4, #ARGV, 3 do
+  local f, v = ARGV[i], ARGV[i + 1]
+  if ARGV[3] ~= '1' or redis.call('HEXISTS', KEYS[1], f) == 0 then
+    local exp = now + tonumber(ARGV[i + 2])
+    local cur = tonumber(redis.call('ZSCORE', KEYS[2], f))
+    if cur and cur > exp then exp = cur end
+    redis.call('HSET', KEYS[1], f, v)
+    redis.call('ZADD', KEYS[2], exp, f)
+    local s = redis.call('INCR', KEYS[4])
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 's', s, 'op', 'put', 'f', f, 'v', v, 't', exp - now)
+    written = written + 1
+  end
+end
+return written"
+    ))
+});
+
+/// KEYS: ENTRIES, EXPIRY, LOG, SEQ. ARGV: field, stream length. Returns 1
+/// if there was such an entry.
+static LIFT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+local s = redis.call('INCR', KEYS[4])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 's', s, 'op', 'del', 'f', ARGV[1])
+return 1",
+    )
+});
+
+/// KEYS: ENTRIES, EXPIRY, LOG, SEQ, EPOCH. Everything at one instant:
+/// {sequence, last stream ID, epoch, then per live entry its field, value
+/// and ms left}.
+static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW}local out = {{tonumber(redis.call('GET', KEYS[4])) or 0}}
+local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+out[2] = last[1] and last[1][1] or '0-0'
+out[3] = redis.call('GET', KEYS[5]) or ''
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf', 'WITHSCORES')
+for i = 1, #live, 2 do
+  local v = redis.call('HGET', KEYS[1], live[i])
+  if v then
+    out[#out + 1] = live[i]
+    out[#out + 1] = v
+    out[#out + 1] = tonumber(live[i + 1]) - now
+  end
+end
+return out"
+    ))
+});
+
+/// Entries written back in one script call.
+const BATCH: usize = 500;
+
+/// What [`snapshot`] read.
+#[derive(Debug)]
+pub(super) struct Snapshot {
+    /// The last change's sequence number.
+    pub seq: u64,
+    /// The last change's stream ID.
+    pub last_id: String,
+    /// The epoch marker; empty when missing.
+    pub epoch: String,
+    /// Every live entry.
+    pub entries: Vec<Revocation>,
+}
+
+/// Reads every revocation, and where the stream of changes stands, at one
+/// instant.
+pub(super) async fn snapshot(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> redis::RedisResult<Snapshot> {
+    let values: Vec<redis::Value> = SNAPSHOT
+        .key(ENTRIES)
+        .key(EXPIRY)
+        .key(LOG)
+        .key(SEQ)
+        .key(EPOCH)
+        .invoke_async(conn)
+        .await?;
+    let text = |v: Option<&redis::Value>| -> String {
+        v.and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+            .unwrap_or_default()
+    };
+    let number = |v: Option<&redis::Value>| -> u64 {
+        v.and_then(|v| redis::from_redis_value_ref::<i64>(v).ok())
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0)
+    };
+    let mut entries = Vec::new();
+    for chunk in values.get(3..).unwrap_or_default().chunks(3) {
+        let [field, value, left] = chunk else { break };
+        let field = text(Some(field));
+        let left = Duration::from_millis(number(Some(left)));
+        match read_entry(&field, &text(Some(value)), left) {
+            Some(entry) => entries.push(entry),
+            None => tracing::warn!(field, "an entry in Redis names no revocation; ignored"),
         }
     }
-    Ok(Ok(()))
+    Ok(Snapshot {
+        seq: number(values.first()),
+        last_id: text(values.get(1)),
+        epoch: text(values.get(2)),
+        entries,
+    })
+}
+
+/// Writes `entries` back, each only where Redis has no entry of that
+/// field, setting `epoch` if none is set; returns how many were missing.
+pub(super) async fn write_back(
+    conn: &mut redis::aio::MultiplexedConnection,
+    entries: &[Revocation],
+    epoch: &str,
+) -> redis::RedisResult<u64> {
+    let mut written = 0;
+    for batch in entries.chunks(BATCH) {
+        let mut call = put_call(epoch, true);
+        for e in batch {
+            call.arg(e.target.field())
+                .arg(e.value())
+                .arg(millis(e.expires_in));
+        }
+        written += call.invoke_async::<u64>(conn).await?;
+    }
+    Ok(written)
+}
+
+fn put_call(epoch: &str, keep: bool) -> redis::ScriptInvocation<'static> {
+    let mut call = PUT.prepare_invoke();
+    call.key(ENTRIES)
+        .key(EXPIRY)
+        .key(LOG)
+        .key(SEQ)
+        .key(EPOCH)
+        .arg(epoch)
+        .arg(LOG_LENGTH)
+        .arg(if keep { "1" } else { "0" });
+    call
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// Why a revocation could not be written or listed.
@@ -212,22 +590,23 @@ pub enum RevokeError {
     /// Redis failed.
     #[error(transparent)]
     Shared(#[from] SharedError),
-    /// The entry could not be encoded.
-    #[error("cannot encode the revocation")]
-    Encode(#[source] serde_json::Error),
 }
 
-/// Puts `target` in force for `ttl`. A later `IssuedBefore` for the same
-/// kind and issuer replaces an earlier one only if it reaches further.
+/// Puts `target` in force for `ttl` (or longer, if it already is). A later
+/// `IssuedBefore` for the same kind and issuer replaces an earlier one only
+/// if it reaches further. `epoch` marks a Redis that had none.
 pub async fn revoke(
     shared: &SharedState,
     target: Target,
     now: SystemTime,
     ttl: Duration,
+    epoch: &str,
 ) -> Result<Revocation, RevokeError> {
-    let key = target.key();
     if let Target::IssuedBefore { before, .. } = &target {
-        let current = current(shared, &key).await?;
+        let current = list(shared)
+            .await?
+            .into_iter()
+            .find(|r| r.target.field() == target.field());
         if let Some(
             existing @ Revocation {
                 target: Target::IssuedBefore { before: b, .. },
@@ -242,142 +621,208 @@ pub async fn revoke(
     let entry = Revocation {
         target,
         revoked_at: unix(now),
-        expires_in: None,
+        expires_in: ttl,
     };
-    let value = serde_json::to_string(&entry).map_err(RevokeError::Encode)?;
-    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+    let mut call = put_call(epoch, false);
+    call.arg(entry.target.field())
+        .arg(entry.value())
+        .arg(millis(ttl));
     shared
-        .run(|mut conn| async move {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(&value)
-                .arg("PX")
-                .arg(ms)
-                .query_async::<()>(&mut conn)
-                .await
-        })
+        .run(|mut conn| async move { call.invoke_async::<u64>(&mut conn).await })
         .await?;
     Ok(entry)
 }
 
 /// Lifts the revocation of `target`; true if there was one.
 pub async fn lift(shared: &SharedState, target: &Target) -> Result<bool, RevokeError> {
-    let key = match target {
-        // Lifting names only the kind and issuer of an issue-time cut-off.
-        Target::IssuedBefore { kind, issuer, .. } => Target::IssuedBefore {
-            before: 0,
-            kind: *kind,
-            issuer: issuer.clone(),
-        }
-        .key(),
-        t => t.key(),
-    };
+    let mut call = LIFT.prepare_invoke();
+    call.key(ENTRIES)
+        .key(EXPIRY)
+        .key(LOG)
+        .key(SEQ)
+        .arg(target.field())
+        .arg(LOG_LENGTH);
     let removed: u64 = shared
-        .run(|mut conn| async move { conn.del(&key).await })
+        .run(|mut conn| async move { call.invoke_async(&mut conn).await })
         .await?;
     Ok(removed > 0)
 }
 
-async fn current(shared: &SharedState, key: &str) -> Result<Option<Revocation>, RevokeError> {
-    let key = key.to_owned();
-    let value: Option<String> = shared
-        .run(|mut conn| async move { conn.get(&key).await })
-        .await?;
-    Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
-}
-
 /// Every revocation in force, oldest first.
 pub async fn list(shared: &SharedState) -> Result<Vec<Revocation>, RevokeError> {
-    let keys: Vec<String> = shared
-        .run(|mut conn| async move {
-            let mut keys = Vec::new();
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(format!("{PREFIX}*"))
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await?;
-                keys.extend(batch);
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
-            Ok(keys)
-        })
+    let snap = shared
+        .run(|mut conn| async move { snapshot(&mut conn).await })
         .await?;
-    let mut out = Vec::new();
-    for key in keys {
-        let (value, ttl): (Option<String>, i64) = shared
-            .run(|mut conn| {
-                let key = key.clone();
-                async move {
-                    redis::pipe()
-                        .get(&key)
-                        .pttl(&key)
-                        .query_async(&mut conn)
-                        .await
-                }
-            })
-            .await?;
-        let Some(mut entry) = value.and_then(|v| serde_json::from_str::<Revocation>(&v).ok())
-        else {
-            continue;
-        };
-        entry.expires_in = u64::try_from(ttl).ok().map(|ms| ms.div_ceil(1000));
-        out.push(entry);
-    }
-    out.sort_by_key(|r| r.revoked_at);
+    let mut out = snap.entries;
+    out.sort_by_key(|a| (a.revoked_at, a.target.field()));
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
-    #[test]
-    fn keys_name_kind_and_issuer_or_any() {
-        let t = Target::Subject {
-            subject: "kubernetes:ci:builder".into(),
-            kind: Some(Kind::Kubernetes),
-            issuer: None,
-        };
-        assert_eq!(
-            t.key(),
-            "regauth:{revoked}:sub:kubernetes:*:kubernetes:ci:builder"
-        );
-        let t = Target::IssuedBefore {
-            before: 5,
-            kind: None,
-            issuer: Some("cluster".into()),
-        };
-        assert_eq!(t.key(), "regauth:{revoked}:before:*:cluster");
-        assert_eq!(
-            Target::Jti { jti: "abc".into() }.key(),
-            "regauth:{revoked}:jti:abc"
-        );
+    fn principal(kind: Kind, name: &str, issuer: Option<&str>) -> Principal {
+        let mut attributes = BTreeMap::new();
+        if let Some(i) = issuer {
+            attributes.insert("issuer".to_owned(), i.to_owned());
+        }
+        Principal {
+            kind,
+            name: name.to_owned(),
+            attributes,
+        }
     }
 
     #[test]
-    fn entries_round_trip_as_json() {
-        let r = Revocation {
-            target: Target::IssuedBefore {
-                before: 1_700_000_000,
+    fn fields_name_kind_and_issuer_or_any_and_read_back() {
+        let cases = [
+            (
+                Target::Subject {
+                    subject: "kubernetes:system:serviceaccount:ci:builder".into(),
+                    kind: Some(Kind::Kubernetes),
+                    issuer: None,
+                },
+                "sub:kubernetes:*:kubernetes:system:serviceaccount:ci:builder",
+            ),
+            (
+                Target::IssuedBefore {
+                    before: 5,
+                    kind: None,
+                    issuer: Some("cluster".into()),
+                },
+                "before:*:cluster",
+            ),
+            (
+                Target::Jti {
+                    jti: "rt.abc".into(),
+                },
+                "jti:rt.abc",
+            ),
+        ];
+        for (target, field) in cases {
+            assert_eq!(target.field(), field);
+            let entry = Revocation {
+                target: target.clone(),
+                revoked_at: 7,
+                expires_in: Duration::from_secs(1),
+            };
+            let back = read_entry(field, &entry.value(), Duration::from_secs(1)).unwrap();
+            assert_eq!(back, entry);
+        }
+    }
+
+    #[test]
+    fn unreadable_entries_are_ignored_or_taken_at_their_strictest() {
+        let d = Duration::from_secs(1);
+        for field in [
+            "",
+            "jti:",
+            "sub:*:*:",
+            "sub:robot:*:x",
+            "before:*",
+            "x:y",
+            "sub:*:a:b",
+        ] {
+            let read = read_entry(field, "{}", d);
+            if field == "sub:*:a:b" {
+                assert!(read.is_some(), "{field}");
+            } else {
+                assert_eq!(read, None, "{field}");
+            }
+        }
+        let strict = read_entry("before:node:*", "not json", d).unwrap();
+        assert!(matches!(
+            strict.target,
+            Target::IssuedBefore {
+                before: u64::MAX,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn held_revocations_match_subjects_tokens_and_cut_offs() {
+        let r = Revocations::default();
+        let now = Instant::now();
+        let sa = principal(
+            Kind::Kubernetes,
+            "system:serviceaccount:ci:builder",
+            Some("cluster-a"),
+        );
+        let alice = principal(Kind::Account, "alice", None);
+        let token = |jti: &str, iat| Presented {
+            jti: jti.into(),
+            iat,
+        };
+        assert_eq!(r.check(&sa, None, now), Ok(()));
+        let put = |target, secs| {
+            r.put(
+                Revocation {
+                    target,
+                    revoked_at: 1,
+                    expires_in: Duration::from_secs(secs),
+                },
+                now,
+            );
+        };
+        put(
+            Target::Subject {
+                subject: sa.subject(),
+                kind: None,
+                issuer: Some("cluster-b".into()),
+            },
+            60,
+        );
+        assert_eq!(r.check(&sa, None, now), Ok(()), "another issuer");
+        put(
+            Target::Subject {
+                subject: sa.subject(),
+                kind: None,
+                issuer: Some("cluster-a".into()),
+            },
+            60,
+        );
+        assert_eq!(r.check(&sa, None, now), Err(Revoked::Subject));
+        assert_eq!(
+            r.check(&sa, None, now + Duration::from_secs(61)),
+            Ok(()),
+            "expired"
+        );
+        put(Target::Jti { jti: "rt.1".into() }, 60);
+        assert_eq!(
+            r.check(&alice, Some(&token("rt.1", 5)), now),
+            Err(Revoked::Token)
+        );
+        assert_eq!(r.check(&alice, Some(&token("rt.2", 5)), now), Ok(()));
+        put(
+            Target::IssuedBefore {
+                before: 10,
+                kind: Some(Kind::Account),
+                issuer: None,
+            },
+            60,
+        );
+        assert_eq!(
+            r.check(&alice, Some(&token("rt.2", 10)), now),
+            Err(Revoked::Token)
+        );
+        assert_eq!(r.check(&alice, Some(&token("rt.2", 11)), now), Ok(()));
+        // A certificate principal's issuer attribute (a CA's name) is no
+        // issuer of the config.
+        let node = principal(Kind::Node, "n1", Some("CN=ca"));
+        put(
+            Target::Subject {
+                subject: "node:n1".into(),
                 kind: Some(Kind::Node),
                 issuer: None,
             },
-            revoked_at: 1_700_000_001,
-            expires_in: None,
-        };
-        let text = serde_json::to_string(&r).unwrap();
-        assert_eq!(
-            text,
-            r#"{"target":"issued_before","before":1700000000,"kind":"node","revoked_at":1700000001}"#
+            60,
         );
-        assert_eq!(serde_json::from_str::<Revocation>(&text).unwrap(), r);
+        assert_eq!(r.check(&node, None, now), Err(Revoked::Subject));
+        r.remove("sub:node:*:node:n1");
+        assert_eq!(r.check(&node, None, now), Ok(()));
+        assert_eq!(r.prune(now + Duration::from_secs(120)), 0);
     }
 }

@@ -30,6 +30,11 @@ use crate::secret::Secret;
 /// The `token_use` claim value that marks a refresh token.
 const TOKEN_USE: &str = "refresh";
 
+/// How a refresh token's `jti` starts, so that `revoke --jti` can tell it
+/// from an access token's (which cannot be revoked) and refuse the latter.
+/// Access token IDs are base64url, which has no '.'.
+pub const REFRESH_JTI_PREFIX: &str = "rt.";
+
 /// Why a refresh token was refused. The message is safe to show to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RefreshError {
@@ -59,7 +64,8 @@ pub struct RefreshClaims {
     pub nbf: u64,
     /// Expiry (seconds).
     pub exp: u64,
-    /// Unique ID, for audit logs.
+    /// Unique ID (`rt.` and 128 random bits): the audit log's
+    /// `refresh_jti`, and what `revoke --jti` takes.
     pub jti: String,
     /// Marks the token as a refresh token.
     pub token_use: String,
@@ -174,7 +180,7 @@ impl RefreshTokens {
             iat: window.iat,
             nbf: window.nbf,
             exp: window.exp,
-            jti: random_id()?,
+            jti: format!("{REFRESH_JTI_PREFIX}{}", random_id()?),
             token_use: TOKEN_USE.to_owned(),
             principal: principal.clone(),
             pwv,
@@ -248,6 +254,8 @@ mod tests {
         assert_eq!(t.verify(tok.expose(), now).unwrap(), claims);
         assert_eq!(claims.aud, "regauth");
         assert_eq!(claims.sub, "alice");
+        assert!(claims.jti.starts_with(REFRESH_JTI_PREFIX), "{}", claims.jti);
+        assert_eq!(claims.jti.len(), REFRESH_JTI_PREFIX.len() + 22);
     }
 
     #[test]
