@@ -284,3 +284,162 @@ fn a_burst_of_correct_sign_ins_costs_one_check_with_shared_state_too() {
         assert_eq!(hashes, 1.0, "shared: {shared}: one check served all 16");
     }
 }
+
+/// The `--maxmemory-policy` the shipped Redis manifest runs with.
+fn shipped_policy() -> String {
+    let path = regauth_e2e::bins::workspace_root().join("deploy/kubernetes/fleet/50-redis.yaml");
+    let text = std::fs::read_to_string(&path).expect("read the Redis manifest");
+    let args: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim().trim_start_matches("- ").trim_matches('"'))
+        .collect();
+    let at = args
+        .iter()
+        .position(|a| *a == "--maxmemory-policy")
+        .expect("the manifest sets --maxmemory-policy");
+    args[at + 1].to_owned()
+}
+
+/// A spray of wrong passwords for invented names from 60 addresses against
+/// a Redis with the shipped eviction policy whose small `maxmemory` is
+/// already nearly full of limiter records: Redis stays under its bound
+/// (evicting limiter records, the control that it was under pressure),
+/// refuses no write for lack of memory, alice keeps signing in, and not
+/// one revocation is evicted.
+#[test]
+fn a_spray_against_maxmemory_with_the_shipped_policy_evicts_no_revocation() {
+    let policy = shipped_policy();
+    assert_eq!(policy, "volatile-ttl", "the README explains this policy");
+    let d = dir();
+    let redis = Redis::start_with(
+        d.path(),
+        "redis",
+        regauth_e2e::redis::RedisOptions {
+            persistent: false,
+            maxmemory: Some("4mb".into()),
+            maxmemory_policy: Some(policy),
+            replica_of: None,
+        },
+    );
+    let fleet = Fleet::start_on(d.path(), 1, Some(&redis.url()), "", |b| {
+        b.account("alice", "alice-pw", &[])
+    });
+    let base = fleet.first.url();
+    let alice = client_from(&base, IpAddr::from([127, 0, 3, 1]));
+    let mut revoked = Vec::new();
+    for _ in 0..20 {
+        let reply = alice.password_grant("alice", "alice-pw", SERVICE, "", true);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let token = reply.json_str("refresh_token");
+        let jti = regauth_e2e::jwt::unverified_claims(&token)["jti"]
+            .as_str()
+            .expect("jti")
+            .to_owned();
+        fleet
+            .command(&["revoke", &format!("--jti={jti}")])
+            .assert_success("revoke");
+        revoked.push(token);
+    }
+    assert_eq!(
+        redis.call(&["HLEN", "regauth:{revoked}:entries"]),
+        Resp::Int(20)
+    );
+    // Nearly full: limiter-like records with TTLs.
+    let fill = "local n = 0
+while tonumber(string.match(redis.call('INFO', 'memory'), 'used_memory:(%d+)')) < tonumber(ARGV[1]) and n < 100000 do
+  n = n + 1
+  redis.call('SET', 'regauth:{limit}:pad:' .. n, string.rep('x', 512), 'PX', 600000)
+end
+return n";
+    let filled = redis.call(&["EVAL", fill, "0", &(4_194_304 - 8_192).to_string()]);
+    assert!(filled.int().unwrap_or(0) > 100, "padding: {filled:?}");
+
+    let used = || -> u64 {
+        redis
+            .info("used_memory")
+            .expect("used_memory")
+            .parse()
+            .expect("number")
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (statuses, peak) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(used());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        });
+        let sprayers: Vec<_> = (0..60u8)
+            .map(|a| {
+                let base = base.clone();
+                scope.spawn(move || {
+                    let client = client_from(&base, IpAddr::from([127, 0, 4, a + 2]));
+                    for i in 0..4 {
+                        status(
+                            &client,
+                            &format!("nobody-{a}-{i}-{}", "x".repeat(64)),
+                            "wrong",
+                        );
+                    }
+                })
+            })
+            .collect();
+        let logins: Vec<u16> = (0..20)
+            .map(|i| {
+                // A cache miss each time: a new password check reserves.
+                let password = if i % 2 == 0 { "alice-pw" } else { "wrong" };
+                status(&alice, "alice", password)
+            })
+            .collect();
+        for s in sprayers {
+            s.join().expect("sprayer");
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (logins, sampler.join().expect("sampler"))
+    });
+    for (i, s) in statuses.iter().enumerate() {
+        let want = if i % 2 == 0 { 200 } else { 401 };
+        assert_eq!(*s, want, "alice's attempt {i}: {statuses:?}");
+    }
+    let max: u64 = redis
+        .info("maxmemory")
+        .expect("maxmemory")
+        .parse()
+        .expect("number");
+    let evicted: u64 = redis
+        .info("evicted_keys")
+        .expect("evicted_keys")
+        .parse()
+        .expect("number");
+    let oom = redis
+        .call(&["INFO", "errorstats"])
+        .text()
+        .unwrap_or_default();
+    eprintln!(
+        "spray against maxmemory {max}: used at most {peak} while sampled, {} now, {evicted} keys evicted, {} limiter keys left",
+        used(),
+        limiter_keys(&redis).len()
+    );
+    assert!(evicted > 0, "control: Redis had to evict to make room");
+    // Redis evicts before each write, so between commands it may sit a
+    // client buffer's worth above the bound, never more.
+    assert!(
+        peak.max(used()) <= max + 64 * 1024,
+        "used_memory reached {peak}, over maxmemory {max}"
+    );
+    assert!(
+        !oom.contains("OOM"),
+        "Redis refused writes for lack of memory: {oom}"
+    );
+    assert_eq!(
+        redis.call(&["HLEN", "regauth:{revoked}:entries"]),
+        Resp::Int(20),
+        "no revocation was evicted"
+    );
+    for token in &revoked {
+        let reply = alice.refresh_grant(token, SERVICE, "");
+        assert!(reply.body.contains("revoked"), "{}", reply.body);
+    }
+}
