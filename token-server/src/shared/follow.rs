@@ -223,9 +223,11 @@ async fn restore(
     lost: bool,
 ) -> Result<(), SharedError> {
     let held = state.revocations.all(Instant::now());
-    let epoch = match &cursor.epoch {
-        Some(e) => e.clone(),
-        None => new_epoch()?,
+    // After a loss, a new marker: every other replica then sees it changed
+    // and writes back too, whichever of them noticed first.
+    let epoch = match (&cursor.epoch, lost) {
+        (Some(e), false) => e.clone(),
+        _ => new_epoch()?,
     };
     let written = bounded(ROUND_TRIP * 4, revocation::write_back(conn, &held, &epoch)).await?;
     state.metrics.written_back.inc_by(written);
