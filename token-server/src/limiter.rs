@@ -488,6 +488,27 @@ mod tests {
         assert_eq!(l.account("alice"), Some((0, 0)));
     }
 
+    /// A success the password cache answered clears the account's failures
+    /// and block, as a checked success does; the network keeps its count.
+    #[test]
+    fn a_cached_success_clears_the_account_but_not_the_network() {
+        let l = limiter(5, 60);
+        let t0 = Instant::now();
+        for _ in 0..4 {
+            fail(&l, ip("10.0.0.1"), "alice", t0);
+        }
+        l.clear_account("alice");
+        assert_eq!(l.account("alice"), Some((0, 0)));
+        fail(&l, ip("10.0.0.1"), "alice", t0);
+        assert!(l.check(None, "alice", t0).is_ok(), "one failure since");
+        let entries = l.entries.lock().unwrap();
+        let network = entries.get(&Key::network("10.0.0.1".parse().unwrap()));
+        assert_eq!(network.map(|e| e.failures), Some(5));
+        drop(entries);
+        l.clear_account("nobody");
+        assert_eq!(l.account("nobody"), None, "no record is made");
+    }
+
     #[test]
     fn ipv6_clients_are_grouped_by_64() {
         let l = limiter(1, 60);

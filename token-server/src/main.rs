@@ -518,6 +518,7 @@ fn revoke(args: RevokeArgs) -> Result<(), CliError> {
         all_before: args.all_before.as_deref(),
         kind: args.kind,
         issuer: args.issuer.as_deref(),
+        lift: args.lift,
     };
     let plan = revoke::plan(&settings, input, clock::now())?;
     let ttl = match (&plan, args.lift) {

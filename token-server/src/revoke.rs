@@ -118,6 +118,9 @@ pub struct Input<'a> {
     pub kind: Option<Kind>,
     /// `--issuer`.
     pub issuer: Option<&'a str>,
+    /// `--lift`: an entry may outlive what it named (an account removed
+    /// since), and can still be lifted.
+    pub lift: bool,
 }
 
 /// Checks `input` against `settings`; `None` when it names nothing (a
@@ -141,7 +144,7 @@ pub fn plan(
                 subject: kind.as_str(),
             });
         }
-        if kind == Kind::Account && !settings.accounts.contains(&subject) {
+        if kind == Kind::Account && !input.lift && !settings.accounts.contains(&subject) {
             return Err(InputError::UnknownAccount(subject));
         }
         if let Some((name, issuer_kind)) = &issuer {
@@ -420,6 +423,154 @@ mod tests {
         }
         let message = InputError::Escape("\\q".into()).to_string();
         assert!(message.contains("\\\\ for a backslash"), "{message}");
+    }
+
+    /// A config with account alice (refresh tokens 1h), a Kubernetes issuer
+    /// `cluster-a` (credentials 2h) and an OIDC issuer `ci` (30m).
+    fn settings() -> (tempfile::TempDir, Settings) {
+        let dir = tempfile::tempdir().unwrap();
+        let g =
+            crate::keys::generate(crate::keys::Algorithm::Es256, "t", crate::clock::now()).unwrap();
+        std::fs::write(dir.path().join("k.pem"), g.key_pem).unwrap();
+        std::fs::write(dir.path().join("c.pem"), g.cert_pem).unwrap();
+        std::fs::write(dir.path().join("secret"), [9u8; 32]).unwrap();
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let text = format!(
+            "issuer: t\nservices: [r]\nsigning_keys: [{{key: k.pem, cert: c.pem}}]\n\
+             refresh_secret_file: secret\nrefresh_token_ttl: 1h\n\
+             accounts: [{{name: alice, password_hash: \"{hash}\"}}]\n\
+             issuers:\n\
+             \x20 - {{name: cluster-a, kind: kubernetes, issuer: https://a.example, audiences: [r], credential_ttl: 2h, jwks_uri: https://a.example/k}}\n\
+             \x20 - {{name: ci, kind: oidc, issuer: https://ci.example, audiences: [r], credential_ttl: 30m, jwks_uri: https://ci.example/k}}\n"
+        );
+        let settings =
+            crate::config::load_str(&text, dir.path(), std::path::Path::new("c")).unwrap();
+        (dir, settings)
+    }
+
+    #[test]
+    fn plans_check_issuers_kinds_and_lifetimes() {
+        let (_dir, s) = settings();
+        let now = crate::clock::now();
+        let plan = |input: Input<'_>| plan(&s, input, now);
+        let sa = "kubernetes:system:serviceaccount:ci:builder";
+        let p = plan(Input {
+            subject: Some(sa),
+            issuer: Some("cluster-a"),
+            ..Input::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            p.lifetime,
+            Duration::from_secs(7200),
+            "cluster-a's credential_ttl"
+        );
+        assert_eq!(p.target.field(), format!("sub:kubernetes:cluster-a:{sa}"));
+        assert!(matches!(
+            plan(Input { subject: Some(sa), issuer: Some("cluster-A"), ..Input::default() }),
+            Err(InputError::UnknownIssuer { known, .. }) if known == "cluster-a, ci"
+        ));
+        assert!(matches!(
+            plan(Input {
+                subject: Some(sa),
+                issuer: Some("ci"),
+                ..Input::default()
+            }),
+            Err(InputError::IssuerKind { .. })
+        ));
+        assert_eq!(
+            plan(Input {
+                subject: Some("alice"),
+                issuer: Some("ci"),
+                ..Input::default()
+            }),
+            Err(InputError::NoIssuer("account"))
+        );
+        assert_eq!(
+            plan(Input {
+                subject: Some("carol"),
+                ..Input::default()
+            }),
+            Err(InputError::UnknownAccount("carol".into()))
+        );
+        assert!(
+            plan(Input {
+                subject: Some("carol"),
+                lift: true,
+                ..Input::default()
+            })
+            .is_ok()
+        );
+        assert!(matches!(
+            plan(Input {
+                subject: Some(sa),
+                kind: Some(Kind::Oidc),
+                ..Input::default()
+            }),
+            Err(InputError::KindContradicts { .. })
+        ));
+        // A jti: the longest of all; an access token's jti is refused.
+        let p = plan(Input {
+            jti: Some("rt.abc"),
+            ..Input::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(p.lifetime, Duration::from_secs(7200));
+        assert!(matches!(
+            plan(Input {
+                jti: Some("weRB16PLGQhO56dkybqprg"),
+                ..Input::default()
+            }),
+            Err(InputError::NotRefreshJti(_))
+        ));
+        assert!(matches!(
+            plan(Input {
+                jti: Some("rt."),
+                ..Input::default()
+            }),
+            Err(InputError::NotRefreshJti(_))
+        ));
+        let p = plan(Input {
+            subject: Some("alice"),
+            ..Input::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(p.lifetime, Duration::from_secs(3600));
+        let p = plan(Input {
+            all_before: Some("now"),
+            kind: Some(Kind::Oidc),
+            ..Input::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(p.lifetime, Duration::from_secs(1800));
+        assert_eq!(
+            plan(Input {
+                all_before: Some("yesterday"),
+                ..Input::default()
+            }),
+            Err(InputError::Time)
+        );
+        assert_eq!(plan(Input::default()), Ok(None), "a listing");
+        // --for never ends a revocation before what it revokes.
+        let p = plan(Input {
+            subject: Some("alice"),
+            ..Input::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(duration(&p, None), Ok(Duration::from_secs(3600)));
+        assert_eq!(
+            duration(&p, Some(Duration::from_secs(86400))),
+            Ok(Duration::from_secs(86400))
+        );
+        assert!(matches!(
+            duration(&p, Some(Duration::from_secs(2))),
+            Err(InputError::TooShort { given, needed }) if given == "2s" && needed == "1h"
+        ));
     }
 
     proptest::proptest! {

@@ -210,6 +210,23 @@ pub struct View {
 }
 
 impl View {
+    /// True when no block is mirrored: the common case, answered without
+    /// naming any record.
+    fn no_blocks(&self) -> bool {
+        self.blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// True when no account is known to have failures.
+    fn no_failures(&self) -> bool {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
     /// The longest wait any of `records` is blocked for at `now`.
     fn wait(&self, records: &[Record], now: Instant) -> Option<Duration> {
         let blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
@@ -360,7 +377,9 @@ impl Limiter {
     pub fn check(&self, addr: Option<IpAddr>, account: &str) -> Result<(), Throttled> {
         let now = Instant::now();
         self.local.check(addr, account, now)?;
-        if let Some(shared) = &self.shared {
+        if let Some(shared) = &self.shared
+            && !shared.limiter_view().no_blocks()
+        {
             let records = self.local.records(addr, account);
             if let Some(wait) = shared.limiter_view().wait(&records, now) {
                 return Err(Throttled(wait));
@@ -416,6 +435,9 @@ impl Limiter {
         let Some(shared) = &self.shared else {
             return;
         };
+        if shared.limiter_view().no_failures() {
+            return;
+        }
         let Some(record) = self
             .local
             .records(addr, account)
