@@ -31,6 +31,7 @@ declare -A needed=(
     [systemd-analyze]=systemd
     [kubectl]=kubernetes-client
     [redis-server]=redis-server
+    [redis-sentinel]=redis-sentinel
     [haproxy]=haproxy
 )
 missing=()
