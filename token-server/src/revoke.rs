@@ -94,7 +94,20 @@ pub enum InputError {
     /// `--all-before` not a time.
     #[error("--all-before takes an RFC 3339 time such as 2026-12-01T10:00:00Z, or now")]
     Time,
+    /// `--all-before` a time to come: it would refuse tokens not yet issued.
+    #[error(
+        "--all-before {0} is in the future: it would refuse tokens not issued yet; use now, or a time already past"
+    )]
+    FutureTime(String),
+    /// `--for` longer than an entry can be kept.
+    #[error("--for {0} is longer than an entry can be kept (at most 100 years)")]
+    TooLong(String),
 }
+
+pub use crate::shared::revocation::MAX_ENTRY;
+
+/// Clock skew allowed for `--all-before` a moment ahead of this machine.
+const FUTURE_SKEW: Duration = Duration::from_secs(60);
 
 /// What to revoke (or lift), and the least time it must stay in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +190,9 @@ pub fn plan(
         } else {
             humantime::parse_rfc3339_weak(time).map_err(|_| InputError::Time)?
         };
+        if before > now + FUTURE_SKEW {
+            return Err(InputError::FutureTime(time.to_owned()));
+        }
         if let (Some(kind), Some((name, issuer_kind))) = (input.kind, &issuer)
             && kind != *issuer_kind
         {
@@ -194,13 +210,16 @@ pub fn plan(
     } else {
         return Ok(None);
     };
-    let lifetime = lifetime(settings, &target);
+    let lifetime = lifetime(settings, &target).min(MAX_ENTRY);
     Ok(Some(Plan { target, lifetime }))
 }
 
 /// Checks `--for` against what the plan revokes.
 pub fn duration(plan: &Plan, given: Option<Duration>) -> Result<Duration, InputError> {
     match given {
+        Some(d) if d > MAX_ENTRY => Err(InputError::TooLong(
+            humantime::format_duration(d).to_string(),
+        )),
         None => Ok(plan.lifetime),
         Some(d) if d >= plan.lifetime => Ok(d),
         Some(d) => Err(InputError::TooShort {
@@ -571,6 +590,11 @@ mod tests {
             duration(&p, Some(Duration::from_secs(2))),
             Err(InputError::TooShort { given, needed }) if given == "2s" && needed == "1h"
         ));
+        assert!(matches!(
+            duration(&p, Some(Duration::from_secs(u64::MAX))),
+            Err(InputError::TooLong(_))
+        ));
+        assert_eq!(duration(&p, Some(MAX_ENTRY)), Ok(MAX_ENTRY));
     }
 
     proptest::proptest! {

@@ -347,9 +347,10 @@ async fn apply(
             }
             *position = Some((entry.id.clone(), seq));
             let op: String = entry.get("op").unwrap_or_default();
-            let left = Duration::from_millis(entry.get::<u64>("t").unwrap_or(0));
+            let ms = entry.get::<u64>("t").unwrap_or(0);
             let now = Instant::now();
             if revocations {
+                let left = revocation::time_left(ms);
                 let field: String = entry.get("f").unwrap_or_default();
                 match op.as_str() {
                     "put" => {
@@ -364,7 +365,7 @@ async fn apply(
                 }
             } else {
                 let name: String = entry.get("k").unwrap_or_default();
-                state.view.apply(&op, name, left, now);
+                state.view.apply(&op, name, Duration::from_millis(ms), now);
             }
         }
     }

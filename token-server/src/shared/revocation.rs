@@ -36,6 +36,12 @@ pub(super) const SEQ: &str = "regauth:{revoked}:seq";
 /// replaced by another with) the revocations.
 pub(super) const EPOCH: &str = "regauth:{revoked}:epoch";
 
+/// The longest an entry is kept (100 years): Redis scores and the
+/// replicas' clocks count milliseconds, and no credential lives this long.
+/// An entry whose time left cannot be read is held this long: at its
+/// strictest.
+pub const MAX_ENTRY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Changes the stream keeps; a replica further behind reloads everything.
 pub(super) const LOG_LENGTH: u32 = 10_000;
 
@@ -491,6 +497,16 @@ return out"
     ))
 });
 
+/// The time an entry has left, from what Redis said in milliseconds: an
+/// entry is only ever listed while live, so nothing readable (0) means it
+/// is taken at its strictest.
+pub(super) fn time_left(ms: u64) -> Duration {
+    match ms {
+        0 => MAX_ENTRY,
+        ms => Duration::from_millis(ms).min(MAX_ENTRY),
+    }
+}
+
 /// Entries written back in one script call.
 const BATCH: usize = 500;
 
@@ -533,7 +549,7 @@ pub(super) async fn snapshot(
     for chunk in values.get(3..).unwrap_or_default().chunks(3) {
         let [field, value, left] = chunk else { break };
         let field = text(Some(field));
-        let left = Duration::from_millis(number(Some(left)));
+        let left = time_left(number(Some(left)));
         match read_entry(&field, &text(Some(value)), left) {
             Some(entry) => entries.push(entry),
             None => tracing::warn!(field, "an entry in Redis names no revocation; ignored"),
@@ -732,6 +748,9 @@ mod tests {
                 assert_eq!(read, None, "{field}");
             }
         }
+        assert_eq!(time_left(0), MAX_ENTRY, "an unreadable time left is the longest");
+        assert_eq!(time_left(5), Duration::from_millis(5));
+        assert_eq!(time_left(u64::MAX), MAX_ENTRY);
         let strict = read_entry("before:node:*", "not json", d).unwrap();
         assert!(matches!(
             strict.target,
