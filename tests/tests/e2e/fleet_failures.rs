@@ -99,6 +99,9 @@ fn a_slow_redis_costs_requests_with_cached_passwords_nothing() {
         }
         let (p50_plain, p50_slow) = (median(plain), median(slow));
         let allowed = Duration::from_millis(1).max(p50_plain / 2);
+        eprintln!(
+            "Redis {delay:?} late: cached median {p50_slow:?}, without delay {p50_plain:?} (200 requests each)"
+        );
         assert!(
             p50_slow <= p50_plain + allowed,
             "{delay:?} late: cached median {p50_slow:?} against {p50_plain:?} without delay"

@@ -110,10 +110,17 @@ fn attempts_that_never_run_a_hash_leave_no_lasting_limiter_record() {
         records.len(),
         &records[..records.len().min(8)]
     );
+    let mut bytes = 0;
     for key in &keys {
         let ttl = redis.call(&["PTTL", key]).int().expect("PTTL");
         assert!(ttl > 0, "{key} has no TTL ({ttl})");
+        bytes += redis.call(&["MEMORY", "USAGE", key]).int().unwrap_or(0);
     }
+    eprintln!(
+        "{} attempts from {ADDRESSES} addresses, {busy} turned away (503), {hashes} hashes: {} limiter keys, {bytes} bytes (MEMORY USAGE)",
+        statuses.len(),
+        keys.len()
+    );
     // A legitimate sign-in from another address still works.
     let alice = client_from(&base, IpAddr::from([127, 0, 2, 1]));
     let deadline = Instant::now() + Duration::from_secs(10);

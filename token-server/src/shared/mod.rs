@@ -183,19 +183,6 @@ impl SharedState {
         self.staleness(now).is_some_and(|s| s <= bound)
     }
 
-    /// A round trip that ignores the cool-down: for the command line.
-    pub async fn ping(&self) -> Result<(), SharedError> {
-        self.skip_until_ms.store(0, Ordering::Relaxed);
-        let reply: String = self
-            .run(|mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
-            .await?;
-        if reply == "PONG" {
-            Ok(())
-        } else {
-            Err(SharedError::Reply("PING did not answer PONG"))
-        }
-    }
-
     /// Runs one operation on the command connection, bounded in time.
     /// Skipped while cooling down after a failure.
     pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T, SharedError>

@@ -748,7 +748,11 @@ mod tests {
                 assert_eq!(read, None, "{field}");
             }
         }
-        assert_eq!(time_left(0), MAX_ENTRY, "an unreadable time left is the longest");
+        assert_eq!(
+            time_left(0),
+            MAX_ENTRY,
+            "an unreadable time left is the longest"
+        );
         assert_eq!(time_left(5), Duration::from_millis(5));
         assert_eq!(time_left(u64::MAX), MAX_ENTRY);
         let strict = read_entry("before:node:*", "not json", d).unwrap();
