@@ -32,6 +32,7 @@ declare -A needed=(
     [kubectl]=kubernetes-client
     [redis-server]=redis-server
     [redis-sentinel]=redis-sentinel
+    [redis-cli]=redis-tools
     [haproxy]=haproxy
 )
 missing=()

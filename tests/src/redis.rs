@@ -32,6 +32,8 @@ pub struct RedisOptions {
     pub maxmemory_policy: Option<String>,
     /// Replicate the Redis on this loopback port.
     pub replica_of: Option<u16>,
+    /// Serve (and replicate) over TLS only, with these files.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for RedisOptions {
@@ -41,8 +43,93 @@ impl Default for RedisOptions {
             maxmemory: None,
             maxmemory_policy: None,
             replica_of: None,
+            tls: None,
         }
     }
+}
+
+/// A certificate for 127.0.0.1, its key, and the CA that issued it.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The server certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The CA certificate.
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    /// Issues a server certificate for 127.0.0.1 from a new CA into `dir`.
+    pub fn issue(dir: &Path) -> Self {
+        let ca = crate::pki::Ca::new("regauth test Redis CA");
+        let (cert, key) = ca.issue_server().write(dir, "redis");
+        let ca_path = dir.join("redis-ca.pem");
+        std::fs::write(&ca_path, ca.cert_pem()).expect("write the Redis CA");
+        TlsFiles {
+            cert,
+            key,
+            ca: ca_path,
+        }
+    }
+
+    /// The arguments that make redis-server or a sentinel speak TLS only.
+    fn server_args(&self, port: u16) -> Vec<String> {
+        let path = |p: &Path| p.display().to_string();
+        vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(&self.cert),
+            "--tls-key-file".into(),
+            path(&self.key),
+            "--tls-ca-cert-file".into(),
+            path(&self.ca),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--tls-replication".into(),
+            "yes".into(),
+        ]
+    }
+}
+
+/// Asks the Redis or sentinel on `port` (over TLS with `tls`), flattening
+/// the reply into lines: `redis-cli --raw` for TLS, the RESP client
+/// otherwise. `None` when nothing answers.
+pub fn ask(port: u16, tls: Option<&TlsFiles>, args: &[&str]) -> Option<Vec<String>> {
+    match tls {
+        None => try_call(port, args).ok().map(|r| flatten(&r)),
+        Some(t) => {
+            let bin = require_tool("redis-cli", "redis-tools");
+            let mut cmd = Command::new(bin);
+            cmd.args(["--tls", "--raw", "-h", "127.0.0.1"])
+                .arg("--cacert")
+                .arg(&t.ca)
+                .args(["-p", &port.to_string()])
+                .args(args);
+            let out = crate::process::run(cmd, Duration::from_secs(10));
+            out.success()
+                .then(|| out.stdout.lines().map(str::to_owned).collect())
+        }
+    }
+}
+
+fn flatten(r: &Resp) -> Vec<String> {
+    match r {
+        Resp::Array(items) => items.iter().flat_map(flatten).collect(),
+        Resp::Bulk(text) => text.lines().map(str::to_owned).collect(),
+        other => other.text().into_iter().collect(),
+    }
+}
+
+/// A field of `INFO` from the Redis on `port`.
+fn info_of(port: u16, tls: Option<&TlsFiles>, field: &str) -> Option<String> {
+    ask(port, tls, &["INFO"])?.iter().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key == field).then(|| value.trim().to_owned())
+    })
 }
 
 /// A private `redis-server`.
@@ -104,8 +191,15 @@ impl Redis {
         let bin = require_tool("redis-server", "redis-server");
         self.starts += 1;
         let mut cmd = Command::new(bin);
-        cmd.args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
+        match &self.options.tls {
+            None => {
+                cmd.args(["--port", &self.port.to_string()]);
+            }
+            Some(t) => {
+                cmd.args(t.server_args(self.port));
+            }
+        }
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .arg("--dir")
             .arg(&self.dir)
@@ -127,7 +221,12 @@ impl Redis {
         let mut process =
             ChildGuard::spawn(cmd, &self.dir, &format!("{}-{}", self.name, self.starts));
         let port = self.port;
-        match wait_ready(&mut process, READY, || ping(port).then_some(())) {
+        let tls = self.options.tls.clone();
+        let answers = || match &tls {
+            None => ping(port),
+            Some(t) => ask(port, Some(t), &["PING"]).is_some_and(|l| l == ["PONG"]),
+        };
+        match wait_ready(&mut process, READY, || answers().then_some(())) {
             Readiness::Ready(()) => {}
             other => panic!(
                 "redis-server did not answer PING ({other:?})\n{}",
@@ -319,27 +418,43 @@ fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
 pub const MASTER_NAME: &str = "regauth";
 
 /// A primary, its replica and three sentinels watching them (quorum 2),
-/// with a short `down-after-milliseconds` so failovers are quick.
+/// with a short `down-after-milliseconds` so failovers are quick; over TLS
+/// only, when made with [`SentinelGroup::start_tls`].
 #[derive(Debug)]
 pub struct SentinelGroup {
     /// The two data nodes; which is primary changes with failovers.
     pub nodes: Vec<Redis>,
     sentinels: Vec<ChildGuard>,
     sentinel_ports: Vec<u16>,
+    tls: Option<TlsFiles>,
 }
 
 impl SentinelGroup {
     /// Starts the primary, the replica and the sentinels, and waits until
     /// every sentinel knows the replica and the quorum is reachable.
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, None)
+    }
+
+    /// As [`SentinelGroup::start`], every connection over TLS with `tls`
+    /// (a certificate for 127.0.0.1, the address the sentinels announce).
+    pub fn start_tls(dir: &Path, tls: TlsFiles) -> Self {
+        Self::start_with(dir, Some(tls))
+    }
+
+    fn start_with(dir: &Path, tls: Option<TlsFiles>) -> Self {
         let bin = require_tool("redis-sentinel", "redis-sentinel");
-        let primary = Redis::start_with(dir, "redis-a", RedisOptions::default());
+        let options = RedisOptions {
+            tls: tls.clone(),
+            ..RedisOptions::default()
+        };
+        let primary = Redis::start_with(dir, "redis-a", options.clone());
         let replica = Redis::start_with(
             dir,
             "redis-b",
             RedisOptions {
                 replica_of: Some(primary.port()),
-                ..RedisOptions::default()
+                ..options
             },
         );
         let mut sentinels = Vec::new();
@@ -349,10 +464,18 @@ impl SentinelGroup {
             let sdir = dir.join(format!("sentinel-{i}"));
             std::fs::create_dir_all(&sdir).expect("create sentinel dir");
             let conf = sdir.join("sentinel.conf");
+            let listen = match &tls {
+                None => format!("port {port}\n"),
+                Some(t) => t
+                    .server_args(port)
+                    .chunks(2)
+                    .map(|kv| format!("{} {}\n", kv[0].trim_start_matches("--"), kv[1]))
+                    .collect(),
+            };
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+                    "{listen}bind 127.0.0.1\nprotected-mode no\ndir {}\n\
                      sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
                      sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                      sentinel failover-timeout {MASTER_NAME} 10000\n\
@@ -365,7 +488,8 @@ impl SentinelGroup {
             let mut cmd = Command::new(&bin);
             cmd.arg(&conf);
             let mut process = ChildGuard::spawn(cmd, &sdir, "sentinel");
-            match wait_ready(&mut process, READY, || ping(port).then_some(())) {
+            let answers = || ask(port, tls.as_ref(), &["PING"]).is_some_and(|l| l == ["PONG"]);
+            match wait_ready(&mut process, READY, || answers().then_some(())) {
                 Readiness::Ready(()) => {}
                 other => panic!("sentinel {i} did not start ({other:?})\n{}", process.logs()),
             }
@@ -376,19 +500,26 @@ impl SentinelGroup {
             nodes: vec![primary, replica],
             sentinels,
             sentinel_ports,
+            tls,
         };
         group.wait_settled(Duration::from_secs(30));
         group
     }
 
-    /// `redis+sentinel://127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/regauth`.
+    /// `redis+sentinel://127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/regauth`
+    /// (`rediss+sentinel://` over TLS).
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .sentinel_ports
             .iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
-        format!("redis+sentinel://{}/{MASTER_NAME}", hosts.join(","))
+        let scheme = if self.tls.is_some() {
+            "rediss+sentinel"
+        } else {
+            "redis+sentinel"
+        };
+        format!("{scheme}://{}/{MASTER_NAME}", hosts.join(","))
     }
 
     /// The sentinels' ports.
@@ -396,16 +527,24 @@ impl SentinelGroup {
         &self.sentinel_ports
     }
 
+    /// The primary's port as sentinel `port` names it.
+    fn named_by(&self, port: u16) -> Option<u16> {
+        ask(
+            port,
+            self.tls.as_ref(),
+            &["SENTINEL", "get-master-addr-by-name", MASTER_NAME],
+        )?
+        .get(1)?
+        .parse()
+        .ok()
+    }
+
     /// The port of the primary as the first answering sentinel names it.
     pub fn primary_port(&self) -> u16 {
-        for &port in &self.sentinel_ports {
-            if let Ok(reply) = try_call(port, &["SENTINEL", "get-master-addr-by-name", MASTER_NAME])
-                && let Some(p) = reply.items().get(1).and_then(Resp::text)
-            {
-                return p.parse().expect("a port");
-            }
-        }
-        panic!("no sentinel names a primary")
+        self.sentinel_ports
+            .iter()
+            .find_map(|&p| self.named_by(p))
+            .unwrap_or_else(|| panic!("no sentinel names a primary"))
     }
 
     /// The data node that is primary now.
@@ -417,33 +556,34 @@ impl SentinelGroup {
             .expect("the primary is one of the nodes")
     }
 
+    /// The role (`master` or `slave`) the Redis on `port` reports.
+    pub fn role(&self, port: u16) -> Option<String> {
+        info_of(port, self.tls.as_ref(), "role")
+    }
+
     /// Forces a failover (`SENTINEL FAILOVER`) and waits until the other
     /// node is primary, says so itself, every sentinel agrees, and the old
     /// primary has been turned into its replica.
     pub fn failover(&self) -> u16 {
         let before = self.primary_port();
-        let reply = call(
+        let reply = ask(
             self.sentinel_ports[0],
+            self.tls.as_ref(),
             &["SENTINEL", "FAILOVER", MASTER_NAME],
         );
-        assert_eq!(reply, Resp::Simple("OK".into()), "SENTINEL FAILOVER");
+        assert_eq!(reply, Some(vec!["OK".to_owned()]), "SENTINEL FAILOVER");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let agreed: Vec<Option<u16>> = self
                 .sentinel_ports
                 .iter()
-                .map(|&p| {
-                    try_call(p, &["SENTINEL", "get-master-addr-by-name", MASTER_NAME])
-                        .ok()
-                        .and_then(|r| r.items().get(1).and_then(Resp::text))
-                        .and_then(|t| t.parse().ok())
-                })
+                .map(|&p| self.named_by(p))
                 .collect();
             if let Some(Some(now)) = agreed.first()
                 && *now != before
                 && agreed.iter().all(|a| *a == Some(*now))
-                && info_field(*now, "role").as_deref() == Some("master")
-                && info_field(before, "role").as_deref() == Some("slave")
+                && self.role(*now).as_deref() == Some("master")
+                && self.role(before).as_deref() == Some("slave")
             {
                 return *now;
             }
@@ -462,25 +602,21 @@ impl SentinelGroup {
         let deadline = Instant::now() + timeout;
         loop {
             let ready = self.sentinel_ports.iter().all(|&p| {
-                let quorum = try_call(p, &["SENTINEL", "CKQUORUM", MASTER_NAME])
-                    .ok()
-                    .and_then(|r| r.text())
+                let tls = self.tls.as_ref();
+                let quorum = ask(p, tls, &["SENTINEL", "CKQUORUM", MASTER_NAME])
+                    .and_then(|l| l.first().cloned())
                     .is_some_and(|t| t.starts_with("OK"));
-                let replicas = try_call(p, &["SENTINEL", "REPLICAS", MASTER_NAME])
-                    .map(|r| r.items())
-                    .unwrap_or_default();
-                let good = replicas.iter().any(|r| {
-                    let fields: Vec<String> = r.items().iter().filter_map(Resp::text).collect();
-                    let get = |k: &str| {
-                        fields
-                            .chunks(2)
-                            .find(|c| c[0] == k)
-                            .and_then(|c| c.get(1).cloned())
-                    };
-                    get("flags").as_deref() == Some("slave")
-                        && get("master-link-status").as_deref() == Some("ok")
-                });
-                quorum && good
+                let fields =
+                    ask(p, tls, &["SENTINEL", "REPLICAS", MASTER_NAME]).unwrap_or_default();
+                let get = |k: &str| {
+                    fields
+                        .chunks(2)
+                        .find(|c| c[0] == k)
+                        .and_then(|c| c.get(1).cloned())
+                };
+                quorum
+                    && get("flags").as_deref() == Some("slave")
+                    && get("master-link-status").as_deref() == Some("ok")
             });
             if ready {
                 return;

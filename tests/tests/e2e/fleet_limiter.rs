@@ -325,7 +325,7 @@ fn a_spray_against_maxmemory_with_the_shipped_policy_evicts_no_revocation() {
             persistent: false,
             maxmemory: Some("4mb".into()),
             maxmemory_policy: Some(policy),
-            replica_of: None,
+            ..regauth_e2e::redis::RedisOptions::default()
         },
     );
     let fleet = Fleet::start_on(d.path(), 1, Some(&redis.url()), "", |b| {

@@ -159,3 +159,74 @@ fn a_sentinel_failover_under_load_fails_no_request_and_loses_no_revocation() {
     );
     assert!(attempts.len() >= 600, "{} requests", attempts.len());
 }
+
+/// `rediss+sentinel://` with `shared_state_ca_file`: sentinels and data
+/// nodes that speak TLS only (a certificate for 127.0.0.1 from a CA the
+/// config names). Two replicas load, a revocation reaches both, a failover
+/// is followed, and a revocation after it reaches both too. Without the CA
+/// file the replicas cannot reach Redis: the certificate is really checked.
+#[test]
+fn a_tls_sentinel_fleet_follows_a_failover() {
+    use regauth_e2e::redis::TlsFiles;
+    let d = tempfile::tempdir().expect("temp dir");
+    let tls = TlsFiles::issue(&d.path().join("tls"));
+    let group = SentinelGroup::start_tls(d.path(), tls.clone());
+    assert!(group.url().starts_with("rediss+sentinel://"));
+    let ca = format!("shared_state_ca_file: {}\n", tls.ca.display());
+    let fleet = Fleet::start_on(d.path(), 2, Some(&group.url()), &ca, |b| {
+        b.account("alice", "alice-pw", &[])
+    });
+    for r in fleet.replicas() {
+        crate::fleet::wait_for_metric(r, "regauth_shared_state_up", 1.0);
+    }
+    let lb = fleet.client();
+    for when in ["before", "after"] {
+        let token = refresh_token(&lb);
+        fleet
+            .command(&["revoke", &format!("--jti={}", jti(&token))])
+            .assert_success(&format!("revoke {when} the failover"));
+        for r in fleet.replicas() {
+            refused_within(when, || r.refresh_grant(&token, SERVICE, ""));
+        }
+        if when == "before" {
+            group.failover();
+            for (i, logs) in std::iter::once(fleet.first.logs())
+                .chain(fleet.others.iter().map(|r| r.logs()))
+                .enumerate()
+            {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let mut logs = logs;
+                while !logs.contains("another Redis server answers") {
+                    assert!(
+                        Instant::now() < deadline,
+                        "replica {i} did not follow:\n{logs}"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                    logs = if i == 0 {
+                        fleet.first.logs()
+                    } else {
+                        fleet.others[i - 1].logs()
+                    };
+                }
+            }
+        }
+    }
+
+    // Control: without the CA, the sentinels' certificate is not trusted.
+    let d2 = tempfile::tempdir().expect("temp dir");
+    let untrusting = regauth_e2e::token_server::TokenServerBuilder::new()
+        .account("alice", "alice-pw", &[])
+        .extra_config(&format!("shared_state: {}\n", group.url()))
+        .start(d2.path());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !untrusting.logs().contains("shared state unreachable") {
+        assert!(Instant::now() < deadline, "{}", untrusting.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = metrics(untrusting.client());
+    assert_eq!(
+        metric(&text, "regauth_shared_state_up"),
+        Some(0.0),
+        "{text}"
+    );
+}
