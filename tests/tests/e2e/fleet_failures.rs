@@ -336,3 +336,49 @@ fn revocation_max_staleness_bounds_how_long_a_replica_serves_without_redis() {
         assert!(is_refused(&client.refresh_grant(&revoked, SERVICE, "")));
     }
 }
+
+/// Revocations the previous build kept (a string key each, with its own
+/// TTL) are moved, at a replica's first connection, to where every replica
+/// follows them: upgrading a fleet loses none.
+#[test]
+fn revocations_kept_by_the_previous_layout_are_moved_not_lost() {
+    let d = dir();
+    let redis = Redis::start(d.path());
+    let old = "regauth:{revoked}:sub:*:*:alice";
+    assert_eq!(
+        redis.call(&[
+            "SET",
+            old,
+            r#"{"target":"subject","subject":"alice","revoked_at":1765000000}"#,
+            "PX",
+            "3600000",
+        ]),
+        Resp::Simple("OK".into())
+    );
+    let server = TokenServerBuilder::new()
+        .account("alice", "alice-pw", &[])
+        .account("bob", "bob-pw", &[])
+        .extra_config(&format!("shared_state: {}\n", redis.url()))
+        .start(d.path());
+    let client = server.client();
+    refused_within("alice, revoked by the previous layout", || {
+        client.password_grant("alice", "alice-pw", SERVICE, "", false)
+    });
+    assert_eq!(
+        client
+            .password_grant("bob", "bob-pw", SERVICE, "", false)
+            .status,
+        200,
+        "control: bob is not revoked"
+    );
+    assert_eq!(
+        redis.call(&["HEXISTS", "regauth:{revoked}:entries", "sub:*:*:alice"]),
+        Resp::Int(1)
+    );
+    assert_eq!(redis.call(&["EXISTS", old]), Resp::Int(0));
+    let ttl = redis
+        .call(&["ZSCORE", "regauth:{revoked}:expiry", "sub:*:*:alice"])
+        .text()
+        .expect("an expiry");
+    assert!(!ttl.is_empty());
+}

@@ -194,18 +194,29 @@ async fn start(
         } else if run_id != cursor.run_id {
             restore(state, conn, cursor, false).await?;
         }
-    } else if epoch.is_none() {
-        // A Redis no replica has used: mark it.
-        let fresh = new_epoch()?;
-        bounded(
-            ROUND_TRIP,
-            redis::cmd("SET")
-                .arg(revocation::EPOCH)
-                .arg(fresh)
-                .arg("NX")
-                .query_async::<()>(conn),
-        )
-        .await?;
+    } else {
+        // The first session of this process. A Redis no replica has used
+        // gets its marker; revocations the previous build kept its own way
+        // move to where every replica follows them.
+        let marker = match &epoch {
+            Some(e) => e.clone(),
+            None => new_epoch()?,
+        };
+        if epoch.is_none() {
+            bounded(
+                ROUND_TRIP,
+                redis::cmd("SET")
+                    .arg(revocation::EPOCH)
+                    .arg(&marker)
+                    .arg("NX")
+                    .query_async::<()>(conn),
+            )
+            .await?;
+        }
+        let moved = bounded(ROUND_TRIP * 4, revocation::migrate(conn, &marker)).await?;
+        if moved > 0 {
+            tracing::info!(moved, "revocations kept by the previous layout were moved");
+        }
     }
     load(state, conn, cursor).await?;
     cursor.run_id = run_id;

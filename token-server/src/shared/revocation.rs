@@ -507,6 +507,68 @@ pub(super) fn time_left(ms: u64) -> Duration {
     }
 }
 
+/// KEYS: ENTRIES, EXPIRY, LOG, SEQ, EPOCH. ARGV: epoch if none is set,
+/// stream length, a cursor. Moves one `SCAN` page of revocations kept the
+/// way the previous build kept them (a string key per revocation, its
+/// field after the prefix, with its own TTL) into the hash, each only
+/// where the hash has no entry of that field, and deletes them. Returns
+/// {next cursor, moved}.
+static MIGRATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW}local page = redis.call('SCAN', ARGV[3], 'MATCH', 'regauth:{{revoked}}:*', 'COUNT', 1000)
+local moved = 0
+local prefix = 'regauth:{{revoked}}:'
+for _, k in ipairs(page[2]) do
+  local f = string.sub(k, #prefix + 1)
+  local kind = string.match(f, '^(%a+):')
+  if (kind == 'jti' or kind == 'sub' or kind == 'before') and redis.call('TYPE', k).ok == 'string' then
+    local v = redis.call('GET', k)
+    local left = redis.call('PTTL', k)
+    if left > 0 and redis.call('HEXISTS', KEYS[1], f) == 0 then
+      redis.call('SET', KEYS[5], ARGV[1], 'NX')
+      redis.call('HSET', KEYS[1], f, v)
+      redis.call('ZADD', KEYS[2], now + left, f)
+      local s = redis.call('INCR', KEYS[4])
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 's', s, 'op', 'put', 'f', f, 'v', v, 't', left)
+      moved = moved + 1
+    end
+    redis.call('DEL', k)
+  end
+end
+return {{page[1], moved}}"
+    ))
+});
+
+/// Moves revocations kept the way the previous build kept them (one string
+/// key each) into the hash every replica follows, so that upgrading a
+/// fleet loses none; returns how many were moved. Runs to the end of one
+/// `SCAN` of the keyspace.
+pub(super) async fn migrate(
+    conn: &mut redis::aio::MultiplexedConnection,
+    epoch: &str,
+) -> redis::RedisResult<u64> {
+    let mut cursor = "0".to_owned();
+    let mut moved = 0;
+    loop {
+        let (next, n): (String, u64) = MIGRATE
+            .key(ENTRIES)
+            .key(EXPIRY)
+            .key(LOG)
+            .key(SEQ)
+            .key(EPOCH)
+            .arg(epoch)
+            .arg(LOG_LENGTH)
+            .arg(&cursor)
+            .invoke_async(conn)
+            .await?;
+        moved += n;
+        if next == "0" {
+            return Ok(moved);
+        }
+        cursor = next;
+    }
+}
+
 /// Entries written back in one script call.
 const BATCH: usize = 500;
 
