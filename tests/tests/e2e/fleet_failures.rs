@@ -382,3 +382,96 @@ fn revocations_kept_by_the_previous_layout_are_moved_not_lost() {
         .expect("an expiry");
     assert!(!ttl.is_empty());
 }
+
+/// FLUSHALL, then at once a revocation of something else. Before, the
+/// `revoke` restarted the stream's numbering and set its own epoch marker,
+/// so every replica saw a gap, reloaded a snapshot holding only the new
+/// entry, took that marker as the one it followed, and forgot every
+/// revocation it held, for good. Now a snapshot whose marker is not the
+/// one a replica followed means a loss: it writes back what it holds first.
+/// Watched for 12 s (two housekeeping rounds on every replica).
+#[test]
+fn a_revocation_right_after_a_flush_leaves_every_revocation_held_in_force() {
+    let d = dir();
+    let redis = Redis::start_with(
+        d.path(),
+        "redis",
+        RedisOptions {
+            persistent: false,
+            ..RedisOptions::default()
+        },
+    );
+    let fleet = Fleet::start_on(
+        d.path(),
+        3,
+        Some(&redis.url()),
+        "revocation_unavailable: allow\n",
+        |b| b.account("alice", "alice-pw", &[]),
+    );
+    let lb = fleet.client();
+    let old = refresh_token(&lb);
+    let later = refresh_token(&lb);
+    for r in fleet.replicas() {
+        assert_eq!(r.refresh_grant(&old, SERVICE, "").status, 200, "control");
+        assert_eq!(r.refresh_grant(&later, SERVICE, "").status, 200, "control");
+    }
+    fleet
+        .command(&["revoke", &format!("--jti={}", jti(&old))])
+        .assert_success("revoke the old token");
+    for r in fleet.replicas() {
+        refused_within("control: revoked before the flush", || {
+            r.refresh_grant(&old, SERVICE, "")
+        });
+    }
+    // Every follower back in its blocking read.
+    std::thread::sleep(Duration::from_secs(1));
+
+    assert_eq!(redis.call(&["FLUSHALL"]), Resp::Simple("OK".into()));
+    let flushed = Instant::now();
+    fleet
+        .command(&["revoke", &format!("--jti={}", jti(&later))])
+        .assert_success("revoke another token right after the flush");
+    let deadline = flushed + Duration::from_secs(12);
+    let mut honoured = Vec::new();
+    while Instant::now() < deadline {
+        for (i, r) in fleet.replicas().iter().enumerate() {
+            let reply = r.refresh_grant(&old, SERVICE, "");
+            if !is_refused(&reply) {
+                honoured.push(format!(
+                    "replica {i} after {:?}: {}",
+                    flushed.elapsed(),
+                    reply.status
+                ));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for r in fleet.replicas() {
+        assert!(
+            is_refused(&r.refresh_grant(&later, SERVICE, "")),
+            "control: the revocation made after the flush arrived"
+        );
+    }
+    let resets: Vec<Option<f64>> = fleet
+        .replicas()
+        .iter()
+        .map(|r| metric(&metrics(r), "regauth_shared_state_resets_total"))
+        .collect();
+    let in_redis = redis.call(&[
+        "HEXISTS",
+        "regauth:{revoked}:entries",
+        &format!("jti:{}", jti(&old)),
+    ]);
+    assert!(
+        honoured.is_empty(),
+        "a revocation every replica held was honoured after FLUSHALL and a revoke ({} times; \
+         first {:?}); resets counted {resets:?}; the entry in Redis: {in_redis:?}",
+        honoured.len(),
+        honoured.first()
+    );
+    assert_eq!(in_redis, Resp::Int(1), "written back to Redis");
+    assert!(
+        resets.iter().all(|r| r.unwrap_or(0.0) >= 1.0),
+        "control: every replica saw the loss: {resets:?}"
+    );
+}

@@ -9,11 +9,14 @@
 //! counter started again) means a full load. Any failure ends the session:
 //! the next one connects anew (asking the sentinels again) and loads again.
 //!
-//! Each session starts by comparing Redis's run ID and epoch marker with
-//! the last ones seen. A Redis whose marker is gone or changed came back
-//! without the revocations (restarted without persistence, flushed, or
-//! replaced): the revocations this process holds are written back (each
-//! only where Redis lacks it), the event is logged once and counted on
+//! Every snapshot's epoch marker is compared with the one followed. A
+//! Redis whose marker is gone or changed came back without the revocations
+//! (restarted without persistence, flushed, or replaced), whether this is
+//! seen when connecting, at the 5 s check, or when a gap in the changes
+//! makes the follower load again (a `revoke` right after a flush restarts
+//! the numbering and sets a marker of its own): before anything is
+//! replaced, the revocations this process holds are written back (each
+//! only where Redis lacks it), and the event is logged once and counted on
 //! `/metrics`. A new run ID with the same marker (a restart with its data,
 //! or a failover to a replica that may lag) gets the same write-back.
 
@@ -148,10 +151,8 @@ async fn session(state: &SharedState, cursor: &mut Cursor) -> (SharedError, bool
                 Err(e) => return (e, true),
             };
             if epoch != cursor.epoch {
-                // Flushed, or swapped for another Redis, under our feet.
-                if let Err(e) = restore(state, &mut conn, cursor, true).await {
-                    return (e, true);
-                }
+                // Flushed, or swapped for another Redis, under our feet:
+                // the load writes back what this process holds first.
                 if let Err(e) = load(state, &mut conn, cursor).await {
                     return (e, true);
                 }
@@ -189,9 +190,9 @@ async fn start(
     )
     .await?;
     if cursor.epoch.is_some() {
-        if epoch != cursor.epoch {
-            restore(state, conn, cursor, true).await?;
-        } else if run_id != cursor.run_id {
+        // A changed marker is a loss, which the load below sees and
+        // repairs; the same marker on another server may lag.
+        if epoch == cursor.epoch && run_id != cursor.run_id {
             restore(state, conn, cursor, false).await?;
         }
     } else {
@@ -271,12 +272,23 @@ async fn load(
     Ok(())
 }
 
+/// Loads the revocations. A snapshot under another epoch marker than the
+/// one followed comes from a Redis that lost them: what this process holds
+/// is written back before it is replaced, and the snapshot taken again.
 async fn load_revocations(
     state: &SharedState,
     conn: &mut MultiplexedConnection,
     cursor: &mut Cursor,
 ) -> Result<(), SharedError> {
-    let snap = bounded(ROUND_TRIP * 4, revocation::snapshot(conn)).await?;
+    let mut snap = bounded(ROUND_TRIP * 4, revocation::snapshot(conn)).await?;
+    if cursor
+        .epoch
+        .as_ref()
+        .is_some_and(|followed| *followed != snap.epoch)
+    {
+        restore(state, conn, cursor, true).await?;
+        snap = bounded(ROUND_TRIP * 4, revocation::snapshot(conn)).await?;
+    }
     let now = Instant::now();
     let count = snap.entries.len();
     state.revocations.replace(snap.entries, now);

@@ -633,7 +633,11 @@ pub(super) async fn write_back(
     epoch: &str,
 ) -> redis::RedisResult<u64> {
     let mut written = 0;
-    for batch in entries.chunks(BATCH) {
+    // One call even with nothing to write, so the marker is set.
+    let batches = entries
+        .chunks(BATCH)
+        .chain(entries.is_empty().then_some(&entries[..0]));
+    for batch in batches {
         let mut call = put_call(epoch, true);
         for e in batch {
             call.arg(e.target.field())
