@@ -2,7 +2,8 @@
 //! `redis-server` with the options a test needs (persistence, `maxmemory`
 //! and its policy, replication), a Sentinel-managed primary with one replica
 //! and three sentinels (`redis-sentinel`), a small RESP client to inspect
-//! them, and a TCP proxy that delays Redis's replies.
+//! them, and a TCP proxy that delays Redis's replies or cuts a replica off
+//! from Redis altogether (a network partition).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -242,11 +243,7 @@ impl Redis {
         self.kill();
         for entry in std::fs::read_dir(&self.dir).expect("read redis dir") {
             let path = entry.expect("dir entry").path();
-            let keep = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.ends_with(".log"));
-            if keep {
+            if is_log(&path) {
                 continue;
             }
             if path.is_dir() {
@@ -255,6 +252,33 @@ impl Redis {
                 std::fs::remove_file(&path).expect("remove redis data file");
             }
         }
+        self.start_again();
+    }
+
+    /// Copies its data (the append-only file) to `to`, to start from later
+    /// with [`Redis::restart_from`].
+    pub fn copy_data(&self, to: &Path) {
+        copy_data(&self.dir, to);
+    }
+
+    /// Kills Redis and starts it again from data copied earlier with
+    /// [`Redis::copy_data`]: a Redis that lost every write acknowledged
+    /// since, as one restored from an older file does, or a replica promoted
+    /// before it caught up.
+    pub fn restart_from(&mut self, from: &Path) {
+        self.kill();
+        for entry in std::fs::read_dir(&self.dir).expect("read redis dir") {
+            let path = entry.expect("dir entry").path();
+            if is_log(&path) {
+                continue;
+            }
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).expect("remove redis data dir");
+            } else {
+                std::fs::remove_file(&path).expect("remove redis data file");
+            }
+        }
+        copy_data(from, &self.dir);
         self.start_again();
     }
 
@@ -285,6 +309,30 @@ impl Redis {
             .as_ref()
             .map(ChildGuard::logs)
             .unwrap_or_default()
+    }
+}
+
+fn is_log(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".log"))
+}
+
+/// Copies a Redis data directory (files and one level of directories, as
+/// the append-only layout has), leaving out the process logs.
+fn copy_data(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create the copy");
+    for entry in std::fs::read_dir(from).expect("read redis dir") {
+        let path = entry.expect("dir entry").path();
+        if is_log(&path) {
+            continue;
+        }
+        let target = to.join(path.file_name().expect("a file name"));
+        if path.is_dir() {
+            copy_data(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).expect("copy redis data");
+        }
     }
 }
 
@@ -640,12 +688,15 @@ impl SentinelGroup {
 
 /// A TCP proxy in front of a Redis that forwards requests at once and
 /// holds each reply back for the current delay (in order), as a Redis
-/// that is slow to answer, or a congested link, would.
+/// that is slow to answer, or a congested link, would. It can also cut
+/// every connection and refuse new ones until healed: a partition between
+/// the replicas behind it and Redis.
 #[derive(Debug)]
 pub struct DelayProxy {
     port: u16,
     delay_ms: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    cut: Arc<AtomicBool>,
     streams: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -656,10 +707,12 @@ impl DelayProxy {
         let port = listener.local_addr().expect("proxy address").port();
         let delay_ms = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(AtomicBool::new(false));
         let streams = Arc::new(Mutex::new(Vec::new()));
-        let (d, s, list) = (
+        let (d, s, c, list) = (
             Arc::clone(&delay_ms),
             Arc::clone(&stop),
+            Arc::clone(&cut),
             Arc::clone(&streams),
         );
         std::thread::spawn(move || {
@@ -668,6 +721,10 @@ impl DelayProxy {
                     break;
                 }
                 let Ok(client) = client else { continue };
+                if c.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                     continue;
                 };
@@ -688,6 +745,7 @@ impl DelayProxy {
             port,
             delay_ms,
             stop,
+            cut,
             streams,
         }
     }
@@ -708,6 +766,20 @@ impl DelayProxy {
             u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             Ordering::SeqCst,
         );
+    }
+
+    /// Cuts the replicas behind the proxy off from Redis: every open
+    /// connection is shut down, and new ones are closed at once.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.streams.lock().expect("proxy streams").drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
     }
 }
 

@@ -475,3 +475,141 @@ fn a_revocation_right_after_a_flush_leaves_every_revocation_held_in_force() {
         "control: every replica saw the loss: {resets:?}"
     );
 }
+
+/// Whether alice and carol sign in on `client`: (alice's status, carol
+/// refused as revoked).
+fn alice_and_carol(client: &TokenClient) -> (u16, bool) {
+    let alice = client.password_grant("alice", "alice-pw", SERVICE, "", false);
+    let carol = client.password_grant("carol", "carol-pw", SERVICE, "", false);
+    (alice.status, is_refused(&carol))
+}
+
+/// Polls `client` for 5 s until alice signs in and carol is refused.
+fn wait_alice_in_carol_out(client: &TokenClient, what: &str) {
+    let start = Instant::now();
+    loop {
+        let seen = alice_and_carol(client);
+        if seen == (200, true) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{what}: alice {} and carol refused {} after 5 s",
+            seen.0,
+            seen.1
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A lift stays lifted and a revocation survives, whatever Redis or one
+/// replica missed: alice is revoked; a third replica is cut off from Redis;
+/// alice's revocation is lifted and carol revoked; Redis then restarts from
+/// a copy made before both (it lost the lift and carol's revocation, as a
+/// promoted replica that lagged would); the two replicas that saw both
+/// write them back; then the cut-off replica comes back, still holding
+/// alice's revocation. Before, the write-back after a run-ID change could
+/// not tell a lost revocation from a lifted one: the lift came undone, and
+/// the cut-off replica revoked alice again for the whole fleet.
+#[test]
+fn a_lift_stays_lifted_and_a_revocation_survives_whatever_redis_or_a_cut_off_replica_missed() {
+    let d = dir();
+    let mut redis = Redis::start(d.path());
+    let fleet = Fleet::start_on(d.path(), 2, Some(&redis.url()), "", |b| {
+        b.account("alice", "alice-pw", &[])
+            .account("carol", "carol-pw", &[])
+    });
+    let proxy = DelayProxy::start(redis.port());
+    let d2 = dir();
+    let cut_off = TokenServerBuilder::new()
+        .account("alice", "alice-pw", &[])
+        .account("carol", "carol-pw", &[])
+        .extra_config(&format!("shared_state: {}\n", proxy.url()))
+        .start(d2.path());
+    let connected = fleet.replicas();
+    let all: Vec<&TokenClient> = connected
+        .iter()
+        .copied()
+        .chain(std::iter::once(cut_off.client()))
+        .collect();
+    for r in &all {
+        assert_eq!(alice_and_carol(r), (200, false), "control: both sign in");
+    }
+    fleet
+        .command(&["revoke", "--subject", "alice"])
+        .assert_success("revoke alice");
+    for r in &all {
+        refused_within("control: alice revoked everywhere", || {
+            r.password_grant("alice", "alice-pw", SERVICE, "", false)
+        });
+    }
+
+    proxy.cut();
+    wait_for_metric(cut_off.client(), "regauth_shared_state_up", 0.0);
+    let before = d.path().join("redis-before");
+    redis.kill();
+    redis.copy_data(&before);
+    redis.start_again();
+    let out = fleet.command(&["revoke", "--lift", "--subject", "alice"]);
+    out.assert_success("lift alice");
+    assert!(out.stdout.contains("lifted"), "{}", out.describe());
+    fleet
+        .command(&["revoke", "--subject", "carol"])
+        .assert_success("revoke carol");
+    for r in &connected {
+        wait_alice_in_carol_out(r, "control: the lift and carol's revocation arrived");
+    }
+    assert!(
+        is_refused(
+            &cut_off
+                .client()
+                .password_grant("alice", "alice-pw", SERVICE, "", false)
+        ),
+        "control: the cut-off replica still holds alice's revocation"
+    );
+
+    let run_id = redis.info("run_id");
+    redis.restart_from(&before);
+    assert_ne!(
+        redis.info("run_id"),
+        run_id,
+        "control: another Redis server"
+    );
+    let written = |r: &TokenClient| {
+        metric(&metrics(r), "regauth_revocations_written_back_total").unwrap_or(0.0)
+    };
+    let start = Instant::now();
+    while connected.iter().map(|r| written(r)).sum::<f64>() < 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "control: Redis lost carol's revocation and no replica wrote it back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for r in &connected {
+        wait_alice_in_carol_out(r, "after Redis lost the lift and the revocation");
+    }
+
+    proxy.heal();
+    wait_for_metric(cut_off.client(), "regauth_shared_state_up", 1.0);
+    std::thread::sleep(Duration::from_secs(1));
+    let seen: Vec<(u16, bool)> = all.iter().map(|r| alice_and_carol(r)).collect();
+    let fields: Vec<String> = redis
+        .call(&["HKEYS", "regauth:{revoked}:entries"])
+        .items()
+        .iter()
+        .filter_map(Resp::text)
+        .collect();
+    let list = fleet.command(&["revoke", "--list"]);
+    assert!(
+        seen.iter().all(|s| *s == (200, true)),
+        "after the cut-off replica came back, (alice's status, carol refused) per replica: \
+         {seen:?}; entries in Redis {fields:?}; revoke --list:\n{}",
+        list.stdout
+    );
+    assert!(
+        fields.iter().any(|f| f.ends_with(":carol"))
+            && !fields.iter().any(|f| f.ends_with(":alice")),
+        "Redis holds carol's revocation and not alice's: {fields:?}"
+    );
+}

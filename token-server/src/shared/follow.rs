@@ -224,17 +224,29 @@ async fn start(
     Ok(())
 }
 
-/// Writes back the revocations this process holds to a Redis that may
-/// lack some. `lost`: its epoch marker was gone or changed, so it lost
-/// them all (counted and logged as such); otherwise it is another server
-/// (a failover, or a restart from its own files), which may lag.
+/// Writes back to a Redis that may lack some what this process holds: the
+/// tombstones of the lifts it heard of first (removing a lifted version
+/// that Redis got back), then the revocations (each only where Redis lacks
+/// it, and never a version with a tombstone). `lost`: its epoch marker was
+/// gone or changed, so it lost them all (counted and logged as such);
+/// otherwise it is another server (a failover, or a restart from its own
+/// files), which may lag.
 async fn restore(
     state: &SharedState,
     conn: &mut MultiplexedConnection,
     cursor: &Cursor,
     lost: bool,
 ) -> Result<(), SharedError> {
-    let held = state.revocations.all(Instant::now());
+    let now = Instant::now();
+    let lifted = state.revocations.lifted(now);
+    let undone = bounded(ROUND_TRIP * 4, revocation::bury(conn, &lifted)).await?;
+    if undone > 0 {
+        tracing::warn!(
+            undone,
+            "shared state held revocations that had been lifted (it lost the lifts); they were lifted again"
+        );
+    }
+    let held = state.revocations.all(now);
     // After a loss, a new marker: every other replica then sees it changed
     // and writes back too, whichever of them noticed first.
     let epoch = match (&cursor.epoch, lost) {
@@ -291,7 +303,7 @@ async fn load_revocations(
     }
     let now = Instant::now();
     let count = snap.entries.len();
-    state.revocations.replace(snap.entries, now);
+    state.revocations.replace(snap.entries, snap.lifted, now);
     state
         .metrics
         .held
@@ -383,7 +395,13 @@ async fn apply(
                             None => tracing::warn!(field, "a change names no revocation; ignored"),
                         }
                     }
-                    "del" => state.revocations.remove(&field),
+                    "del" => {
+                        // Its version, kept as a tombstone for `t`.
+                        let version: Option<String> = entry.get("v");
+                        state
+                            .revocations
+                            .lift(&field, version.as_deref(), left, now);
+                    }
                     other => tracing::warn!(op = other, "a change of unknown kind; ignored"),
                 }
             } else {

@@ -11,6 +11,15 @@
 //! the longest lifetime of what it revokes has passed, after which there
 //! is nothing left for it to revoke. Access tokens are not revocable:
 //! registries verify them offline, so they stay short instead.
+//!
+//! Each revocation is one version of its field: its value carries a random
+//! nonce, so revoking again after a lift makes a new version. A lift leaves
+//! a tombstone for the version it removed, in Redis and on every replica
+//! that hears of it, until that version would have expired. A replica
+//! writing back what a Redis lost (after a restart, a flush or a failover)
+//! writes its tombstones first, which removes a lifted version Redis got
+//! back, and a version with a tombstone is never written back: a lift
+//! stays lifted, whichever replica missed it, and a revocation survives.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -35,6 +44,13 @@ pub(super) const SEQ: &str = "regauth:{revoked}:seq";
 /// A random value set once: missing or changed, Redis lost (or was
 /// replaced by another with) the revocations.
 pub(super) const EPOCH: &str = "regauth:{revoked}:epoch";
+/// Tombstones of lifted versions (`FIELD\nVALUE`), scored by when each
+/// may be forgotten.
+pub(super) const LIFTED: &str = "regauth:{revoked}:lifted";
+
+/// How long a tombstone outlives the version it lifted would have: a
+/// replica's copy of an entry ends by its own clock, a little after Redis's.
+const TOMBSTONE_SLACK: Duration = Duration::from_secs(60);
 
 /// The longest an entry is kept (100 years): Redis scores and the
 /// replicas' clocks count milliseconds, and no credential lives this long.
@@ -224,6 +240,9 @@ struct Stored {
     /// `IssuedBefore` only: the cut-off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     before: Option<u64>,
+    /// A random nonce that makes each revocation a version of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    v: Option<String>,
 }
 
 /// A revocation in force.
@@ -235,21 +254,39 @@ pub struct Revocation {
     pub revoked_at: u64,
     /// How long it stays in force.
     pub expires_in: Duration,
+    /// Its value in Redis, exactly: which version of its field it is.
+    version: String,
 }
 
 impl Revocation {
-    /// The value stored for it.
-    fn value(&self) -> String {
-        let before = match self.target {
-            Target::IssuedBefore { before, .. } => Some(before),
-            _ => None,
-        };
+    /// A new version of a revocation of `target`, made at `revoked_at`
+    /// (unix seconds), in force for `expires_in`.
+    pub fn new(
+        target: Target,
+        revoked_at: u64,
+        expires_in: Duration,
+    ) -> Result<Self, crate::secret::RandomError> {
+        let nonce = crate::secret::random::<8>()?;
         let stored = Stored {
-            revoked_at: self.revoked_at,
-            before,
+            revoked_at,
+            before: match target {
+                Target::IssuedBefore { before, .. } => Some(before),
+                _ => None,
+            },
+            v: Some(nonce.iter().map(|b| format!("{b:02x}")).collect()),
         };
-        // A struct of two integers always encodes.
-        serde_json::to_string(&stored).unwrap_or_default()
+        Ok(Revocation {
+            target,
+            revoked_at,
+            expires_in,
+            // Integers and hex digits always encode.
+            version: serde_json::to_string(&stored).unwrap_or_default(),
+        })
+    }
+
+    /// The value stored for it.
+    fn value(&self) -> &str {
+        &self.version
     }
 }
 
@@ -264,7 +301,14 @@ pub fn read_entry(field: &str, value: &str, expires_in: Duration) -> Option<Revo
         target: Target::from_field(field, before)?,
         revoked_at: stored.map_or(0, |s| s.revoked_at),
         expires_in,
+        version: value.to_owned(),
     })
+}
+
+/// A tombstone's member: the field and the version lifted. A value is
+/// JSON, which holds no raw newline, so the last one splits the two.
+fn tombstone(field: &str, version: &str) -> String {
+    format!("{field}\n{version}")
 }
 
 /// The refresh token a caller presented.
@@ -292,14 +336,32 @@ pub enum Revoked {
 struct Held {
     target: Target,
     revoked_at: u64,
+    version: String,
     expires: Instant,
 }
 
+/// What this process holds: the revocations by field, and the tombstones
+/// of lifted versions, each until it may be forgotten.
+#[derive(Debug, Default)]
+struct Inner {
+    held: HashMap<String, Held>,
+    lifted: HashMap<String, Instant>,
+}
+
 /// The revocations this process holds, checked on every authenticated
-/// request without a round trip.
+/// request without a round trip, and the lifts it heard of.
 #[derive(Debug, Default)]
 pub struct Revocations {
-    held: RwLock<HashMap<String, Held>>,
+    inner: RwLock<Inner>,
+}
+
+/// A lift this process heard of: the tombstone of the version it removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Lifted {
+    /// The tombstone's member: the field and the version.
+    pub member: String,
+    /// How long it is kept.
+    pub expires_in: Duration,
 }
 
 impl Revocations {
@@ -311,7 +373,8 @@ impl Revocations {
         presented: Option<&Presented>,
         now: Instant,
     ) -> Result<(), Revoked> {
-        let held = self.held.read().unwrap_or_else(|e| e.into_inner());
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let held = &inner.held;
         if held.is_empty() {
             return Ok(());
         }
@@ -356,34 +419,56 @@ impl Revocations {
     }
 
     /// Holds `entry` from `now` for its `expires_in`; an entry already
-    /// held for the same field keeps the later expiry.
+    /// held for the same field keeps the later expiry. A version this
+    /// process knows was lifted is not held again.
     pub fn put(&self, entry: Revocation, now: Instant) {
         let field = entry.target.field();
         let expires = now + entry.expires_in;
-        let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
-        let expires = held
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if inner
+            .lifted
+            .get(&tombstone(&field, &entry.version))
+            .is_some_and(|until| *until > now)
+        {
+            return;
+        }
+        let expires = inner
+            .held
             .get(&field)
             .filter(|h| h.target == entry.target)
             .map_or(expires, |h| h.expires.max(expires));
-        held.insert(
+        inner.held.insert(
             field,
             Held {
                 target: entry.target,
                 revoked_at: entry.revoked_at,
+                version: entry.version,
                 expires,
             },
         );
     }
 
-    /// Stops holding `field`.
-    pub fn remove(&self, field: &str) {
-        let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
-        held.remove(field);
+    /// A lift of `field`: stops holding it, and keeps the tombstone of
+    /// `version` (the version lifted) for `keep`. Without a version (a
+    /// change written by an older build), the field just goes.
+    pub fn lift(&self, field: &str, version: Option<&str>, keep: Duration, now: Instant) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        match version {
+            None => {
+                inner.held.remove(field);
+            }
+            Some(version) => {
+                if inner.held.get(field).is_some_and(|h| h.version == version) {
+                    inner.held.remove(field);
+                }
+                inner.lifted.insert(tombstone(field, version), now + keep);
+            }
+        }
     }
 
-    /// Replaces everything held with `entries` (a full load).
-    pub fn replace(&self, entries: Vec<Revocation>, now: Instant) {
-        let fresh: HashMap<String, Held> = entries
+    /// Replaces everything held with `entries` and `lifted` (a full load).
+    pub(super) fn replace(&self, entries: Vec<Revocation>, lifted: Vec<Lifted>, now: Instant) {
+        let held: HashMap<String, Held> = entries
             .into_iter()
             .map(|e| {
                 (
@@ -392,16 +477,25 @@ impl Revocations {
                         expires: now + e.expires_in,
                         target: e.target,
                         revoked_at: e.revoked_at,
+                        version: e.version,
                     },
                 )
             })
             .collect();
-        *self.held.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        let lifted = lifted
+            .into_iter()
+            .map(|l| (l.member, now + l.expires_in))
+            .collect();
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = Inner { held, lifted };
     }
 
     /// How many are held (some may have expired since the last prune).
     pub fn len(&self) -> usize {
-        self.held.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .held
+            .len()
     }
 
     /// True when none is held.
@@ -411,20 +505,38 @@ impl Revocations {
 
     /// Drops what has expired; returns how many are held.
     pub fn prune(&self, now: Instant) -> usize {
-        let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
-        held.retain(|_, h| h.expires > now);
-        held.len()
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.held.retain(|_, h| h.expires > now);
+        inner.lifted.retain(|_, until| *until > now);
+        inner.held.len()
     }
 
     /// Every revocation held and not expired, with the time it has left.
     pub fn all(&self, now: Instant) -> Vec<Revocation> {
-        let held = self.held.read().unwrap_or_else(|e| e.into_inner());
-        held.values()
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner
+            .held
+            .values()
             .filter(|h| h.expires > now)
             .map(|h| Revocation {
                 target: h.target.clone(),
                 revoked_at: h.revoked_at,
                 expires_in: h.expires - now,
+                version: h.version.clone(),
+            })
+            .collect()
+    }
+
+    /// Every tombstone held and not expired, with the time it has left.
+    pub(super) fn lifted(&self, now: Instant) -> Vec<Lifted> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner
+            .lifted
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(member, until)| Lifted {
+                member: member.clone(),
+                expires_in: *until - now,
             })
             .collect()
     }
@@ -435,20 +547,23 @@ const NOW: &str = "local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
-/// KEYS: ENTRIES, EXPIRY, LOG, SEQ, EPOCH. ARGV: epoch if none is set,
-/// stream length, '1' to keep entries already there, then per entry its
-/// field, value and lifetime in ms. Drops expired entries first; an entry
-/// keeps the later of its expiries. Returns how many were written.
+/// KEYS: ENTRIES, EXPIRY, LOG, SEQ, EPOCH, LIFTED. ARGV: epoch if none is
+/// set, stream length, '1' to keep entries already there, then per entry
+/// its field, value and lifetime in ms. Drops expired entries and
+/// tombstones first; a version with a tombstone is never written, and an
+/// entry keeps the later of its expiries. Returns how many were written.
 static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 for _, f in ipairs(old) do redis.call('HDEL', KEYS[1], f) end
 if #old > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
 redis.call('SET', KEYS[5], ARGV[1], 'NX')
 local written = 0
 for i = 4, #ARGV, 3 do
   local f, v = ARGV[i], ARGV[i + 1]
-  if ARGV[3] ~= '1' or redis.call('HEXISTS', KEYS[1], f) == 0 then
+  local keep = ARGV[3] == '1' and redis.call('HEXISTS', KEYS[1], f) == 1
+  if not keep and not redis.call('ZSCORE', KEYS[6], f .. '\\n' .. v) then
     local exp = now + tonumber(ARGV[i + 2])
     local cur = tonumber(redis.call('ZSCORE', KEYS[2], f))
     if cur and cur > exp then exp = cur end
@@ -463,20 +578,54 @@ return written"
     ))
 });
 
-/// KEYS: ENTRIES, EXPIRY, LOG, SEQ. ARGV: field, stream length. Returns 1
-/// if there was such an entry.
+/// KEYS: ENTRIES, EXPIRY, LOG, SEQ, LIFTED. ARGV: field, stream length,
+/// tombstone slack in ms. Removes the entry and keeps a tombstone of its
+/// version until it would have expired, plus the slack. Returns 1 if there
+/// was such an entry.
 static LIFT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+    Script::new(&format!(
+        "{NOW}local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return 0 end
+local exp = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1])) or now
+redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+local keep = math.max(exp - now, 0) + tonumber(ARGV[3])
+redis.call('ZADD', KEYS[5], now + keep, ARGV[1] .. '\\n' .. v)
 local s = redis.call('INCR', KEYS[4])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 's', s, 'op', 'del', 'f', ARGV[1])
-return 1",
-    )
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 's', s, 'op', 'del', 'f', ARGV[1], 'v', v, 't', keep)
+return 1"
+    ))
 });
 
-/// KEYS: ENTRIES, EXPIRY, LOG, SEQ, EPOCH. Everything at one instant:
-/// {sequence, last stream ID, epoch, then per live entry its field, value
+/// KEYS: ENTRIES, EXPIRY, LOG, SEQ, LIFTED. ARGV: stream length, then per
+/// tombstone its member (`FIELD\nVALUE`) and ms left. Writes back the
+/// tombstones of lifts a Redis may have lost, and removes each version
+/// lifted that it holds again. Returns how many were removed.
+static BURY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW}redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+local removed = 0
+for i = 2, #ARGV, 2 do
+  local m, keep = ARGV[i], tonumber(ARGV[i + 1])
+  local cur = tonumber(redis.call('ZSCORE', KEYS[5], m))
+  if cur and cur - now > keep then keep = cur - now end
+  redis.call('ZADD', KEYS[5], now + keep, m)
+  local f, v = string.match(m, '^(.*)\\n([^\\n]*)$')
+  if f and redis.call('HGET', KEYS[1], f) == v then
+    redis.call('HDEL', KEYS[1], f)
+    redis.call('ZREM', KEYS[2], f)
+    local s = redis.call('INCR', KEYS[4])
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 's', s, 'op', 'del', 'f', f, 'v', v, 't', keep)
+    removed = removed + 1
+  end
+end
+return removed"
+    ))
+});
+
+/// KEYS: ENTRIES, EXPIRY, LOG, SEQ, EPOCH, LIFTED. Everything at one
+/// instant: {sequence, last stream ID, epoch, number of entries, then per
+/// live entry its field, value and ms left, then per tombstone its member
 /// and ms left}.
 static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
@@ -484,6 +633,7 @@ static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| {
 local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 out[2] = last[1] and last[1][1] or '0-0'
 out[3] = redis.call('GET', KEYS[5]) or ''
+out[4] = 0
 local live = redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf', 'WITHSCORES')
 for i = 1, #live, 2 do
   local v = redis.call('HGET', KEYS[1], live[i])
@@ -491,7 +641,13 @@ for i = 1, #live, 2 do
     out[#out + 1] = live[i]
     out[#out + 1] = v
     out[#out + 1] = tonumber(live[i + 1]) - now
+    out[4] = out[4] + 1
   end
+end
+local lifted = redis.call('ZRANGEBYSCORE', KEYS[6], now, '+inf', 'WITHSCORES')
+for i = 1, #lifted, 2 do
+  out[#out + 1] = lifted[i]
+  out[#out + 1] = tonumber(lifted[i + 1]) - now
 end
 return out"
     ))
@@ -583,6 +739,8 @@ pub(super) struct Snapshot {
     pub epoch: String,
     /// Every live entry.
     pub entries: Vec<Revocation>,
+    /// Every live tombstone.
+    pub lifted: Vec<Lifted>,
 }
 
 /// Reads every revocation, and where the stream of changes stands, at one
@@ -596,6 +754,7 @@ pub(super) async fn snapshot(
         .key(LOG)
         .key(SEQ)
         .key(EPOCH)
+        .key(LIFTED)
         .invoke_async(conn)
         .await?;
     let text = |v: Option<&redis::Value>| -> String {
@@ -607,8 +766,11 @@ pub(super) async fn snapshot(
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(0)
     };
+    let count = usize::try_from(number(values.get(3))).unwrap_or(0);
+    let rest = values.get(4..).unwrap_or_default();
+    let (live, tombstones) = rest.split_at(count.saturating_mul(3).min(rest.len()));
     let mut entries = Vec::new();
-    for chunk in values.get(3..).unwrap_or_default().chunks(3) {
+    for chunk in live.chunks(3) {
         let [field, value, left] = chunk else { break };
         let field = text(Some(field));
         let left = time_left(number(Some(left)));
@@ -617,11 +779,22 @@ pub(super) async fn snapshot(
             None => tracing::warn!(field, "an entry in Redis names no revocation; ignored"),
         }
     }
+    let lifted = tombstones
+        .chunks(2)
+        .filter_map(|chunk| match chunk {
+            [member, left] => Some(Lifted {
+                member: text(Some(member)),
+                expires_in: time_left(number(Some(left))),
+            }),
+            _ => None,
+        })
+        .collect();
     Ok(Snapshot {
         seq: number(values.first()),
         last_id: text(values.get(1)),
         epoch: text(values.get(2)),
         entries,
+        lifted,
     })
 }
 
@@ -649,6 +822,29 @@ pub(super) async fn write_back(
     Ok(written)
 }
 
+/// Writes back the tombstones of lifts a Redis may have lost, removing
+/// each lifted version it holds again; returns how many it held.
+pub(super) async fn bury(
+    conn: &mut redis::aio::MultiplexedConnection,
+    lifted: &[Lifted],
+) -> redis::RedisResult<u64> {
+    let mut removed = 0;
+    for batch in lifted.chunks(BATCH) {
+        let mut call = BURY.prepare_invoke();
+        call.key(ENTRIES)
+            .key(EXPIRY)
+            .key(LOG)
+            .key(SEQ)
+            .key(LIFTED)
+            .arg(LOG_LENGTH);
+        for l in batch {
+            call.arg(&l.member).arg(millis(l.expires_in));
+        }
+        removed += call.invoke_async::<u64>(conn).await?;
+    }
+    Ok(removed)
+}
+
 fn put_call(epoch: &str, keep: bool) -> redis::ScriptInvocation<'static> {
     let mut call = PUT.prepare_invoke();
     call.key(ENTRIES)
@@ -656,6 +852,7 @@ fn put_call(epoch: &str, keep: bool) -> redis::ScriptInvocation<'static> {
         .key(LOG)
         .key(SEQ)
         .key(EPOCH)
+        .key(LIFTED)
         .arg(epoch)
         .arg(LOG_LENGTH)
         .arg(if keep { "1" } else { "0" });
@@ -700,11 +897,11 @@ pub async fn revoke(
             return Ok(existing);
         }
     }
-    let entry = Revocation {
-        target,
-        revoked_at: unix(now),
-        expires_in: ttl,
-    };
+    let entry = Revocation::new(target, unix(now), ttl).map_err(|_| {
+        RevokeError::Shared(SharedError::Reply(
+            "no random bytes for the entry's version",
+        ))
+    })?;
     let mut call = put_call(epoch, false);
     call.arg(entry.target.field())
         .arg(entry.value())
@@ -722,8 +919,10 @@ pub async fn lift(shared: &SharedState, target: &Target) -> Result<bool, RevokeE
         .key(EXPIRY)
         .key(LOG)
         .key(SEQ)
+        .key(LIFTED)
         .arg(target.field())
-        .arg(LOG_LENGTH);
+        .arg(LOG_LENGTH)
+        .arg(millis(TOMBSTONE_SLACK));
     let removed: u64 = shared
         .run(|mut conn| async move { call.invoke_async(&mut conn).await })
         .await?;
@@ -785,13 +984,11 @@ mod tests {
         ];
         for (target, field) in cases {
             assert_eq!(target.field(), field);
-            let entry = Revocation {
-                target: target.clone(),
-                revoked_at: 7,
-                expires_in: Duration::from_secs(1),
-            };
-            let back = read_entry(field, &entry.value(), Duration::from_secs(1)).unwrap();
+            let entry = Revocation::new(target.clone(), 7, Duration::from_secs(1)).unwrap();
+            let back = read_entry(field, entry.value(), Duration::from_secs(1)).unwrap();
             assert_eq!(back, entry);
+            let again = Revocation::new(target.clone(), 7, Duration::from_secs(1)).unwrap();
+            assert_ne!(again.value(), entry.value(), "each revocation is a version");
         }
     }
 
@@ -848,11 +1045,7 @@ mod tests {
         assert_eq!(r.check(&sa, None, now), Ok(()));
         let put = |target, secs| {
             r.put(
-                Revocation {
-                    target,
-                    revoked_at: 1,
-                    expires_in: Duration::from_secs(secs),
-                },
+                Revocation::new(target, 1, Duration::from_secs(secs)).unwrap(),
                 now,
             );
         };
@@ -910,8 +1103,42 @@ mod tests {
             60,
         );
         assert_eq!(r.check(&node, None, now), Err(Revoked::Subject));
-        r.remove("sub:node:*:node:n1");
+        r.lift("sub:node:*:node:n1", None, Duration::ZERO, now);
         assert_eq!(r.check(&node, None, now), Ok(()));
         assert_eq!(r.prune(now + Duration::from_secs(120)), 0);
+    }
+
+    /// A lift removes the version it names and keeps its tombstone: that
+    /// version is not held again (a late write-back), a new version is.
+    #[test]
+    fn a_lifted_version_is_never_held_again_but_a_new_one_is() {
+        let r = Revocations::default();
+        let now = Instant::now();
+        let alice = principal(Kind::Account, "alice", None);
+        let target = Target::Subject {
+            subject: "alice".into(),
+            kind: Some(Kind::Account),
+            issuer: None,
+        };
+        let first = Revocation::new(target.clone(), 1, Duration::from_secs(60)).unwrap();
+        let field = target.field();
+        r.put(first.clone(), now);
+        assert_eq!(r.check(&alice, None, now), Err(Revoked::Subject));
+        // A lift of another version leaves this one.
+        r.lift(&field, Some("{}"), Duration::from_secs(60), now);
+        assert_eq!(r.check(&alice, None, now), Err(Revoked::Subject));
+        r.lift(&field, Some(first.value()), Duration::from_secs(60), now);
+        assert_eq!(r.check(&alice, None, now), Ok(()));
+        assert!(r.lifted(now).contains(&Lifted {
+            member: format!("{field}\n{}", first.value()),
+            expires_in: Duration::from_secs(60),
+        }));
+        r.put(first, now);
+        assert_eq!(r.check(&alice, None, now), Ok(()), "lifted stays lifted");
+        let second = Revocation::new(target, 2, Duration::from_secs(60)).unwrap();
+        r.put(second, now);
+        assert_eq!(r.check(&alice, None, now), Err(Revoked::Subject));
+        r.prune(now + Duration::from_secs(61));
+        assert!(r.lifted(now + Duration::from_secs(61)).is_empty());
     }
 }
