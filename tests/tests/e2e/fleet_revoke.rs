@@ -567,3 +567,56 @@ fn refresh_tokens_of_a_removed_issuer_are_refused_from_the_next_request() {
     );
     assert_eq!(get(&from_cluster), 200, "an issuer that stays");
 }
+
+/// Before, an entry's lifetime came from the config the command was given,
+/// not from what had been issued: with `refresh_token_ttl` lowered from 1 h
+/// to 3 s and reloaded, `revoke --subject alice` lasted 3 s, and her token
+/// minted under 1 h was accepted again afterwards. Now every replica tells
+/// Redis until when the refresh tokens it has issued may live, and an
+/// entry lasts at least until then.
+#[test]
+fn a_revocation_outlives_tokens_minted_under_a_longer_lifetime_than_the_config_now_has() {
+    use regauth_e2e::ops::{Reload, edit_config, reload};
+    let s = setup(1, false);
+    let server = &s.fleet.first;
+    let client = server.client();
+    let token = client
+        .password_grant("alice", "alice-pw", SERVICE, "", true)
+        .json_str("refresh_token");
+    let claims = unverified_claims(&token);
+    let lifetime = claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat");
+    assert!(lifetime >= 3000, "control: minted for 1 h ({lifetime} s)");
+    edit_config(server, |t| {
+        t.replace("refresh_token_ttl: 1h", "refresh_token_ttl: 3s")
+    });
+    assert_eq!(reload(server), Reload::Applied);
+    let short = client
+        .password_grant("alice", "alice-pw", SERVICE, "", true)
+        .json_str("refresh_token");
+    let claims = unverified_claims(&short);
+    assert_eq!(
+        claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat"),
+        3,
+        "control: the reload lowered the lifetime"
+    );
+    let out = revoke(&s.fleet, &["--subject", "alice"]);
+    out.assert_success("revoke alice");
+    refused_within("alice's 1 h token", || {
+        client.refresh_grant(&token, SERVICE, "")
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let list = revoke(&s.fleet, &["--list"]);
+    assert_refused(
+        &client.refresh_grant(&token, SERVICE, ""),
+        &format!(
+            "5 s later, a token with {lifetime} s of life; revoke said {:?}; --list: {:?}",
+            out.stdout.trim(),
+            list.stdout.trim()
+        ),
+    );
+    assert!(
+        list.stdout.contains("expires in 59m") || list.stdout.contains("expires in 1h"),
+        "the entry lasts as long as the 1 h token: {}",
+        list.stdout
+    );
+}

@@ -61,6 +61,7 @@ impl AppState {
             Some(s) => {
                 let shared =
                     SharedState::new(s, limits.shared_state_timeout, metrics.shared_state())?;
+                shared.issuing(&settings);
                 shared.follow();
                 Some(shared)
             }
@@ -94,6 +95,9 @@ impl AppState {
     /// Limits that shape the listener (body size, timeouts) keep their
     /// start-up values until a restart.
     pub fn replace_settings(&self, settings: Settings) {
+        if let Some(shared) = &self.shared {
+            shared.issuing(&settings);
+        }
         self.settings.store(Arc::new(settings));
     }
 

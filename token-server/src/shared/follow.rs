@@ -9,6 +9,9 @@
 //! counter started again) means a full load. Any failure ends the session:
 //! the next one connects anew (asking the sentinels again) and loads again.
 //!
+//! At each connection and every check it also publishes the horizon of
+//! the refresh tokens this process issues (see `revocation`).
+//!
 //! Every snapshot's epoch marker is compared with the one followed. A
 //! Redis whose marker is gone or changed came back without the revocations
 //! (restarted without persistence, flushed, or replaced), whether this is
@@ -157,6 +160,9 @@ async fn session(state: &SharedState, cursor: &mut Cursor) -> (SharedError, bool
                     return (e, true);
                 }
             }
+            if let Err(e) = horizon(state, &mut conn).await {
+                return (e, true);
+            }
             let held = state.revocations.prune(now);
             state
                 .metrics
@@ -219,9 +225,16 @@ async fn start(
             tracing::info!(moved, "revocations kept by the previous layout were moved");
         }
     }
+    horizon(state, conn).await?;
     load(state, conn, cursor).await?;
     cursor.run_id = run_id;
     Ok(())
+}
+
+/// Publishes until when the refresh tokens this process issues may live.
+async fn horizon(state: &SharedState, conn: &mut MultiplexedConnection) -> Result<(), SharedError> {
+    let lifetimes = state.lifetimes();
+    bounded(ROUND_TRIP, revocation::publish_horizon(conn, &lifetimes)).await
 }
 
 /// Writes back to a Redis that may lack some what this process holds: the

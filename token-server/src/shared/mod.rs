@@ -25,7 +25,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use redis::aio::MultiplexedConnection;
 
-use crate::settings::SharedStateSettings;
+use crate::identity::Kind;
+use crate::settings::{Settings, SharedStateSettings};
 
 pub use link::needs_new_connection;
 
@@ -107,6 +108,9 @@ pub struct SharedState {
     metrics: SharedMetrics,
     /// Wakes the follower when a sentinel announces a new primary.
     switched: tokio::sync::Notify,
+    /// Per horizon scope, the lifetime of the refresh tokens this process
+    /// issues under the settings in force.
+    lifetimes: std::sync::Mutex<Vec<(String, Duration)>>,
 }
 
 impl std::fmt::Debug for SharedState {
@@ -141,7 +145,58 @@ impl SharedState {
             health: AtomicU8::new(UNKNOWN),
             metrics,
             switched: tokio::sync::Notify::new(),
+            lifetimes: std::sync::Mutex::new(Vec::new()),
         }))
+    }
+
+    /// Takes the lifetimes of the refresh tokens `settings` issues, which
+    /// this process publishes as its horizon (see `revocation`): at once
+    /// when in a runtime (after a reload), and whenever the follower
+    /// connects or checks on Redis.
+    pub fn issuing(self: &Arc<Self>, settings: &Settings) {
+        let mut lifetimes = vec![
+            (
+                revocation::scope(Kind::Account, None),
+                settings.refresh_token_ttl,
+            ),
+            (
+                revocation::scope(Kind::Node, None),
+                settings.refresh_token_ttl,
+            ),
+            (
+                revocation::scope(Kind::Certificate, None),
+                settings.refresh_token_ttl,
+            ),
+        ];
+        for i in settings.issuers.all() {
+            lifetimes.push((
+                revocation::scope(i.kind.principal_kind(), Some(&i.name)),
+                i.credential_ttl,
+            ));
+        }
+        *self.lifetimes.lock().unwrap_or_else(|e| e.into_inner()) = lifetimes;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let this = Arc::clone(self);
+            runtime.spawn(async move {
+                let lifetimes = this.lifetimes();
+                let result = this
+                    .run(|mut conn| async move {
+                        revocation::publish_horizon(&mut conn, &lifetimes).await
+                    })
+                    .await;
+                if let Err(e) = result {
+                    tracing::debug!(error = %crate::report::Chain(&e), "publishing the refresh-token horizon failed; the follower publishes it when it reaches Redis");
+                }
+            });
+        }
+    }
+
+    /// The lifetimes set by [`SharedState::issuing`].
+    fn lifetimes(&self) -> Vec<(String, Duration)> {
+        self.lifetimes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Starts following Redis: loads the revocations and the mirrored

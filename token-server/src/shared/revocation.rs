@@ -12,6 +12,14 @@
 //! is nothing left for it to revoke. Access tokens are not revocable:
 //! registries verify them offline, so they stay short instead.
 //!
+//! How long an entry lasts is not the revoking command's guess from its
+//! own config: every replica publishes, per scope (kind and issuer), until
+//! when the refresh tokens it has issued may live (its lifetime from now,
+//! plus [`HORIZON_SLACK`], every few seconds and after each reload), kept
+//! as the latest such time of any replica. An entry lasts at least until
+//! the latest one of the scopes it covers, so it outlives tokens minted
+//! under a longer lifetime than the config has now.
+//!
 //! Each revocation is one version of its field: its value carries a random
 //! nonce, so revoking again after a lift makes a new version. A lift leaves
 //! a tombstone for the version it removed, in Redis and on every replica
@@ -47,6 +55,15 @@ pub(super) const EPOCH: &str = "regauth:{revoked}:epoch";
 /// Tombstones of lifted versions (`FIELD\nVALUE`), scored by when each
 /// may be forgotten.
 pub(super) const LIFTED: &str = "regauth:{revoked}:lifted";
+
+/// Per scope (`KIND:ISSUER`, `-` for none), until when (ms, Redis's clock)
+/// refresh tokens issued so far may live.
+pub(super) const HORIZON: &str = "regauth:{revoked}:horizon";
+
+/// What a replica adds to its lifetime when it publishes its horizon: the
+/// time until it publishes again (every few seconds while it follows, at
+/// once after a reload), with room for a slow round trip.
+pub const HORIZON_SLACK: Duration = Duration::from_secs(30);
 
 /// How long a tombstone outlives the version it lifted would have: a
 /// replica's copy of an entry ends by its own clock, a little after Redis's.
@@ -547,11 +564,13 @@ const NOW: &str = "local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
-/// KEYS: ENTRIES, EXPIRY, LOG, SEQ, EPOCH, LIFTED. ARGV: epoch if none is
-/// set, stream length, '1' to keep entries already there, then per entry
-/// its field, value and lifetime in ms. Drops expired entries and
-/// tombstones first; a version with a tombstone is never written, and an
-/// entry keeps the later of its expiries. Returns how many were written.
+/// KEYS: ENTRIES, EXPIRY, LOG, SEQ, EPOCH, LIFTED, HORIZON. ARGV: epoch
+/// if none is set, stream length, '1' to keep entries already there, the
+/// kind and issuer whose horizon an entry must reach ('*' for any, empty
+/// for none), then per entry its field, value and lifetime in ms. Drops
+/// expired entries and tombstones first; a version with a tombstone is
+/// never written, and an entry keeps the latest of its expiries and the
+/// horizon. Returns {how many were written, ms the last one has left}.
 static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW}local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
@@ -559,24 +578,73 @@ for _, f in ipairs(old) do redis.call('HDEL', KEYS[1], f) end
 if #old > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
 redis.call('SET', KEYS[5], ARGV[1], 'NX')
-local written = 0
-for i = 4, #ARGV, 3 do
+local floor = 0
+if ARGV[4] ~= '' then
+  local h = redis.call('HGETALL', KEYS[7])
+  for j = 1, #h, 2 do
+    local k, i = string.match(h[j], '^([^:]*):(.*)$')
+    local u = tonumber(h[j + 1]) or 0
+    if k and (ARGV[4] == '*' or ARGV[4] == k) and (ARGV[5] == '*' or ARGV[5] == i) and u > floor then
+      floor = u
+    end
+  end
+end
+local written, left = 0, 0
+for i = 6, #ARGV, 3 do
   local f, v = ARGV[i], ARGV[i + 1]
   local keep = ARGV[3] == '1' and redis.call('HEXISTS', KEYS[1], f) == 1
   if not keep and not redis.call('ZSCORE', KEYS[6], f .. '\\n' .. v) then
-    local exp = now + tonumber(ARGV[i + 2])
+    local exp = math.max(now + tonumber(ARGV[i + 2]), floor)
     local cur = tonumber(redis.call('ZSCORE', KEYS[2], f))
     if cur and cur > exp then exp = cur end
     redis.call('HSET', KEYS[1], f, v)
     redis.call('ZADD', KEYS[2], exp, f)
     local s = redis.call('INCR', KEYS[4])
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 's', s, 'op', 'put', 'f', f, 'v', v, 't', exp - now)
-    written = written + 1
+    written, left = written + 1, exp - now
   end
 end
-return written"
+return {{written, left}}"
     ))
 });
+
+/// KEYS: HORIZON. ARGV: slack in ms, then per scope its name and lifetime
+/// in ms. Keeps, per scope, the latest of now + lifetime + slack and what
+/// is there; drops what has passed.
+static HORIZON_PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW}local h = redis.call('HGETALL', KEYS[1])
+for j = 1, #h, 2 do
+  if (tonumber(h[j + 1]) or 0) <= now then redis.call('HDEL', KEYS[1], h[j]) end
+end
+for i = 2, #ARGV, 2 do
+  local upto = now + tonumber(ARGV[i + 1]) + tonumber(ARGV[1])
+  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i])) or 0
+  if upto > cur then redis.call('HSET', KEYS[1], ARGV[i], upto) end
+end
+return 0"
+    ))
+});
+
+/// A scope of the horizon: a kind and, for principals an issuer vouches
+/// for, that issuer's name.
+pub fn scope(kind: Kind, issuer: Option<&str>) -> String {
+    format!("{}:{}", kind.as_str(), issuer.unwrap_or(NONE))
+}
+
+/// Publishes until when the refresh tokens this replica issues may live,
+/// per scope: `lifetimes` from now, plus [`HORIZON_SLACK`].
+pub(super) async fn publish_horizon(
+    conn: &mut redis::aio::MultiplexedConnection,
+    lifetimes: &[(String, Duration)],
+) -> redis::RedisResult<()> {
+    let mut call = HORIZON_PUT.prepare_invoke();
+    call.key(HORIZON).arg(millis(HORIZON_SLACK));
+    for (scope, lifetime) in lifetimes {
+        call.arg(scope).arg(millis(*lifetime));
+    }
+    call.invoke_async::<()>(conn).await
+}
 
 /// KEYS: ENTRIES, EXPIRY, LOG, SEQ, LIFTED. ARGV: field, stream length,
 /// tombstone slack in ms. Removes the entry and keeps a tombstone of its
@@ -811,13 +879,14 @@ pub(super) async fn write_back(
         .chunks(BATCH)
         .chain(entries.is_empty().then_some(&entries[..0]));
     for batch in batches {
-        let mut call = put_call(epoch, true);
+        // What is written back keeps the time it had left.
+        let mut call = put_call(epoch, true, None);
         for e in batch {
             call.arg(e.target.field())
                 .arg(e.value())
                 .arg(millis(e.expires_in));
         }
-        written += call.invoke_async::<u64>(conn).await?;
+        written += call.invoke_async::<(u64, u64)>(conn).await?.0;
     }
     Ok(written)
 }
@@ -845,18 +914,39 @@ pub(super) async fn bury(
     Ok(removed)
 }
 
-fn put_call(epoch: &str, keep: bool) -> redis::ScriptInvocation<'static> {
+/// A call of [`PUT`]; `reach`: the kind and issuer ('*' for any) whose
+/// horizon the entries must reach.
+fn put_call(
+    epoch: &str,
+    keep: bool,
+    reach: Option<(&str, &str)>,
+) -> redis::ScriptInvocation<'static> {
     let mut call = PUT.prepare_invoke();
+    let (kind, issuer) = reach.unwrap_or(("", ""));
     call.key(ENTRIES)
         .key(EXPIRY)
         .key(LOG)
         .key(SEQ)
         .key(EPOCH)
         .key(LIFTED)
+        .key(HORIZON)
         .arg(epoch)
         .arg(LOG_LENGTH)
-        .arg(if keep { "1" } else { "0" });
+        .arg(if keep { "1" } else { "0" })
+        .arg(kind)
+        .arg(issuer);
     call
+}
+
+/// The kind and issuer ('*' for any) of the tokens `target` can revoke.
+fn reach(target: &Target) -> (&str, &str) {
+    match target {
+        Target::Jti { .. } => (ANY, ANY),
+        Target::Subject { kind, issuer, .. } | Target::IssuedBefore { kind, issuer, .. } => (
+            kind.map_or(ANY, Kind::as_str),
+            issuer.as_deref().unwrap_or(ANY),
+        ),
+    }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -871,9 +961,11 @@ pub enum RevokeError {
     Shared(#[from] SharedError),
 }
 
-/// Puts `target` in force for `ttl` (or longer, if it already is). A later
+/// Puts `target` in force for `ttl`, or longer: until the horizon of the
+/// tokens it can revoke, or the expiry it already has. A later
 /// `IssuedBefore` for the same kind and issuer replaces an earlier one only
-/// if it reaches further. `epoch` marks a Redis that had none.
+/// if it reaches further. `epoch` marks a Redis that had none. The entry
+/// returned says how long it has left.
 pub async fn revoke(
     shared: &SharedState,
     target: Target,
@@ -897,18 +989,19 @@ pub async fn revoke(
             return Ok(existing);
         }
     }
-    let entry = Revocation::new(target, unix(now), ttl).map_err(|_| {
+    let mut entry = Revocation::new(target, unix(now), ttl).map_err(|_| {
         RevokeError::Shared(SharedError::Reply(
             "no random bytes for the entry's version",
         ))
     })?;
-    let mut call = put_call(epoch, false);
+    let mut call = put_call(epoch, false, Some(reach(&entry.target)));
     call.arg(entry.target.field())
         .arg(entry.value())
         .arg(millis(ttl));
-    shared
-        .run(|mut conn| async move { call.invoke_async::<u64>(&mut conn).await })
+    let (_, left) = shared
+        .run(|mut conn| async move { call.invoke_async::<(u64, u64)>(&mut conn).await })
         .await?;
+    entry.expires_in = Duration::from_millis(left).max(ttl);
     Ok(entry)
 }
 
