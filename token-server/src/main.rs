@@ -54,6 +54,10 @@ enum CliError {
     NoSharedState(PathBuf),
     #[error(transparent)]
     RevokeInput(#[from] revoke::InputError),
+    #[error(
+        "{named} is still refused by an entry of a wider scope, which a lift of this scope leaves in force: {still}. To lift it, name its scope as --list shows it (leave out the --issuer or --kind it does not have)"
+    )]
+    StillRevoked { named: String, still: String },
     #[error("cannot use the socket systemd passed")]
     Inherited(#[from] listen::ListenError),
     #[error("cannot start the async runtime")]
@@ -556,12 +560,20 @@ fn revoke(args: RevokeArgs) -> Result<(), CliError> {
             return Ok(());
         };
         if args.lift {
-            let found = revocation::lift(&shared, &plan.target).await?;
-            println!(
-                "{} {}",
-                if found { "lifted" } else { "was not revoked:" },
-                plan.target
-            );
+            let report = revocation::lift(&shared, &plan.target).await?;
+            for target in &report.lifted {
+                println!("lifted {target}");
+            }
+            if !report.still.is_empty() {
+                let still: Vec<String> = report.still.iter().map(ToString::to_string).collect();
+                return Err(CliError::StillRevoked {
+                    named: plan.target.to_string(),
+                    still: still.join("; "),
+                });
+            }
+            if report.lifted.is_empty() {
+                println!("was not revoked: {}", plan.target);
+            }
             return Ok(());
         }
         let ttl = ttl.unwrap_or(plan.lifetime);

@@ -132,7 +132,8 @@ pub struct Input<'a> {
     /// `--issuer`.
     pub issuer: Option<&'a str>,
     /// `--lift`: an entry may outlive what it named (an account removed
-    /// since), and can still be lifted.
+    /// since), and can still be lifted; a kind or issuer left out means
+    /// any.
     pub lift: bool,
 }
 
@@ -174,7 +175,9 @@ pub fn plan(
         }
         Target::Subject {
             subject,
-            kind: Some(kind),
+            // A lift without --kind reaches every kind; the subject names
+            // its own anyway.
+            kind: if input.lift { input.kind } else { Some(kind) },
             issuer: issuer.map(|(name, _)| name),
         }
     } else if let Some(jti) = input.jti {

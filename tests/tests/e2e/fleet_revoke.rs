@@ -620,3 +620,106 @@ fn a_revocation_outlives_tokens_minted_under_a_longer_lifetime_than_the_config_n
         list.stdout
     );
 }
+
+/// Before, `revoke --lift` with another scope than the entry's (lifting
+/// without `--issuer` an entry made with one, or with `--issuer` one made
+/// without) printed "was not revoked" and exited 0 while the subject stayed
+/// refused. Now a lift takes every entry within the scope named (all
+/// issuers when none is given), and fails, naming them, when entries of a
+/// wider scope still refuse what was named.
+#[test]
+fn revoke_lift_lifts_what_was_meant_or_fails_naming_what_still_refuses() {
+    let s = setup(2, false);
+    let sa = ServiceAccount::new("ci", "builder");
+    let sa_token = s.cluster.service_account_token(&sa, AUDIENCE);
+    let subject = "kubernetes:system:serviceaccount:ci:builder";
+    let replicas = s.fleet.replicas();
+    let exchanges = || {
+        replicas
+            .iter()
+            .map(|r| ExchangeRequest::jwt(&sa_token, SERVICE).send(r).status)
+            .collect::<Vec<u16>>()
+    };
+    let wait_exchanges = |what: &str| {
+        let start = Instant::now();
+        while exchanges().iter().any(|s| *s != 200) {
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "{what}: the exchange is still refused: {:?}",
+                exchanges()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!(exchanges(), [200, 200], "control: the exchange works");
+
+    // Made with --issuer, lifted without it: lifted.
+    revoke(&s.fleet, &["--subject", subject, "--issuer", "cluster-a"]).assert_success("revoke");
+    for r in &replicas {
+        refused_within("revoked with --issuer", || {
+            ExchangeRequest::jwt(&sa_token, SERVICE).send(r)
+        });
+    }
+    let out = revoke(&s.fleet, &["--lift", "--subject", subject]);
+    out.assert_success("lift without --issuer");
+    assert!(
+        out.stdout.contains("lifted") && out.stdout.contains("cluster-a"),
+        "says what it lifted: {}",
+        out.stdout
+    );
+    wait_exchanges("lifted without --issuer");
+
+    // Made without --issuer, lifted with it: refused, naming the entry.
+    revoke(&s.fleet, &["--subject", subject]).assert_success("revoke without --issuer");
+    for r in &replicas {
+        refused_within("revoked without --issuer", || {
+            ExchangeRequest::jwt(&sa_token, SERVICE).send(r)
+        });
+    }
+    let out = revoke(
+        &s.fleet,
+        &["--lift", "--subject", subject, "--issuer", "cluster-a"],
+    );
+    assert!(
+        !out.success(),
+        "lifting with --issuer an entry for any issuer must fail: {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains(subject) && out.stderr.contains("any issuer"),
+        "names the entry that still refuses it: {}",
+        out.stderr
+    );
+    assert!(
+        exchanges().iter().all(|s| *s != 200),
+        "and it is indeed still refused"
+    );
+    revoke(&s.fleet, &["--lift", "--subject", subject]).assert_success("lift it as named");
+    wait_exchanges("lifted as named");
+    let out = revoke(&s.fleet, &["--lift", "--subject", subject]);
+    out.assert_success("nothing left to lift");
+    assert!(out.stdout.contains("was not revoked"), "{}", out.stdout);
+
+    // The same for --all-before: a cut-off of every kind outlives a lift of
+    // one kind.
+    revoke(&s.fleet, &["--all-before", "now"]).assert_success("all before");
+    let out = revoke(
+        &s.fleet,
+        &["--lift", "--all-before", "now", "--kind", "node"],
+    );
+    assert!(!out.success(), "{}", out.describe());
+    assert!(
+        out.stderr.contains("any kind"),
+        "names the wider cut-off: {}",
+        out.stderr
+    );
+    let out = revoke(&s.fleet, &["--lift", "--all-before", "now"]);
+    out.assert_success("lift the cut-off");
+    assert!(out.stdout.contains("lifted"), "{}", out.stdout);
+    let list = revoke(&s.fleet, &["--list"]);
+    assert!(
+        list.stdout.trim().is_empty(),
+        "nothing left: {}",
+        list.stdout
+    );
+}

@@ -1005,8 +1005,99 @@ pub async fn revoke(
     Ok(entry)
 }
 
-/// Lifts the revocation of `target`; true if there was one.
-pub async fn lift(shared: &SharedState, target: &Target) -> Result<bool, RevokeError> {
+/// How an entry's scope stands to the scope a lift names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// The entry refuses nothing the lift names.
+    Apart,
+    /// The entry refuses only what the lift names: it is lifted.
+    Within,
+    /// The entry also refuses what the lift names, and more: lifting it
+    /// would lift more than was named, keeping it keeps a refusal.
+    Wider,
+}
+
+/// A kind or issuer of an entry against the lift's (`None`: any).
+fn part<T: PartialEq>(entry: &Option<T>, lift: &Option<T>) -> Reach {
+    match (entry, lift) {
+        (_, None) => Reach::Within,
+        (Some(e), Some(l)) if e == l => Reach::Within,
+        (Some(_), Some(_)) => Reach::Apart,
+        (None, Some(_)) => Reach::Wider,
+    }
+}
+
+fn reach_of(entry: &Target, lift: &Target) -> Reach {
+    let scoped =
+        |ek: &Option<Kind>, ei: &Option<String>, lk: &Option<Kind>, li: &Option<String>| match (
+            part(ek, lk),
+            part(ei, li),
+        ) {
+            (Reach::Apart, _) | (_, Reach::Apart) => Reach::Apart,
+            (Reach::Within, Reach::Within) => Reach::Within,
+            _ => Reach::Wider,
+        };
+    match (entry, lift) {
+        (Target::Jti { jti: e }, Target::Jti { jti: l }) if e == l => Reach::Within,
+        (
+            Target::Subject {
+                subject: es,
+                kind: ek,
+                issuer: ei,
+            },
+            Target::Subject {
+                subject: ls,
+                kind: lk,
+                issuer: li,
+            },
+        ) if es == ls => scoped(ek, ei, lk, li),
+        (
+            Target::IssuedBefore {
+                kind: ek,
+                issuer: ei,
+                ..
+            },
+            Target::IssuedBefore {
+                kind: lk,
+                issuer: li,
+                ..
+            },
+        ) => scoped(ek, ei, lk, li),
+        _ => Reach::Apart,
+    }
+}
+
+/// What a lift did.
+#[derive(Debug, Default)]
+pub struct LiftReport {
+    /// The entries lifted.
+    pub lifted: Vec<Target>,
+    /// Entries of a wider scope that still refuse what was named.
+    pub still: Vec<Target>,
+}
+
+/// Lifts every revocation within the scope `target` names (a kind or
+/// issuer left out means any: a subject lifted without `--issuer` is lifted
+/// for every issuer), and reports the entries of a wider scope that still
+/// refuse what it names, which it leaves.
+pub async fn lift(shared: &SharedState, target: &Target) -> Result<LiftReport, RevokeError> {
+    let mut report = LiftReport::default();
+    for entry in list(shared).await? {
+        match reach_of(&entry.target, target) {
+            Reach::Apart => {}
+            Reach::Wider => report.still.push(entry.target),
+            Reach::Within => {
+                if lift_field(shared, &entry.target).await? {
+                    report.lifted.push(entry.target);
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Lifts the entry of `target`'s field; true if there was one.
+async fn lift_field(shared: &SharedState, target: &Target) -> Result<bool, RevokeError> {
     let mut call = LIFT.prepare_invoke();
     call.key(ENTRIES)
         .key(EXPIRY)
@@ -1082,6 +1173,50 @@ mod tests {
             assert_eq!(back, entry);
             let again = Revocation::new(target.clone(), 7, Duration::from_secs(1)).unwrap();
             assert_ne!(again.value(), entry.value(), "each revocation is a version");
+        }
+    }
+
+    /// A lift takes the entries within its scope, and reports wider ones.
+    #[test]
+    fn a_lift_reaches_entries_within_its_scope_and_names_wider_ones() {
+        let sub = |kind: Option<Kind>, issuer: Option<&str>| Target::Subject {
+            subject: "kubernetes:system:serviceaccount:ci:b".into(),
+            kind,
+            issuer: issuer.map(str::to_owned),
+        };
+        let before = |kind: Option<Kind>| Target::IssuedBefore {
+            before: 1,
+            kind,
+            issuer: None,
+        };
+        let k = Some(Kind::Kubernetes);
+        for (entry, lift, want) in [
+            (sub(k, Some("a")), sub(k, None), Reach::Within),
+            (sub(k, Some("a")), sub(None, None), Reach::Within),
+            (sub(k, None), sub(k, Some("a")), Reach::Wider),
+            (sub(None, None), sub(k, Some("a")), Reach::Wider),
+            (sub(k, Some("b")), sub(k, Some("a")), Reach::Apart),
+            (sub(k, Some("a")), sub(k, Some("a")), Reach::Within),
+            (before(None), before(Some(Kind::Node)), Reach::Wider),
+            (
+                before(Some(Kind::Oidc)),
+                before(Some(Kind::Node)),
+                Reach::Apart,
+            ),
+            (before(Some(Kind::Node)), before(None), Reach::Within),
+            (before(None), sub(None, None), Reach::Apart),
+            (
+                Target::Jti { jti: "rt.a".into() },
+                Target::Jti { jti: "rt.a".into() },
+                Reach::Within,
+            ),
+            (
+                Target::Jti { jti: "rt.a".into() },
+                Target::Jti { jti: "rt.b".into() },
+                Reach::Apart,
+            ),
+        ] {
+            assert_eq!(reach_of(&entry, &lift), want, "{entry} lifted as {lift}");
         }
     }
 
