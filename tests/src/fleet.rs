@@ -162,7 +162,7 @@ impl Fleet {
         let first = configure(TokenServerBuilder::new().extra_config(&yaml)).start(dir);
         let config = std::fs::read_to_string(first.config_path()).expect("read replica 0 config");
         let others: Vec<Replica> = (1..replicas)
-            .map(|i| start_replica(&first, &config, i))
+            .map(|i| start_replica(&first, &config, i, &[]))
             .collect();
         let mut ports = vec![first.port()];
         ports.extend(others.iter().map(Replica::port));
@@ -195,7 +195,15 @@ impl Fleet {
     }
 }
 
-fn start_replica(first: &TokenServer, config: &str, i: usize) -> Replica {
+/// Another replica of `first` (its config on another port), numbered `i`,
+/// started with the environment variables `env` on top: a replica outside
+/// any balancer, such as one whose clock runs ahead.
+pub fn replica_of(first: &TokenServer, i: usize, env: &[(&str, &str)]) -> Replica {
+    let config = std::fs::read_to_string(first.config_path()).expect("read replica 0 config");
+    start_replica(first, &config, i, env)
+}
+
+fn start_replica(first: &TokenServer, config: &str, i: usize, env: &[(&str, &str)]) -> Replica {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let config: String = config
@@ -219,7 +227,8 @@ fn start_replica(first: &TokenServer, config: &str, i: usize) -> Replica {
         .arg("--config")
         .arg(&path)
         .env_remove("REGAUTH_LOG")
-        .env_remove("RUST_LOG");
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied());
     let mut process = ChildGuard::spawn(cmd, dir, &format!("replica-{i}"));
     let client = TokenClient::new(&url);
     match wait_ready(&mut process, READY, || {

@@ -60,6 +60,10 @@ pub enum Refresh {
         pwv: Option<String>,
         /// Lifetime.
         ttl: Duration,
+        /// When it is issued, in the fleet's clock (see
+        /// [`SharedState::fleet_time`]): refresh tokens are stamped and
+        /// checked in it.
+        at: SystemTime,
     },
     /// None: anonymous callers get no credential.
     Never,
@@ -181,18 +185,20 @@ async fn identify(
     guards: &Guards<'_>,
 ) -> Result<(Authenticated, Option<Presented>), AuthError> {
     let alone = |a: Authenticated| (a, None);
+    // Refresh tokens are minted and checked in the fleet's clock.
+    let fleet_now = guards.shared.map_or(now, |s| s.fleet_time(now));
     match grant {
         // A verified client certificate authenticates a request that
         // carries no other credentials.
         Grant::NoCredentials => match &peer.certificate {
-            Some(cert) => certificate(settings, cert).map(alone),
+            Some(cert) => certificate(settings, cert, fleet_now).map(alone),
             None => Ok(alone(Authenticated {
                 principal: Principal::anonymous(),
                 refresh: Refresh::Never,
             })),
         },
         Grant::ClientCredentials => match &peer.certificate {
-            Some(cert) => certificate(settings, cert).map(alone),
+            Some(cert) => certificate(settings, cert, fleet_now).map(alone),
             None => Err(AuthError::NoClientCertificate),
         },
         // Clients handed a username and password by a credential plugin
@@ -200,21 +206,27 @@ async fn identify(
         // refresh token as the password: accept it as such.
         Grant::Basic { username, password } | Grant::Password { username, password } => {
             if RefreshTokens::looks_like_token(password.expose()) {
-                refresh(settings, password, now)
+                refresh(settings, password, fleet_now)
             } else {
-                account_password(settings, &username, password, peer, guards)
+                account_password(settings, &username, password, peer, guards, fleet_now)
                     .await
                     .map(alone)
             }
         }
-        Grant::RefreshToken(token) => refresh(settings, token, now),
+        Grant::RefreshToken(token) => refresh(settings, token, fleet_now),
         Grant::TokenExchange { subject_token, .. } => {
-            exchange(settings, &subject_token, now).await.map(alone)
+            exchange(settings, &subject_token, now, fleet_now)
+                .await
+                .map(alone)
         }
     }
 }
 
-fn certificate(settings: &Settings, cert: &CertificateDer<'_>) -> Result<Authenticated, AuthError> {
+fn certificate(
+    settings: &Settings,
+    cert: &CertificateDer<'_>,
+    at: SystemTime,
+) -> Result<Authenticated, AuthError> {
     let principal = certificate::principal(cert, &settings.certificates)
         .ok_or(AuthError::UnusableCertificate)?;
     Ok(Authenticated {
@@ -222,6 +234,7 @@ fn certificate(settings: &Settings, cert: &CertificateDer<'_>) -> Result<Authent
         refresh: Refresh::Mint {
             pwv: None,
             ttl: settings.refresh_token_ttl,
+            at,
         },
     })
 }
@@ -235,6 +248,7 @@ async fn account_password(
     password: Secret,
     peer: &Peer,
     guards: &Guards<'_>,
+    at: SystemTime,
 ) -> Result<Authenticated, AuthError> {
     let addr = peer.addr.map(|a| a.ip());
     // No round trip: this process's counts and the fleet's mirrored blocks.
@@ -270,6 +284,7 @@ async fn account_password(
             refresh: Refresh::Mint {
                 pwv: Some(pwv),
                 ttl: settings.refresh_token_ttl,
+                at,
             },
         }),
         Verified::No => Err(AuthError::BadPassword),
@@ -330,11 +345,13 @@ fn refresh(
     ))
 }
 
-/// RFC 8693: a token from a trusted issuer.
+/// RFC 8693: a token from a trusted issuer, checked against `now`; the
+/// refresh token is minted `at` (the fleet's clock).
 async fn exchange(
     settings: &Settings,
     subject_token: &Secret,
     now: SystemTime,
+    at: SystemTime,
 ) -> Result<Authenticated, AuthError> {
     let (principal, issuer) = settings
         .issuers
@@ -349,6 +366,7 @@ async fn exchange(
         refresh: Refresh::Mint {
             pwv: None,
             ttl: issuer.credential_ttl,
+            at,
         },
     })
 }

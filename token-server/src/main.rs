@@ -546,7 +546,7 @@ fn revoke(args: RevokeArgs) -> Result<(), CliError> {
             })
             .await
             .map_err(CliError::Shared)?;
-        let Some(plan) = plan else {
+        let Some(mut plan) = plan else {
             for r in revocation::list(&shared).await? {
                 let at = std::time::UNIX_EPOCH + Duration::from_secs(r.revoked_at);
                 println!(
@@ -578,7 +578,15 @@ fn revoke(args: RevokeArgs) -> Result<(), CliError> {
         }
         let ttl = ttl.unwrap_or(plan.lifetime);
         let epoch = hex(&random::<8>()?);
-        let entry = revocation::revoke(&shared, plan.target, clock::now(), ttl, &epoch).await?;
+        // The fleet's clock, in which replicas stamp refresh tokens: `now`
+        // is Redis's time, whatever this machine's clock says.
+        let now = revocation::redis_time(&shared).await?;
+        if args.all_before.as_deref() == Some("now")
+            && let revocation::Target::IssuedBefore { before, .. } = &mut plan.target
+        {
+            *before = clock::unix(now);
+        }
+        let entry = revocation::revoke(&shared, plan.target, now, ttl, &epoch).await?;
         println!(
             "revoked {} for {}: it {} on every replica that follows the shared state",
             entry.target,

@@ -219,6 +219,11 @@ impl Metrics {
             shared.held.clone(),
         );
         registry.register(
+            "regauth_shared_state_clock_offset_seconds",
+            "How far Redis's clock runs ahead of this replica's (negative: behind), as last measured; refresh tokens are stamped and checked in Redis's time",
+            shared.clock_offset.clone(),
+        );
+        registry.register(
             "regauth_revocations_stale_seconds",
             "Seconds since this replica last knew its revocations current (0 while it follows Redis)",
             shared.stale_seconds.clone(),

@@ -723,3 +723,73 @@ fn revoke_lift_lifts_what_was_meant_or_fails_naming_what_still_refuses() {
         list.stdout
     );
 }
+
+/// `--all-before now` refuses every refresh token issued before it, even
+/// one minted by a replica whose wall clock runs 30 s ahead (debug builds
+/// shift their clock by `REGAUTH_TEST_CLOCK_OFFSET` seconds). Before, the
+/// cut-off was the command's clock and `iat` the minting replica's, so that
+/// token stayed valid. Now refresh tokens are stamped and checked in the
+/// fleet's clock (Redis's, as each replica measures it), and the cut-off
+/// is Redis's time too; a replica's own tokens are also accepted by the
+/// others at once.
+#[test]
+fn revoke_all_before_now_covers_tokens_from_a_replica_whose_clock_runs_ahead() {
+    use regauth_e2e::redis::Redis;
+    use regauth_e2e::token_server::TokenServerBuilder;
+    let d = tempfile::tempdir().expect("temp dir");
+    let redis = Redis::start(d.path());
+    let plain = TokenServerBuilder::new()
+        .account("alice", "alice-pw", &[])
+        .extra_config(&format!("shared_state: {}\n", redis.url()))
+        .start(d.path());
+    let ahead = regauth_e2e::fleet::replica_of(&plain, 1, &[("REGAUTH_TEST_CLOCK_OFFSET", "30")]);
+    let grant = |c: &TokenClient| {
+        let reply = c.password_grant("alice", "alice-pw", SERVICE, "", true);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        (
+            reply.json_str("access_token"),
+            reply.json_str("refresh_token"),
+        )
+    };
+    let iat = |t: &str| unverified_claims(t)["iat"].as_i64().expect("iat");
+    let (access_plain, from_plain) = grant(plain.client());
+    let (access_ahead, from_ahead) = grant(ahead.client());
+    let skew = iat(&access_ahead) - iat(&access_plain);
+    assert!(
+        (25..=35).contains(&skew),
+        "control: the replica's clock runs ahead by {skew} s"
+    );
+    for (c, t) in [(plain.client(), &from_plain), (ahead.client(), &from_ahead)] {
+        assert_eq!(
+            c.refresh_grant(t, SERVICE, "").status,
+            200,
+            "control: each replica takes its own token"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut cmd = std::process::Command::new(regauth_e2e::bins::token_server_bin());
+    cmd.args(["revoke", "--all-before", "now", "--config"])
+        .arg(plain.config_path());
+    regauth_e2e::process::run(cmd, Duration::from_secs(30)).assert_success("--all-before now");
+    refused_within("the replica whose clock runs ahead, its own token", || {
+        ahead.client().refresh_grant(&from_ahead, SERVICE, "")
+    });
+    for (name, c) in [("right", plain.client()), ("ahead", ahead.client())] {
+        for (which, t) in [("right", &from_plain), ("ahead", &from_ahead)] {
+            refused_within(
+                &format!("the replica with the {name} clock, the token from the {which} one"),
+                || c.refresh_grant(t, SERVICE, ""),
+            );
+        }
+    }
+    // The cut-off covers its whole second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, after) = grant(ahead.client());
+    for c in [plain.client(), ahead.client()] {
+        assert_eq!(
+            c.refresh_grant(&after, SERVICE, "").status,
+            200,
+            "a token issued after the cut-off works on both replicas"
+        );
+    }
+}

@@ -163,6 +163,9 @@ async fn session(state: &SharedState, cursor: &mut Cursor) -> (SharedError, bool
             if let Err(e) = horizon(state, &mut conn).await {
                 return (e, true);
             }
+            if let Err(e) = measure_clock(state, &mut conn).await {
+                return (e, true);
+            }
             let held = state.revocations.prune(now);
             state
                 .metrics
@@ -225,9 +228,31 @@ async fn start(
             tracing::info!(moved, "revocations kept by the previous layout were moved");
         }
     }
+    measure_clock(state, conn).await?;
     horizon(state, conn).await?;
     load(state, conn, cursor).await?;
     cursor.run_id = run_id;
+    Ok(())
+}
+
+/// Measures how far Redis's clock runs ahead of this process's: its `TIME`
+/// against the middle of the round trip, to within half of it.
+async fn measure_clock(
+    state: &SharedState,
+    conn: &mut MultiplexedConnection,
+) -> Result<(), SharedError> {
+    let before = crate::clock::now();
+    let (secs, micros): (u64, u64) =
+        bounded(ROUND_TRIP, redis::cmd("TIME").query_async(conn)).await?;
+    let after = crate::clock::now();
+    let since = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i128::try_from(d.as_micros()).unwrap_or(i128::MAX))
+    };
+    let local = (since(before) + since(after)) / 2;
+    let redis = i128::from(secs) * 1_000_000 + i128::from(micros);
+    let offset_ms = i64::try_from((redis - local) / 1000).unwrap_or(0);
+    state.clock_measured(offset_ms);
     Ok(())
 }
 

@@ -18,8 +18,8 @@ pub mod revocation;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -89,6 +89,8 @@ pub struct SharedMetrics {
     pub held: Gauge,
     /// Seconds since the revocations were last known to be current.
     pub stale_seconds: Gauge,
+    /// How far Redis's clock runs ahead of this process's, in seconds.
+    pub clock_offset: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 /// The shared Redis, as this process sees it.
@@ -111,6 +113,10 @@ pub struct SharedState {
     /// Per horizon scope, the lifetime of the refresh tokens this process
     /// issues under the settings in force.
     lifetimes: std::sync::Mutex<Vec<(String, Duration)>>,
+    /// Milliseconds Redis's clock runs ahead of this process's, once
+    /// measured (`clock_measured`).
+    clock_offset_ms: AtomicI64,
+    clock_measured: AtomicBool,
 }
 
 impl std::fmt::Debug for SharedState {
@@ -146,6 +152,8 @@ impl SharedState {
             metrics,
             switched: tokio::sync::Notify::new(),
             lifetimes: std::sync::Mutex::new(Vec::new()),
+            clock_offset_ms: AtomicI64::new(0),
+            clock_measured: AtomicBool::new(false),
         }))
     }
 
@@ -189,6 +197,32 @@ impl SharedState {
                 }
             });
         }
+    }
+
+    /// `local` (this process's wall clock) in the fleet's clock: Redis's, as
+    /// the follower last measured it, so that refresh tokens minted and
+    /// checked by replicas whose clocks differ compare as one (a cut-off
+    /// such as `revoke --all-before now` is Redis's time too). Until a
+    /// first measurement, `local` itself.
+    pub fn fleet_time(&self, local: SystemTime) -> SystemTime {
+        if !self.clock_measured.load(Ordering::Relaxed) {
+            return local;
+        }
+        let offset = self.clock_offset_ms.load(Ordering::Relaxed);
+        let by = Duration::from_millis(offset.unsigned_abs());
+        let shifted = if offset >= 0 {
+            local.checked_add(by)
+        } else {
+            local.checked_sub(by)
+        };
+        shifted.unwrap_or(local)
+    }
+
+    /// Records that Redis's clock runs `offset_ms` ahead of this process's.
+    fn clock_measured(&self, offset_ms: i64) {
+        self.clock_offset_ms.store(offset_ms, Ordering::Relaxed);
+        self.clock_measured.store(true, Ordering::Relaxed);
+        self.metrics.clock_offset.set(offset_ms as f64 / 1000.0);
     }
 
     /// The lifetimes set by [`SharedState::issuing`].

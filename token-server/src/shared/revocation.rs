@@ -1005,6 +1005,15 @@ pub async fn revoke(
     Ok(entry)
 }
 
+/// Redis's time: the fleet's clock, in which replicas stamp refresh tokens
+/// (see [`SharedState::fleet_time`]).
+pub async fn redis_time(shared: &SharedState) -> Result<SystemTime, RevokeError> {
+    let (secs, micros): (u64, u64) = shared
+        .run(|mut conn| async move { redis::cmd("TIME").query_async(&mut conn).await })
+        .await?;
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros))
+}
+
 /// How an entry's scope stands to the scope a lift names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reach {
@@ -1028,15 +1037,14 @@ fn part<T: PartialEq>(entry: &Option<T>, lift: &Option<T>) -> Reach {
 }
 
 fn reach_of(entry: &Target, lift: &Target) -> Reach {
-    let scoped =
-        |ek: &Option<Kind>, ei: &Option<String>, lk: &Option<Kind>, li: &Option<String>| match (
-            part(ek, lk),
-            part(ei, li),
-        ) {
-            (Reach::Apart, _) | (_, Reach::Apart) => Reach::Apart,
-            (Reach::Within, Reach::Within) => Reach::Within,
-            _ => Reach::Wider,
-        };
+    let scoped = |ek: &Option<Kind>,
+                  ei: &Option<String>,
+                  lk: &Option<Kind>,
+                  li: &Option<String>| match (part(ek, lk), part(ei, li)) {
+        (Reach::Apart, _) | (_, Reach::Apart) => Reach::Apart,
+        (Reach::Within, Reach::Within) => Reach::Within,
+        _ => Reach::Wider,
+    };
     match (entry, lift) {
         (Target::Jti { jti: e }, Target::Jti { jti: l }) if e == l => Reach::Within,
         (
