@@ -22,15 +22,16 @@ use crate::settings::{RevocationUnavailable, Settings};
 use crate::shared::SharedState;
 use crate::shared::limiter::Limiter;
 use crate::shared::revocation::{Presented, Revoked};
-use crate::token::refresh::{RefreshError, RefreshTokens};
+use crate::token::refresh::{RefreshClaims, RefreshError, RefreshTokens};
 
 /// Facts about the connection a request arrived on.
 #[derive(Debug, Clone, Default)]
 pub struct Peer {
     /// The client's address.
     pub addr: Option<SocketAddr>,
-    /// The leaf certificate the client presented and TLS verified.
-    pub certificate: Option<Arc<CertificateDer<'static>>>,
+    /// The certificates the client presented (the leaf first, then what it
+    /// sent with it), which TLS verified; `None` when it presented none.
+    pub certificates: Option<Arc<[CertificateDer<'static>]>>,
 }
 
 /// A caller whose credentials checked out.
@@ -54,10 +55,14 @@ pub enum Refresh {
         jti: String,
     },
     /// A new one, valid for `ttl`, bound to the account's password-hash
-    /// fingerprint when the caller used a password.
+    /// fingerprint when the caller used a password, or to what vouched for
+    /// the caller otherwise.
     Mint {
         /// Fingerprint of the account's password hash.
         pwv: Option<String>,
+        /// The issuer's `iss`, or the fingerprint of the client CA, that
+        /// vouched for the caller (see [`RefreshClaims::via`]).
+        via: Option<String>,
         /// Lifetime.
         ttl: Duration,
         /// When it is issued, in the fleet's clock (see
@@ -90,6 +95,10 @@ pub enum AuthError {
     /// A client certificate TLS accepted but that names nobody.
     #[error("the client certificate has no usable subject common name")]
     UnusableCertificate,
+    /// A client certificate that chains to no client CA the settings in
+    /// force trust (the bundle changed since the connection was made).
+    #[error("the client certificate chains to no client CA the server trusts now")]
+    UntrustedCertificate,
     /// Too many failed attempts from this client or for this account.
     #[error(transparent)]
     Throttled(#[from] Throttled),
@@ -123,7 +132,9 @@ impl AuthError {
         match self {
             AuthError::BadPassword | AuthError::Refresh(_) => "bad_credentials",
             AuthError::SubjectToken(e) | AuthError::IssuerUnavailable(e) => e.reason(),
-            AuthError::NoClientCertificate | AuthError::UnusableCertificate => "invalid_client",
+            AuthError::NoClientCertificate
+            | AuthError::UnusableCertificate
+            | AuthError::UntrustedCertificate => "invalid_client",
             AuthError::Throttled(_) => "rate_limited",
             AuthError::Busy(_) => "busy",
             AuthError::Revoked(_) => "revoked",
@@ -190,15 +201,15 @@ async fn identify(
     match grant {
         // A verified client certificate authenticates a request that
         // carries no other credentials.
-        Grant::NoCredentials => match &peer.certificate {
-            Some(cert) => certificate(settings, cert, fleet_now).map(alone),
+        Grant::NoCredentials => match &peer.certificates {
+            Some(chain) => certificate(settings, chain, fleet_now).map(alone),
             None => Ok(alone(Authenticated {
                 principal: Principal::anonymous(),
                 refresh: Refresh::Never,
             })),
         },
-        Grant::ClientCredentials => match &peer.certificate {
-            Some(cert) => certificate(settings, cert, fleet_now).map(alone),
+        Grant::ClientCredentials => match &peer.certificates {
+            Some(chain) => certificate(settings, chain, fleet_now).map(alone),
             None => Err(AuthError::NoClientCertificate),
         },
         // Clients handed a username and password by a credential plugin
@@ -222,17 +233,27 @@ async fn identify(
     }
 }
 
+/// A client certificate's principal; its refresh token names the client CA
+/// the certificate chains to, among those the settings in force trust.
 fn certificate(
     settings: &Settings,
-    cert: &CertificateDer<'_>,
+    chain: &[CertificateDer<'_>],
     at: SystemTime,
 ) -> Result<Authenticated, AuthError> {
-    let principal = certificate::principal(cert, &settings.certificates)
+    let leaf = chain.first().ok_or(AuthError::UnusableCertificate)?;
+    let principal = certificate::principal(leaf, &settings.certificates)
         .ok_or(AuthError::UnusableCertificate)?;
+    let cas = settings
+        .tls
+        .as_ref()
+        .map(|t| t.client_cas.load_full())
+        .ok_or(AuthError::UntrustedCertificate)?;
+    let anchor = cas.anchor(chain).ok_or(AuthError::UntrustedCertificate)?;
     Ok(Authenticated {
         principal,
         refresh: Refresh::Mint {
             pwv: None,
+            via: Some(anchor.to_owned()),
             ttl: settings.refresh_token_ttl,
             at,
         },
@@ -283,6 +304,7 @@ async fn account_password(
             principal,
             refresh: Refresh::Mint {
                 pwv: Some(pwv),
+                via: None,
                 ttl: settings.refresh_token_ttl,
                 at,
             },
@@ -291,7 +313,8 @@ async fn account_password(
     }
 }
 
-/// Verifies a refresh token and re-checks the account it was issued to.
+/// Verifies a refresh token and re-checks, against the settings in force,
+/// what vouched for the principal it was issued to.
 fn refresh(
     settings: &Settings,
     token: Secret,
@@ -313,19 +336,8 @@ fn refresh(
             .principal(&claims.principal.name)
             .ok_or(RefreshError::Revoked)?
     } else {
-        // A token minted from an issuer's token stands only while this
-        // config still trusts that issuer: removing it revokes them.
-        if matches!(claims.principal.kind, Kind::Kubernetes | Kind::Oidc) {
-            let issuer = claims.principal.attributes.get("issuer");
-            let trusted =
-                issuer.is_some_and(|name| {
-                    settings.issuers.all().iter().any(|i| {
-                        i.name == *name && i.kind.principal_kind() == claims.principal.kind
-                    })
-                });
-            if !trusted {
-                return Err(RefreshError::Revoked.into());
-            }
+        if !still_vouched_for(settings, &claims) {
+            return Err(RefreshError::Revoked.into());
         }
         claims.principal
     };
@@ -343,6 +355,51 @@ fn refresh(
         },
         Some(presented),
     ))
+}
+
+/// True while the settings in force still trust what vouched for a
+/// principal other than an account when its refresh token was minted:
+/// - an issuer's principals: an issuer of the same name and kind, with the
+///   `iss` the token names (tokens minted before they named it: the `iss`
+///   an OIDC principal's claims recorded; a Kubernetes one's name and kind
+///   alone), so an issuer removed, or replaced under its name, revokes them;
+/// - a certificate's: the client CA it chained to (tokens minted before
+///   they named it: a CA with the name of the certificate's issuer), so a
+///   CA no longer trusted, or `tls.client_ca` removed, revokes them.
+fn still_vouched_for(settings: &Settings, claims: &RefreshClaims) -> bool {
+    let principal = &claims.principal;
+    match principal.kind {
+        Kind::Kubernetes | Kind::Oidc => {
+            let Some(name) = principal.attributes.get("issuer") else {
+                return false;
+            };
+            let issuers = settings.issuers.all();
+            let Some(issuer) = issuers
+                .iter()
+                .find(|i| i.name == *name && i.kind.principal_kind() == principal.kind)
+            else {
+                return false;
+            };
+            match (&claims.via, principal.attributes.get("claims.iss")) {
+                (Some(iss), _) | (None, Some(iss)) => *iss == issuer.issuer,
+                (None, None) => principal.kind == Kind::Kubernetes,
+            }
+        }
+        Kind::Node | Kind::Certificate => {
+            let Some(tls) = &settings.tls else {
+                return false;
+            };
+            let cas = tls.client_cas.load();
+            match &claims.via {
+                Some(fingerprint) => cas.trusts(fingerprint),
+                None => principal
+                    .attributes
+                    .get("issuer")
+                    .is_some_and(|name| cas.has_subject(name)),
+            }
+        }
+        Kind::Account | Kind::Anonymous => false,
+    }
 }
 
 /// RFC 8693: a token from a trusted issuer, checked against `now`; the
@@ -365,8 +422,99 @@ async fn exchange(
         principal,
         refresh: Refresh::Mint {
             pwv: None,
+            via: Some(issuer.issuer.clone()),
             ttl: issuer.credential_ttl,
             at,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// A config trusting the Kubernetes issuer `cluster-a`
+    /// (`https://a.example`) and the OIDC issuer `ci` (`https://ci.example`),
+    /// without TLS.
+    fn settings() -> (tempfile::TempDir, Settings) {
+        let dir = tempfile::tempdir().unwrap();
+        let g =
+            crate::keys::generate(crate::keys::Algorithm::Es256, "t", crate::clock::now()).unwrap();
+        std::fs::write(dir.path().join("k.pem"), g.key_pem).unwrap();
+        std::fs::write(dir.path().join("c.pem"), g.cert_pem).unwrap();
+        std::fs::write(dir.path().join("secret"), [9u8; 32]).unwrap();
+        let text = "issuer: t\nservices: [r]\nsigning_keys: [{key: k.pem, cert: c.pem}]\n\
+             refresh_secret_file: secret\n\
+             issuers:\n\
+             \x20 - {name: cluster-a, kind: kubernetes, issuer: https://a.example, audiences: [r], jwks_uri: https://a.example/k}\n\
+             \x20 - {name: ci, kind: oidc, issuer: https://ci.example, audiences: [r], jwks_uri: https://ci.example/k}\n";
+        let settings =
+            crate::config::load_str(text, dir.path(), std::path::Path::new("c")).unwrap();
+        (dir, settings)
+    }
+
+    fn claims(kind: Kind, attributes: &[(&str, &str)], via: Option<&str>) -> RefreshClaims {
+        RefreshClaims {
+            iss: "t".into(),
+            aud: "t".into(),
+            sub: String::new(),
+            iat: 0,
+            nbf: 0,
+            exp: 0,
+            jti: "rt.x".into(),
+            token_use: "refresh".into(),
+            principal: Principal {
+                kind,
+                name: "n".into(),
+                attributes: attributes
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<BTreeMap<_, _>>(),
+            },
+            pwv: None,
+            via: via.map(str::to_owned),
+        }
+    }
+
+    /// An issuer's principals stand while an issuer of that name, kind and
+    /// `iss` is configured; tokens minted before they named the `iss` are
+    /// checked by the `iss` an OIDC token recorded, or by name and kind.
+    /// Certificates need a client CA, which this config has not.
+    #[test]
+    fn what_vouched_for_a_principal_is_checked_against_the_config() {
+        let (_dir, s) = settings();
+        let k8s = |via| claims(Kind::Kubernetes, &[("issuer", "cluster-a")], via);
+        assert!(still_vouched_for(&s, &k8s(Some("https://a.example"))));
+        assert!(!still_vouched_for(&s, &k8s(Some("https://old.example"))));
+        assert!(still_vouched_for(&s, &k8s(None)), "minted before via");
+        let oidc = |iss, via| claims(Kind::Oidc, &[("issuer", "ci"), ("claims.iss", iss)], via);
+        assert!(still_vouched_for(&s, &oidc("https://ci.example", None)));
+        assert!(!still_vouched_for(&s, &oidc("https://old.example", None)));
+        assert!(still_vouched_for(
+            &s,
+            &oidc("https://ci.example", Some("https://ci.example"))
+        ));
+        assert!(
+            !still_vouched_for(
+                &s,
+                &claims(
+                    Kind::Oidc,
+                    &[("issuer", "cluster-a")],
+                    Some("https://a.example")
+                )
+            ),
+            "the kind must match too"
+        );
+        assert!(!still_vouched_for(
+            &s,
+            &claims(Kind::Oidc, &[], Some("https://ci.example"))
+        ));
+        for kind in [Kind::Node, Kind::Certificate] {
+            assert!(!still_vouched_for(
+                &s,
+                &claims(kind, &[("issuer", "CN=ca")], Some("sha256:00"))
+            ));
+        }
+    }
 }

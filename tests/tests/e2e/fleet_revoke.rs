@@ -621,6 +621,72 @@ fn a_revocation_outlives_tokens_minted_under_a_longer_lifetime_than_the_config_n
     );
 }
 
+/// Before, only the issuer's config *name* was compared on a refresh: an
+/// issuer replaced by another identity provider under the same name kept
+/// the old provider's refresh tokens working. Now a refresh token carries
+/// the `iss` of the issuer that vouched for it, and the current config must
+/// still trust that issuer, by name, kind and `iss`.
+#[test]
+fn refresh_tokens_of_an_issuer_replaced_under_the_same_name_are_refused() {
+    use regauth_e2e::ops::{Reload, edit_config, reload};
+    let (old_ci, new_ci) = (OidcIssuer::start(), OidcIssuer::start());
+    let (old_cluster, new_cluster) = (OidcIssuer::start(), OidcIssuer::start());
+    let kept = OidcIssuer::start();
+    let d = tempfile::tempdir().expect("temp dir");
+    let server = regauth_e2e::token_server::TokenServerBuilder::new()
+        .policy(POLICY)
+        .extra_config(&issuers_yaml(&[
+            IssuerConfig::oidc("ci", &old_ci.url()),
+            IssuerConfig::kubernetes("cluster-a", &old_cluster.url()),
+            IssuerConfig::kubernetes("cluster-b", &kept.url()),
+        ]))
+        .start(d.path());
+    let client = server.client();
+    let sa = ServiceAccount::new("ci", "builder");
+    let from_ci = exchange(client, &oidc_token(&old_ci, "repo:org/app"));
+    let from_cluster = exchange(client, &old_cluster.service_account_token(&sa, AUDIENCE));
+    let from_kept = exchange(client, &kept.service_account_token(&sa, AUDIENCE));
+    let get = |token: &str| {
+        client
+            .get_token(&[("service", SERVICE)], Some(("x", token)))
+            .status
+    };
+    for token in [&from_ci, &from_cluster, &from_kept] {
+        assert_eq!(get(token), 200, "control: GET");
+        assert_eq!(
+            client.refresh_grant(token, SERVICE, "").status,
+            200,
+            "control: POST"
+        );
+    }
+
+    edit_config(&server, |text| {
+        text.replace(&old_ci.url(), &new_ci.url())
+            .replace(&old_cluster.url(), &new_cluster.url())
+    });
+    assert_eq!(reload(&server), Reload::Applied);
+    let again = ExchangeRequest::jwt(&oidc_token(&old_ci, "repo:org/app"), SERVICE).send(client);
+    assert_ne!(
+        again.status, 200,
+        "control: the old provider is no longer trusted"
+    );
+    assert_eq!(
+        ExchangeRequest::jwt(&oidc_token(&new_ci, "repo:org/app"), SERVICE)
+            .send(client)
+            .status,
+        200,
+        "control: the new provider is"
+    );
+    for (what, token) in [("ci", &from_ci), ("cluster-a", &from_cluster)] {
+        assert_eq!(get(token), 401, "GET with the replaced {what}'s token");
+        assert_refused(
+            &client.refresh_grant(token, SERVICE, ""),
+            &format!("POST with the replaced {what}'s token"),
+        );
+    }
+    assert_eq!(get(&from_kept), 200, "an issuer left as it was");
+}
+
 /// Before, `revoke --lift` with another scope than the entry's (lifting
 /// without `--issuer` an entry made with one, or with `--issuer` one made
 /// without) printed "was not revoked" and exited 0 while the subject stayed

@@ -122,8 +122,8 @@ fn token_reply(
     let (refresh_token, refresh_jti) = match (who.refresh, ask.offline) {
         (_, false) | (Refresh::Never, true) => (None, None),
         (Refresh::Presented { token, jti }, true) => (Some(token), Some(jti)),
-        (Refresh::Mint { pwv, ttl, at }, true) => {
-            let (token, claims) = settings.refresh.issue(&who.principal, pwv, ttl, at)?;
+        (Refresh::Mint { pwv, via, ttl, at }, true) => {
+            let (token, claims) = settings.refresh.issue(&who.principal, pwv, via, ttl, at)?;
             (Some(token), Some(claims.jti))
         }
     };
@@ -160,12 +160,12 @@ fn exchange_reply(
     annotations: &[(String, String)],
     peer: &Peer,
 ) -> Result<Response, TokenError> {
-    let Refresh::Mint { pwv, ttl, at } = who.refresh else {
+    let Refresh::Mint { pwv, via, ttl, at } = who.refresh else {
         // `authenticate` mints for every verified subject token; anything
         // else here would be a bug, and issuing nothing is the safe answer.
         return Err(TokenError::Internal(crate::token::IssueError::NoCredential));
     };
-    let (refresh, claims) = settings.refresh.issue(&who.principal, pwv, ttl, at)?;
+    let (refresh, claims) = settings.refresh.issue(&who.principal, pwv, via, ttl, at)?;
     let decisions = settings.policy.decide(&who.principal, &ask.scopes);
     audit::exchanged(
         &who.principal,
