@@ -446,3 +446,77 @@ fn deny_mode_refuses_credentials_while_redis_is_unreachable() {
         );
     }
 }
+
+/// `check-config` on `shared_state` URLs that hold a password and one part
+/// that is wrong: each is refused naming that part, and the password is
+/// never echoed. Before, a bad port, database or query of a `redis://` URL
+/// got only "is not a usable Redis URL (InvalidClientConfig)".
+#[test]
+fn shared_state_urls_are_refused_naming_the_wrong_part_never_the_password() {
+    use regauth_e2e::bins::token_server_bin;
+    use regauth_e2e::process::run;
+    let d = dir();
+    let bin = token_server_bin();
+    let mut keys = std::process::Command::new(&bin);
+    keys.args(["keys", "generate", "--out"])
+        .arg(d.path().join("keys"));
+    run(keys, Duration::from_secs(30)).assert_success("keys generate");
+    let mut secret = std::process::Command::new(&bin);
+    secret
+        .args(["keys", "secret", "--out"])
+        .arg(d.path().join("refresh.secret"));
+    run(secret, Duration::from_secs(30)).assert_success("keys secret");
+    let check = |url: &str| {
+        let path = d.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "issuer: t\nservices: [r]\n\
+                 signing_keys: [{{key: keys/signing.key, cert: keys/signing.crt}}]\n\
+                 refresh_secret_file: refresh.secret\nshared_state: \"{url}\"\n"
+            ),
+        )
+        .expect("write config");
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(["check-config", "--config"]).arg(&path);
+        run(cmd, Duration::from_secs(30))
+    };
+    check("redis://u:S3CRETpw@127.0.0.1:6379/0").assert_success("control: a good URL");
+    for (url, part) in [
+        ("redis://:S3CRETpw@127.0.0.1:notaport/0", "port"),
+        ("redis://u:S3CRETpw@127.0.0.1:99999/0", "port"),
+        ("redis://u:S3CRETpw@127.0.0.1:6379/abc", "database"),
+        ("redis://u:S3CRETpw@127.0.0.1:6379/0/1", "database"),
+        (
+            "redis://u:S3CRETpw@127.0.0.1:6379/0?protocol=resp9",
+            "query",
+        ),
+        ("rediss://u:S3CRETpw@127.0.0.1:6379/0?db=1", "query"),
+        ("redis://u:S3CRETpw@127.0.0.1:6379/0#insecure", "#"),
+        ("redis://u:S3CRETpw@/0", "host"),
+        ("redis://u:S3CRETpw@0.0.0.0:6379/0", "host"),
+        ("redis://u:S3CRET%ffpw@127.0.0.1:6379/0", "password"),
+        ("redis+sentinel://u:S3CRETpw@h:1,,h2/m", "sentinel 2"),
+        ("redis+sentinel://u:S3CRETpw@h:99999/m", "port"),
+        ("rediss+sentinel://u:S3CRETpw@h:1/m?db=x", "db=N"),
+        ("redis+sentinel://u:S3CRETpw@h:1/m?db=1&x=2", "db=N"),
+        ("redis+sentinel://u:S3CRET%ffpw@h:1/m", "password"),
+        ("http://u:S3CRETpw@h:1/0", "redis://"),
+    ] {
+        let out = check(url);
+        let text = format!("{}{}", out.stdout, out.stderr);
+        assert!(!out.success(), "{url} was accepted: {text}");
+        assert!(
+            !text.contains("S3CRET"),
+            "{url}: the password was echoed: {text}"
+        );
+        let line = text
+            .lines()
+            .find(|l| l.contains("shared_state"))
+            .unwrap_or_else(|| panic!("{url}: no line names shared_state: {text}"));
+        assert!(
+            line.contains(part),
+            "{url}: the error must name the {part:?} part: {line}"
+        );
+    }
+}

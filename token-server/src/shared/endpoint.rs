@@ -1,7 +1,7 @@
 //! Where the shared state lives: the `shared_state` URL, parsed once.
 //!
-//! - `redis://[[USER]:PASSWORD@]HOST:PORT[/DB]` (`rediss://` for TLS): one
-//!   Redis, or a primary behind one address.
+//! - `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?protocol=resp2|resp3]`
+//!   (`rediss://` for TLS): one Redis, or a primary behind one address.
 //! - `redis+sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER_NAME[?db=N]`
 //!   (`rediss+sentinel://` for TLS to the sentinels and the primary): the
 //!   sentinels are asked where the primary named MASTER_NAME is, and asked
@@ -88,12 +88,31 @@ pub enum UrlError {
         "must be a redis://HOST:PORT/DB, rediss://HOST:PORT/DB, redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME[?db=N] or rediss+sentinel://... URL"
     )]
     Scheme,
-    /// redis-rs refused a `redis://` or `rediss://` URL.
+    /// redis-rs refused a `redis://` or `rediss://` URL that passed the
+    /// checks below: a part they do not know.
     #[error("is not a usable Redis URL ({0})")]
     Redis(String),
-    /// No sentinel, or an empty entry in the list.
-    #[error("names no sentinel, or an empty one, before the master name")]
-    NoSentinel,
+    /// The host of a `redis://` URL: missing, not a name or address, or a
+    /// wildcard address.
+    #[error(
+        "the host must be a host name or an IP address ([...] for IPv6), not empty nor a wildcard address"
+    )]
+    RedisHost,
+    /// The port of a `redis://` URL.
+    #[error("the port must be a number from 1 to 65535 (6379 when none is given)")]
+    RedisPort,
+    /// The path of a `redis://` URL.
+    #[error("the path must be /DB, a database number from 0 to 65535, or nothing (database 0)")]
+    Database,
+    /// The query of a `redis://` URL.
+    #[error("takes no query but ?protocol=resp2 or ?protocol=resp3")]
+    RedisQuery,
+    /// A `#fragment` (redis-rs reads `#insecure` as: skip certificate checks).
+    #[error("takes no #fragment (#insecure would turn off TLS certificate checks)")]
+    Fragment,
+    /// An empty entry in the list of sentinels (or none at all).
+    #[error("sentinel {0}: empty; sentinels are HOST[:PORT] separated by commas")]
+    NoSentinel(usize),
     /// Too many sentinels.
     #[error("names more than {MAX_SENTINELS} sentinels")]
     TooManySentinels,
@@ -120,6 +139,7 @@ impl Endpoint {
         let (scheme, rest) = url.split_once("://").ok_or(UrlError::Scheme)?;
         match scheme {
             "redis" | "rediss" => {
+                direct(rest)?;
                 redis::Client::open(url).map_err(|e| UrlError::Redis(format!("{:?}", e.kind())))?;
                 Ok(Endpoint::Direct {
                     url: Secret::new(url.to_owned()),
@@ -141,6 +161,81 @@ impl Endpoint {
             Endpoint::Sentinel(s) => s.tls,
         }
     }
+}
+
+/// Checks a `redis://` URL after its scheme part by part, so that what is
+/// wrong is named (redis-rs, which reads it, only says that it is not
+/// usable).
+fn direct(rest: &str) -> Result<(), UrlError> {
+    if rest.contains('#') {
+        return Err(UrlError::Fragment);
+    }
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let hosts = match authority.rsplit_once('@') {
+        Some((credentials, hosts)) => {
+            let (user, pass) = credentials.split_once(':').unwrap_or((credentials, ""));
+            decode(user)?;
+            decode(pass)?;
+            hosts
+        }
+        None => authority,
+    };
+    let (host, port) = split_host_port(hosts).ok_or(UrlError::RedisHost)?;
+    if !host_ok(host) || ["0.0.0.0", "::"].contains(&host) {
+        return Err(UrlError::RedisHost);
+    }
+    if let Some(p) = port {
+        parse_port(p).ok_or(UrlError::RedisPort)?;
+    }
+    if !path.is_empty() && number_up_to_65535(path).is_none() {
+        return Err(UrlError::Database);
+    }
+    match query {
+        None | Some("protocol=resp2" | "protocol=resp3") => Ok(()),
+        Some(_) => Err(UrlError::RedisQuery),
+    }
+}
+
+/// `HOST[:PORT]` or `[V6][:PORT]` into the host and the port's text;
+/// `None` for a bracket left open or text after it.
+fn split_host_port(text: &str) -> Option<(&str, Option<&str>)> {
+    match text.strip_prefix('[') {
+        Some(v6) => {
+            let (addr, after) = v6.split_once(']')?;
+            addr.parse::<std::net::Ipv6Addr>().ok()?;
+            match after {
+                "" => Some((addr, None)),
+                p => Some((addr, Some(p.strip_prefix(':')?))),
+            }
+        }
+        None => Some(match text.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (text, None),
+        }),
+    }
+}
+
+fn host_ok(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
+}
+
+/// A port: 1 to 65535, in digits only.
+fn parse_port(text: &str) -> Option<u16> {
+    number_up_to_65535(text).and_then(|n| u16::try_from(n).ok().filter(|n| *n > 0))
+}
+
+/// 0 to 65535, in at most five digits only.
+fn number_up_to_65535(text: &str) -> Option<u32> {
+    let digits = !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit());
+    text.parse::<u32>().ok().filter(|n| digits && *n <= 65535)
 }
 
 fn sentinel(tls: bool, rest: &str) -> Result<SentinelEndpoint, UrlError> {
@@ -188,12 +283,7 @@ fn sentinel(tls: bool, rest: &str) -> Result<SentinelEndpoint, UrlError> {
         None => 0,
         Some(q) => {
             let n = q.strip_prefix("db=").ok_or(UrlError::Query)?;
-            let valid = !n.is_empty() && n.len() <= 5 && n.bytes().all(|b| b.is_ascii_digit());
-            let db: u32 = n.parse().ok().filter(|_| valid).ok_or(UrlError::Query)?;
-            if db > 65535 {
-                return Err(UrlError::Query);
-            }
-            i64::from(db)
+            i64::from(number_up_to_65535(n).ok_or(UrlError::Query)?)
         }
     };
     Ok(SentinelEndpoint {
@@ -206,43 +296,18 @@ fn sentinel(tls: bool, rest: &str) -> Result<SentinelEndpoint, UrlError> {
     })
 }
 
-/// `HOST[:PORT]` or `[V6][:PORT]`, the `i`th of the list.
+/// `HOST[:PORT]` or `[V6][:PORT]`, the `i`th sentinel of the list.
 fn host_port(i: usize, text: &str) -> Result<(String, u16), UrlError> {
     if text.is_empty() {
-        return Err(UrlError::NoSentinel);
+        return Err(UrlError::NoSentinel(i));
     }
-    let (host, port) = if let Some(v6) = text.strip_prefix('[') {
-        let (addr, after) = v6.split_once(']').ok_or(UrlError::Host(i))?;
-        addr.parse::<std::net::Ipv6Addr>()
-            .map_err(|_| UrlError::Host(i))?;
-        let port = match after {
-            "" => None,
-            p => Some(p.strip_prefix(':').ok_or(UrlError::Port(i))?),
-        };
-        (addr, port)
-    } else {
-        match text.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (text, None),
-        }
-    };
-    let host_ok = !host.is_empty()
-        && host.len() <= 253
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b));
-    if !host_ok {
+    let (host, port) = split_host_port(text).ok_or(UrlError::Host(i))?;
+    if !host_ok(host) {
         return Err(UrlError::Host(i));
     }
     let port = match port {
         None => SENTINEL_PORT,
-        Some(p) => {
-            let valid = !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
-            p.parse::<u16>()
-                .ok()
-                .filter(|n| valid && *n > 0)
-                .ok_or(UrlError::Port(i))?
-        }
+        Some(p) => parse_port(p).ok_or(UrlError::Port(i))?,
     };
     Ok((host.to_owned(), port))
 }
@@ -297,8 +362,9 @@ mod tests {
             ("redis+sentinel://h:1", UrlError::Master),
             ("redis+sentinel://h:1/", UrlError::Master),
             ("redis+sentinel://h:1/a b", UrlError::Master),
-            ("redis+sentinel://,h/m", UrlError::NoSentinel),
-            ("redis+sentinel:///m", UrlError::NoSentinel),
+            ("redis+sentinel://,h/m", UrlError::NoSentinel(1)),
+            ("redis+sentinel://h,,h2/m", UrlError::NoSentinel(2)),
+            ("redis+sentinel:///m", UrlError::NoSentinel(1)),
             ("redis+sentinel://h:0/m", UrlError::Port(1)),
             ("redis+sentinel://h:99999/m", UrlError::Port(1)),
             ("redis+sentinel://a,h:+1/m", UrlError::Port(2)),
@@ -308,6 +374,24 @@ mod tests {
             ("redis+sentinel://h/m?db=70000", UrlError::Query),
             ("redis+sentinel://h/m?password=x", UrlError::Query),
             ("redis+sentinel://:%ff@h/m", UrlError::Credentials),
+            ("redis://:hunter2@h:notaport/0", UrlError::RedisPort),
+            ("redis://:hunter2@h:0/0", UrlError::RedisPort),
+            ("redis://:hunter2@h:99999/0", UrlError::RedisPort),
+            ("redis://u:hunter2@h:1/abc", UrlError::Database),
+            ("redis://u:hunter2@h:1/0/1", UrlError::Database),
+            ("redis://u:hunter2@h:1/70000", UrlError::Database),
+            (
+                "redis://u:hunter2@h:1/0?protocol=resp9",
+                UrlError::RedisQuery,
+            ),
+            ("rediss://u:hunter2@h:1/0?db=1", UrlError::RedisQuery),
+            ("rediss://u:hunter2@h:1/0#insecure", UrlError::Fragment),
+            ("redis://u:hunter2@/0", UrlError::RedisHost),
+            ("redis://u:hunter2@0.0.0.0:1/0", UrlError::RedisHost),
+            ("redis://u:hunter2@[::]:1/0", UrlError::RedisHost),
+            ("redis://u:hunter2@h o:1/0", UrlError::RedisHost),
+            ("redis://u:hunter2@[zz]:1/0", UrlError::RedisHost),
+            ("redis://u:hunter2%ff@h:1/0", UrlError::Credentials),
         ] {
             assert_eq!(Endpoint::parse(url), Err(err.clone()), "{url}");
             assert!(!err.to_string().contains("hunter2"));
@@ -321,6 +405,16 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         let shown = format!("{:?}", Endpoint::parse("redis://:hunter2@h:1/0").unwrap());
         assert!(!shown.contains("hunter2"), "{shown}");
+        for good in [
+            "redis://h",
+            "redis://h:6380",
+            "redis://h:6380/",
+            "redis://u:p%40ss@h:6380/15",
+            "rediss://[::1]:6380/0?protocol=resp3",
+            "redis://:pa@ss@10.0.0.1/2?protocol=resp2",
+        ] {
+            assert!(Endpoint::parse(good).is_ok(), "{good}");
+        }
     }
 
     proptest::proptest! {
