@@ -281,7 +281,7 @@ async fn account_password(
     guards.metrics.password_cache(cached.is_some());
     let verified = match cached {
         Some(v) => {
-            guards.limiter.cached_success(addr, username);
+            guards.limiter.cached_success(addr, username).await;
             v
         }
         None => {

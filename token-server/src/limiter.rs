@@ -14,7 +14,9 @@
 //! are grouped by /64, the block one subscriber usually holds.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -136,8 +138,9 @@ pub enum Outcome {
 
 /// Settles an attempt counted outside this process (the fleet's limiter).
 pub trait Settle: Send + Sync + std::fmt::Debug {
-    /// Records how the attempt ended.
-    fn settle(self: Box<Self>, outcome: Outcome);
+    /// Records how the attempt ended; the future ends once it is recorded
+    /// (or could not be).
+    fn settle(self: Box<Self>, outcome: Outcome) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
 /// One record an attempt counts against, as the shared limiter names it.
@@ -343,10 +346,29 @@ impl Attempt {
         self.finish(Outcome::Failure { known_account }, now);
     }
 
+    /// Records how the attempt ended, and returns once the limiter that
+    /// counts it has it: in a fleet, once Redis has it, so that the answer
+    /// to the caller never runs ahead of the count (a success the cache
+    /// answers next, on any replica, then clears this failure).
+    pub async fn settle(mut self, outcome: Outcome, now: Instant) {
+        match self.kept.take() {
+            Some(Kept::Elsewhere(kept)) => kept.settle(outcome).await,
+            kept => {
+                self.kept = kept;
+                self.finish(outcome, now);
+            }
+        }
+    }
+
     fn finish(&mut self, outcome: Outcome, now: Instant) {
         match self.kept.take() {
             None => {}
-            Some(Kept::Elsewhere(kept)) => kept.settle(outcome),
+            // Not awaited (a drop): it completes in the background.
+            Some(Kept::Elsewhere(kept)) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(kept.settle(outcome));
+                }
+            }
             Some(Kept::Here { limiter, keys }) => match outcome {
                 Outcome::Success => limiter.settle(&keys, false, now),
                 Outcome::Failure { .. } => limiter.settle(&keys, true, now),

@@ -10,7 +10,9 @@
 //!   check before it reserves its attempt (a round trip in a fleet), and
 //!   everyone arriving meanwhile waits for its result, throttled or not;
 //! - each check runs in its own task, which settles the limiter attempt and
-//!   fills the cache even if every client waiting on it has gone away.
+//!   fills the cache even if every client waiting on it has gone away; its
+//!   result is given out once the limiter has the outcome (in a fleet, once
+//!   Redis has it), so no later request can run ahead of it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,7 +24,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{Semaphore, watch};
 
 use crate::identity::account::Verified;
-use crate::limiter::{Attempt, Throttled};
+use crate::limiter::{self, Attempt, Throttled};
 use crate::secret::Secret;
 use crate::settings::Settings;
 
@@ -142,25 +144,35 @@ impl Run {
                     // counted.
                     Err(_) => Err(CheckError::Busy(checks.queue_timeout)),
                     Ok(Err(_)) => Err(CheckError::Failed),
-                    Ok(Ok(permit)) => tokio::task::spawn_blocking(move || {
-                        let _permit = permit;
-                        hashes.inc();
-                        let verified = settings.accounts.verify_slow(
-                            &user,
-                            password.expose().as_bytes(),
-                            Instant::now(),
-                        );
-                        match &verified {
-                            Verified::Yes { .. } => attempt.success(Instant::now()),
-                            Verified::No => {
-                                let known = settings.accounts.contains(&user);
-                                attempt.failure(known, Instant::now());
+                    Ok(Ok(permit)) => {
+                        let checked = tokio::task::spawn_blocking(move || {
+                            let _permit = permit;
+                            hashes.inc();
+                            let verified = settings.accounts.verify_slow(
+                                &user,
+                                password.expose().as_bytes(),
+                                Instant::now(),
+                            );
+                            let outcome = match &verified {
+                                Verified::Yes { .. } => limiter::Outcome::Success,
+                                Verified::No => limiter::Outcome::Failure {
+                                    known_account: settings.accounts.contains(&user),
+                                },
+                            };
+                            (verified, outcome)
+                        })
+                        .await;
+                        match checked {
+                            // The answer waits until the limiter has it.
+                            Ok((verified, outcome)) => {
+                                attempt.settle(outcome, Instant::now()).await;
+                                Ok(verified)
                             }
+                            // A failed task decided nothing: the attempt is
+                            // released (dropped).
+                            Err(_) => Err(CheckError::Failed),
                         }
-                        verified
-                    })
-                    .await
-                    .map_err(|_| CheckError::Failed),
+                    }
                 }
             }
         };

@@ -450,3 +450,114 @@ return n";
         assert!(reply.body.contains("revoked"), "{}", reply.body);
     }
 }
+
+/// Cache hits summed over `clients`.
+fn cache_hits(clients: &[&TokenClient]) -> f64 {
+    clients
+        .iter()
+        .map(|c| metric(&metrics(c), "regauth_password_cache_total{result=\"hit\"}").unwrap_or(0.0))
+        .sum()
+}
+
+/// Ten (bad, ok) pairs, each ok from the password cache right after the
+/// failure, on one replica and spread over three (each step on the next
+/// replica): no failure may be left in Redis, and bad ×4, ok ends in 200.
+/// Before, the failure was settled in Redis in the background and
+/// announced a moment later, and the cached success cleared only what its
+/// replica had already heard of: failures piled up, and the last ok got
+/// 429.
+#[test]
+fn a_cached_success_right_after_a_failure_clears_it_on_one_replica_and_across_three() {
+    let mut report = Vec::new();
+    for replicas in [1usize, 3] {
+        let d = dir();
+        let fleet = Fleet::start(d.path(), replicas, true, "password_cache_ttl: 60s\n", |b| {
+            b.account("alice", "alice-pw", &[])
+        });
+        let redis = fleet.redis.as_ref().expect("redis");
+        let rs = fleet.replicas();
+        let get = |i: usize, pw: &str| status(rs[i % rs.len()], "alice", pw);
+        for i in 0..rs.len() {
+            assert_eq!(get(i, "alice-pw"), 200, "warm each replica's cache");
+        }
+        let mut seen = Vec::new();
+        for i in 0..10 {
+            seen.push(get(2 * i, "bad"));
+            seen.push(get(2 * i + 1, "alice-pw"));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let left = redis
+            .call(&["HGET", "regauth:{limit}:a:alice", "f"])
+            .text()
+            .unwrap_or_else(|| "none".into());
+        for i in 0..4 {
+            seen.push(get(i, "bad"));
+        }
+        let last = get(4, "alice-pw");
+        assert!(
+            cache_hits(&rs) >= 10.0,
+            "control: the successes came from the caches"
+        );
+        assert!(
+            seen.iter().step_by(2).take(10).all(|s| *s == 401),
+            "control: the failures were checked: {seen:?}"
+        );
+        report.push((replicas, left, last, seen));
+    }
+    assert!(
+        report
+            .iter()
+            .all(|(_, left, last, _)| left == "none" && *last == 200),
+        "(replicas, failures left in Redis after 10 (bad, ok) pairs, the last ok, statuses): {report:?}"
+    );
+}
+
+/// ok, bad ×4, ok, bad, ok, bad ×4, ok with each step on the next of three
+/// replicas (an L4 balancer) and every success from that replica's cache:
+/// each success clears the failures made before it, on whichever replica.
+/// Five rounds, since before it failed about one time in ten.
+#[test]
+fn a_cached_success_clears_failures_made_on_other_replicas() {
+    let d = dir();
+    let fleet = Fleet::start(d.path(), 3, true, "password_cache_ttl: 60s\n", |b| {
+        b.account("alice", "alice-pw", &[])
+    });
+    let replicas = fleet.replicas();
+    for r in &replicas {
+        assert_eq!(status(r, "alice", "alice-pw"), 200, "warm each cache");
+    }
+    let steps = [
+        ("alice-pw", 200),
+        ("bad", 401),
+        ("bad", 401),
+        ("bad", 401),
+        ("bad", 401),
+        ("alice-pw", 200),
+        ("bad", 401),
+        ("alice-pw", 200),
+        ("bad", 401),
+        ("bad", 401),
+        ("bad", 401),
+        ("bad", 401),
+        ("alice-pw", 200),
+    ];
+    for round in 0..5u8 {
+        // Each round from an address of its own: the network's record,
+        // which no success clears, allows 20 failures.
+        let source = format!("127.0.9.{}", round + 1).parse().expect("address");
+        let clients: Vec<TokenClient> = replicas
+            .iter()
+            .map(|r| client_from(r.base_url(), source))
+            .collect();
+        let mut seen = Vec::new();
+        for (i, (password, expect)) in steps.into_iter().enumerate() {
+            let s = status(&clients[(i + usize::from(round)) % 3], "alice", password);
+            seen.push(s);
+            assert_eq!(s, expect, "round {round}: statuses so far {seen:?}");
+        }
+    }
+    assert!(
+        cache_hits(&replicas) >= 20.0,
+        "control: the successes came from the caches"
+    );
+}

@@ -358,7 +358,19 @@ async fn load_limiter(
 ) -> Result<(), SharedError> {
     let loaded = bounded(ROUND_TRIP * 4, limiter::snapshot(conn)).await?;
     cursor.limiter = Some((loaded.last_id.clone(), loaded.seq));
-    state.view.load(loaded, Instant::now());
+    let deferred = state.view.load(loaded, Instant::now());
+    clear(conn, &deferred).await
+}
+
+/// Sends the clears owed to cached successes that ran ahead of the news
+/// of a failure.
+async fn clear(
+    conn: &mut MultiplexedConnection,
+    deferred: &[limiter::Deferred],
+) -> Result<(), SharedError> {
+    for d in deferred {
+        bounded(ROUND_TRIP, limiter::clear_deferred(conn, d)).await?;
+    }
     Ok(())
 }
 
@@ -394,6 +406,7 @@ async fn apply(
     cursor: &mut Cursor,
     reply: StreamReadReply,
 ) -> Result<(), SharedError> {
+    let mut deferred = Vec::new();
     for stream in reply.keys {
         let revocations = stream.key == revocation::LOG;
         for entry in stream.ids {
@@ -444,10 +457,13 @@ async fn apply(
                 }
             } else {
                 let name: String = entry.get("k").unwrap_or_default();
-                state.view.apply(&op, name, Duration::from_millis(ms), now);
+                if let Some(d) = state.view.apply(&op, name, Duration::from_millis(ms), now) {
+                    deferred.push(d);
+                }
             }
         }
     }
+    clear(conn, &deferred).await?;
     let held = state.revocations.len();
     state
         .metrics

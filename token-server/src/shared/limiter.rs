@@ -12,6 +12,17 @@
 //! follows into a [`View`], so such a request is checked in memory; so is
 //! whether a configured account has failures a cached success must clear.
 //!
+//! A checked attempt's outcome is in Redis before its caller is answered,
+//! so a failure always precedes, in Redis, whatever request its caller
+//! makes next. A success the cache answers clears the failures made before
+//! it: at once (one round trip, before answering) where this replica knows
+//! the account has failures; otherwise it notes the success, and if the
+//! news of a failure arrives within [`PENDING_WINDOW`] (a failure made
+//! elsewhere a moment before, still on its way), clears the failures Redis
+//! recorded before the success, by Redis's clock, and lifts a block they
+//! alone caused. Account records keep the times of their last failures for
+//! that.
+//!
 //! What Redis keeps is bounded: a record exists only while an attempt is
 //! reserved (each reservation expires by itself after [`RESERVATION`]) or
 //! after a hash failed (then for twice `max_backoff` plus a minute). Every
@@ -19,7 +30,9 @@
 //! limiter takes over for that request.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,6 +64,17 @@ const LOG_LENGTH: u32 = 10_000;
 /// Most records a replica mirrors; past that the expired go first, then
 /// the ones ending soonest.
 const MAX_MIRRORED: usize = 100_000;
+
+/// How long a cached success waits for the news of a failure made just
+/// before it on another replica.
+pub const PENDING_WINDOW: Duration = Duration::from_secs(10);
+
+/// Most cached successes noted at once; past that, new ones are not.
+const MAX_PENDING: usize = 10_000;
+
+/// Failure times an account's record keeps, to tell the failures made
+/// before a success from those made after.
+const FAILURE_TIMES: usize = 16;
 
 /// Shared by the scripts: the time in milliseconds, by Redis's clock, and
 /// how to append a change to the stream other replicas follow.
@@ -128,6 +152,13 @@ for i = 1, n do
   if outcome == 'fail' then
     local f = redis.call('HINCRBY', k, 'f', 1)
     redis.call('HSET', k, 'l', now)
+    if account then
+      local times = {{}}
+      for x in string.gmatch(redis.call('HGET', k, 'ft') or '', '[^,]+') do times[#times + 1] = x end
+      times[#times + 1] = tostring(now)
+      while #times > {FAILURE_TIMES} do table.remove(times, 1) end
+      redis.call('HSET', k, 'ft', table.concat(times, ','))
+    end
     redis.call('PEXPIRE', k, ttl)
     if f >= allow then
       local wait = math.min(1000 * 2 ^ math.min(f - allow, 20), maxb)
@@ -145,7 +176,7 @@ for i = 1, n do
     end
   elseif outcome == 'ok' and redis.call('EXISTS', k) == 1 then
     redis.call('HSET', k, 'l', now)
-    if account and redis.call('HDEL', k, 'f', 'b') > 0 and mirror then
+    if account and redis.call('HDEL', k, 'f', 'b', 'ft') > 0 and mirror then
       redis.call('ZREM', dirty, name)
       redis.call('ZREM', blocked, name)
       emit(log, seq, ttl, len, 'clean', name, 0)
@@ -159,22 +190,89 @@ return 0"
 });
 
 /// KEYS: an account's record, LOG, SEQ, BLOCKED, DIRTY. ARGV: record_ttl_ms,
-/// stream length, its name. A success the cache answered: clears the
-/// record's failures, like a success that ran a hash.
+/// stream length, its name, its allowance, ms since the success. A success
+/// the cache answered: clears the failures recorded before it (all of them
+/// when the record lists no times, as records made by an older build), and
+/// lifts the block if those left are fewer than the allowance.
 static CLEAR: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{HEAD}local k = KEYS[1]
 local ttl, len, name = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-if redis.call('HDEL', k, 'f', 'b') > 0 then
-  redis.call('ZREM', KEYS[5], name)
-  redis.call('ZREM', KEYS[4], name)
-  emit(KEYS[2], KEYS[3], ttl, len, 'clean', name, 0)
+local allow, cutoff = tonumber(ARGV[4]), now - tonumber(ARGV[5])
+local f = tonumber(redis.call('HGET', k, 'f')) or 0
+if f > 0 then
+  local raw = redis.call('HGET', k, 'ft')
+  local listed, later = 0, {{}}
+  if raw then
+    for x in string.gmatch(raw, '[^,]+') do
+      listed = listed + 1
+      if tonumber(x) > cutoff then later[#later + 1] = x end
+    end
+  end
+  local left = #later
+  -- Every time listed is after the success: older failures may be too.
+  if raw and left == listed and f > listed then left = f end
+  if left == 0 then
+    redis.call('HDEL', k, 'f', 'b', 'ft')
+    redis.call('ZREM', KEYS[5], name)
+    redis.call('ZREM', KEYS[4], name)
+    emit(KEYS[2], KEYS[3], ttl, len, 'clean', name, 0)
+  elseif left < f then
+    redis.call('HSET', k, 'f', left, 'ft', table.concat(later, ','))
+    if left < allow and redis.call('HDEL', k, 'b') > 0 then
+      redis.call('ZREM', KEYS[4], name)
+      emit(KEYS[2], KEYS[3], ttl, len, 'unblock', name, 0)
+    end
+  end
 end
-local f, b, l, live = state(k)
-if f == 0 and live == 0 then redis.call('DEL', k) end
+local f2, b, l, live = state(k)
+if f2 == 0 and live == 0 then redis.call('DEL', k) end
 return 0"
     ))
 });
+
+/// A call of [`CLEAR`] for a success the cache answered `elapsed` ago.
+fn clear_call(record: &Record, ttl: u64, elapsed: Duration) -> redis::ScriptInvocation<'static> {
+    let mut call = CLEAR.prepare_invoke();
+    call.key(key(record))
+        .key(LOG)
+        .key(SEQ)
+        .key(BLOCKED)
+        .key(DIRTY)
+        .arg(ttl)
+        .arg(LOG_LENGTH)
+        .arg(&record.name)
+        .arg(record.allowance)
+        .arg(millis(elapsed));
+    call
+}
+
+/// A cached success on a replica that knew of no failure of its account.
+#[derive(Debug, Clone)]
+struct Pending {
+    record: Record,
+    ttl: u64,
+    at: Instant,
+}
+
+/// A clear that the news of a failure made owed: the follower sends it.
+#[derive(Debug)]
+pub(super) struct Deferred {
+    record: Record,
+    ttl: u64,
+    since: Instant,
+}
+
+/// Sends a deferred clear on the follower's connection.
+pub(super) async fn clear_deferred(
+    conn: &mut redis::aio::MultiplexedConnection,
+    deferred: &Deferred,
+) -> redis::RedisResult<()> {
+    clear_call(&deferred.record, deferred.ttl, deferred.since.elapsed())
+        .invoke_async::<i64>(conn)
+        .await
+        .map(|_| ())
+}
 
 /// KEYS: LOG, SEQ, BLOCKED, DIRTY. {sequence, last stream ID, number of
 /// blocked, then (name, ms left) per blocked record, then per account
@@ -207,6 +305,8 @@ return out",
 pub struct View {
     blocked: Mutex<HashMap<String, Instant>>,
     dirty: Mutex<HashMap<String, Instant>>,
+    /// Cached successes that knew of no failure, by record.
+    pending: Mutex<HashMap<String, Pending>>,
 }
 
 impl View {
@@ -214,14 +314,6 @@ impl View {
     /// naming any record.
     fn no_blocks(&self) -> bool {
         self.blocked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-    }
-
-    /// True when no account is known to have failures.
-    fn no_failures(&self) -> bool {
-        self.dirty
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_empty()
@@ -247,27 +339,52 @@ impl View {
         dirty.get(name).is_some_and(|until| *until > now)
     }
 
-    /// Applies one change from the stream.
-    pub(super) fn apply(&self, op: &str, name: String, left: Duration, now: Instant) {
+    /// Applies one change from the stream; the news of failures of an
+    /// account that had a cached success just before owes that success a
+    /// clear, which is returned.
+    pub(super) fn apply(
+        &self,
+        op: &str,
+        name: String,
+        left: Duration,
+        now: Instant,
+    ) -> Option<Deferred> {
         match op {
             "block" => insert(&self.blocked, name, now + left, now),
-            "dirty" => insert(&self.dirty, name, now + left, now),
+            "dirty" => {
+                let deferred = self.take_pending(&name, now);
+                insert(&self.dirty, name, now + left, now);
+                return deferred;
+            }
             "clean" => {
                 self.dirty
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&name);
             }
+            "unblock" => {
+                self.blocked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&name);
+            }
             other => tracing::debug!(op = other, "limiter change of unknown kind ignored"),
         }
+        None
     }
 
-    /// A full load. Blocks already held stay until they end (a block is
-    /// never lifted early), failures are replaced.
-    pub(super) fn load(&self, loaded: Loaded, now: Instant) {
+    /// A full load. Blocks already held stay until they end or are lifted,
+    /// failures are replaced; returns the clears owed to cached successes
+    /// whose accounts turn out to have failures.
+    pub(super) fn load(&self, loaded: Loaded, now: Instant) -> Vec<Deferred> {
         for (name, left) in loaded.blocked {
             insert(&self.blocked, name, now + left, now);
         }
+        let deferred = loaded
+            .dirty
+            .iter()
+            .filter_map(|(name, _)| self.take_pending(name, now))
+            .collect();
         let dirty: HashMap<String, Instant> = loaded
             .dirty
             .into_iter()
@@ -275,6 +392,57 @@ impl View {
             .map(|(n, left)| (n, now + left))
             .collect();
         *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = dirty;
+        deferred
+    }
+
+    /// Marks an account's record as having failures, as this replica just
+    /// recorded one (its news follows on the stream).
+    fn mark_dirty(&self, name: &str, left: Duration, now: Instant) {
+        insert(&self.dirty, name.to_owned(), now + left, now);
+    }
+
+    /// Forgets an account's failures, which a success just cleared.
+    fn mark_clean(&self, name: &str) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
+    /// Notes a cached success of `record` at `now` that knew of no failure.
+    fn note_success(&self, record: Record, ttl: u64, now: Instant) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.len() >= MAX_PENDING && !pending.contains_key(&record.name) {
+            pending.retain(|_, p| now.saturating_duration_since(p.at) <= PENDING_WINDOW);
+            if pending.len() >= MAX_PENDING {
+                return;
+            }
+        }
+        pending.insert(
+            record.name.clone(),
+            Pending {
+                record,
+                ttl,
+                at: now,
+            },
+        );
+    }
+
+    /// The clear owed to the last cached success of `name`, if it was
+    /// within [`PENDING_WINDOW`].
+    fn take_pending(&self, name: &str, now: Instant) -> Option<Deferred> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.is_empty() {
+            return None;
+        }
+        pending
+            .remove(name)
+            .filter(|p| now.saturating_duration_since(p.at) <= PENDING_WINDOW)
+            .map(|p| Deferred {
+                record: p.record,
+                ttl: p.ttl,
+                since: p.at,
+            })
     }
 
     /// Drops what has ended.
@@ -284,6 +452,10 @@ impl View {
                 .unwrap_or_else(|e| e.into_inner())
                 .retain(|_, until| *until > now);
         }
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, p| now.saturating_duration_since(p.at) <= PENDING_WINDOW);
     }
 }
 
@@ -427,17 +599,16 @@ impl Limiter {
     }
 
     /// A success the password cache answered: it clears the account's
-    /// record, as a checked success does. In a fleet that costs a round
-    /// trip, off the request's path, only when the fleet holds failures
-    /// for the account.
-    pub fn cached_success(&self, addr: Option<IpAddr>, account: &str) {
+    /// failures made before it, as a checked success does. In a fleet,
+    /// where this replica knows the account has failures, that is one round
+    /// trip before the answer; otherwise the success is noted, and cleared
+    /// from if the news of a failure made just before it arrives (see the
+    /// module's doc). No round trip in the common case.
+    pub async fn cached_success(&self, addr: Option<IpAddr>, account: &str) {
         self.local.clear_account(account);
         let Some(shared) = &self.shared else {
             return;
         };
-        if shared.limiter_view().no_failures() {
-            return;
-        }
         let Some(record) = self
             .local
             .records(addr, account)
@@ -446,31 +617,23 @@ impl Limiter {
         else {
             return;
         };
-        if !shared.limiter_view().is_dirty(&record.name, Instant::now()) {
+        let ttl = ttl(self.local.max_backoff());
+        let view = shared.limiter_view();
+        let now = Instant::now();
+        if !view.is_dirty(&record.name, now) {
+            view.note_success(record, ttl, now);
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let shared = Arc::clone(shared);
-        let ttl = ttl(self.local.max_backoff());
-        runtime.spawn(async move {
-            let mut call = CLEAR.prepare_invoke();
-            call.key(key(&record))
-                .key(LOG)
-                .key(SEQ)
-                .key(BLOCKED)
-                .key(DIRTY)
-                .arg(ttl)
-                .arg(LOG_LENGTH)
-                .arg(&record.name);
-            let result = shared
-                .run(|mut conn| async move { call.invoke_async::<i64>(&mut conn).await })
-                .await;
-            if let Err(e) = result {
+        let call = clear_call(&record, ttl, Duration::ZERO);
+        let result = shared
+            .run(|mut conn| async move { call.invoke_async::<i64>(&mut conn).await })
+            .await;
+        match result {
+            Ok(_) => view.mark_clean(&record.name),
+            Err(e) => {
                 tracing::debug!(error = %crate::report::Chain(&e), "limiter: clearing a cached success in Redis failed");
             }
-        });
+        }
     }
 
     fn fallback(&self, e: &SharedError) {
@@ -513,18 +676,15 @@ struct Reservation {
 }
 
 impl Settle for Reservation {
-    fn settle(self: Box<Self>, outcome: Outcome) {
+    fn settle(self: Box<Self>, outcome: Outcome) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let (outcome, known) = match outcome {
             Outcome::Success => ("ok", true),
             Outcome::Failure { known_account } => ("fail", known_account),
             Outcome::Released => ("release", false),
         };
-        // Outside a runtime (never in the server) the reservation expires
-        // by itself after RESERVATION.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        runtime.spawn(async move {
+        // If it never arrives, the reservation expires by itself after
+        // RESERVATION.
+        Box::pin(async move {
             let mut call = SETTLE.prepare_invoke();
             for rec in &self.records {
                 call.key(key(rec));
@@ -551,8 +711,21 @@ impl Settle for Reservation {
                 .await;
             if let Err(e) = result {
                 tracing::debug!(error = %crate::report::Chain(&e), "limiter: settling in Redis failed; the reservation expires");
+                return;
             }
-        });
+            // What Redis now holds of this account, known here at once: its
+            // news follows on the stream.
+            let view = self.shared.limiter_view();
+            for rec in self.records.iter().filter(|r| r.account && known) {
+                match outcome {
+                    "fail" => {
+                        view.mark_dirty(&rec.name, Duration::from_millis(self.ttl), Instant::now())
+                    }
+                    "ok" => view.mark_clean(&rec.name),
+                    _ => {}
+                }
+            }
+        })
     }
 }
 
@@ -594,5 +767,49 @@ mod tests {
         assert!(v.is_dirty("a:bob", now));
         v.prune(now + Duration::from_secs(10));
         assert!(!v.is_dirty("a:bob", now));
+        v.apply("unblock", "a:alice".into(), Duration::ZERO, now);
+        assert_eq!(v.wait(&records, now), None, "a clear lifted the block");
+    }
+
+    /// A cached success that knew of no failure is owed a clear when the
+    /// news of a failure of its account arrives within the window, once.
+    #[test]
+    fn the_news_of_a_failure_after_a_cached_success_owes_it_a_clear() {
+        let v = View::default();
+        let now = Instant::now();
+        v.note_success(record("a:alice"), 60_000, now);
+        assert!(
+            v.apply("dirty", "a:bob".into(), Duration::from_secs(60), now)
+                .is_none(),
+            "another account"
+        );
+        let later = now + Duration::from_millis(5);
+        let owed = v
+            .apply("dirty", "a:alice".into(), Duration::from_secs(60), later)
+            .expect("a clear is owed");
+        assert_eq!(owed.record, record("a:alice"));
+        assert_eq!(owed.since, now);
+        assert!(v.is_dirty("a:alice", later));
+        assert!(
+            v.apply("dirty", "a:alice".into(), Duration::from_secs(60), later)
+                .is_none(),
+            "once"
+        );
+        v.note_success(record("a:alice"), 60_000, now);
+        let late = now + PENDING_WINDOW + Duration::from_secs(1);
+        assert!(
+            v.apply("dirty", "a:alice".into(), Duration::from_secs(60), late)
+                .is_none(),
+            "news later than the window owes nothing"
+        );
+        v.note_success(record("a:carol"), 60_000, now);
+        let owed = v.load(
+            Loaded {
+                dirty: vec![("a:carol".into(), Duration::from_secs(5))],
+                ..Loaded::default()
+            },
+            later,
+        );
+        assert_eq!(owed.len(), 1, "a full load owes it too");
     }
 }
