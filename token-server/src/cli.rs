@@ -98,9 +98,11 @@ pub enum Command {
     /// `now`) refuses refresh tokens issued before TIME. --issuer (a
     /// configured issuer) and --kind narrow --subject and --all-before.
     /// Input that no credential can match is refused with the form
-    /// expected. Entries last as long as the longest-lived refresh token
-    /// they can revoke, or --for, which may not be shorter. Access tokens
-    /// are not revocable: they expire within access_token_ttl.
+    /// expected. Entries last until every refresh token they can revoke has
+    /// expired (as long as the replicas have issued them for), or --for,
+    /// which may not be shorter. `now` is Redis's clock, in which replicas
+    /// stamp refresh tokens. Access tokens are not revocable: they expire
+    /// within access_token_ttl.
     #[command(override_usage = usage::REVOKE)]
     Revoke(RevokeArgs),
 }
@@ -139,7 +141,9 @@ pub struct RevokeArgs {
     /// refresh tokens it can revoke (never shorter).
     #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "list")]
     pub duration: Option<std::time::Duration>,
-    /// Lift the revocation named instead of adding it.
+    /// Lift the revocations within the scope named (a kind or issuer left
+    /// out means any) instead of adding one; fails, naming them, when
+    /// entries of a wider scope still refuse what was named.
     #[arg(long, conflicts_with_all = ["list", "duration"])]
     pub lift: bool,
 }
