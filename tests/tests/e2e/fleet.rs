@@ -497,6 +497,8 @@ fn shared_state_urls_are_refused_naming_the_wrong_part_never_the_password() {
         ("redis://u:S3CRETpw@0.0.0.0:6379/0", "host"),
         ("redis://u:S3CRET%ffpw@127.0.0.1:6379/0", "password"),
         ("redis+sentinel://u:S3CRETpw@h:1,,h2/m", "sentinel 2"),
+        ("redis+sentinel://u:S3CRETpw@h:1,h o/m", "sentinel 2"),
+        ("redis+sentinel://u:S3CRETpw@h:1/", "MASTER_NAME"),
         ("redis+sentinel://u:S3CRETpw@h:99999/m", "port"),
         ("rediss+sentinel://u:S3CRETpw@h:1/m?db=x", "db=N"),
         ("redis+sentinel://u:S3CRETpw@h:1/m?db=1&x=2", "db=N"),
