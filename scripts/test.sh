@@ -31,6 +31,8 @@ declare -A needed=(
     [systemd-analyze]=systemd
     [kubectl]=kubernetes-client
     [redis-server]=redis-server
+    [redis-sentinel]=redis-sentinel
+    [redis-cli]=redis-tools
     [haproxy]=haproxy
 )
 missing=()

@@ -1,116 +1,25 @@
 //! A fleet on loopback: token-server replicas sharing one Redis, behind
 //! haproxy, all real processes on free ports.
 //!
-//! Redis (`redis-server`) keeps an append-only file synced on every write,
-//! so a Redis killed and started again on the same port and directory comes
-//! back with every revocation it acknowledged. haproxy balances round-robin,
+//! Redis (`redis-server`, see [`crate::redis`]) keeps an append-only file
+//! synced on every write, so a Redis killed and started again on the same
+//! port and directory comes back with every revocation it acknowledged.
+//! haproxy balances round-robin,
 //! health-checks `/healthz` every 200 ms, and retries a request that failed
 //! to connect on another replica, as a production load balancer is set up.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::net::free_port;
 use crate::process::{ChildGuard, Readiness, run, wait_ready};
+pub use crate::redis::Redis;
 use crate::token_client::TokenClient;
 use crate::token_server::{TokenServer, TokenServerBuilder};
 use crate::tools::require_tool;
 
 const READY: Duration = Duration::from_secs(20);
-
-/// A private `redis-server`.
-#[derive(Debug)]
-pub struct Redis {
-    process: Option<ChildGuard>,
-    port: u16,
-    dir: PathBuf,
-    starts: usize,
-}
-
-impl Redis {
-    /// Starts Redis on a free port, with its data in `dir/redis`.
-    pub fn start(dir: &Path) -> Self {
-        let dir = dir.join("redis");
-        std::fs::create_dir_all(&dir).expect("create redis dir");
-        let mut redis = Redis {
-            process: None,
-            port: free_port(),
-            dir,
-            starts: 0,
-        };
-        redis.start_again();
-        redis
-    }
-
-    /// `redis://127.0.0.1:PORT/0`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// Kills Redis with SIGKILL (what it has synced survives).
-    pub fn kill(&mut self) {
-        self.process = None;
-        // The port is free once the kernel has closed the listener.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while ping(self.port) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Starts Redis on the same port and data directory.
-    pub fn start_again(&mut self) {
-        assert!(self.process.is_none(), "Redis already runs");
-        let bin = require_tool("redis-server", "redis-server");
-        self.starts += 1;
-        let mut cmd = Command::new(bin);
-        cmd.args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "yes"])
-            .args(["--appendfsync", "always"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(["--protected-mode", "no"]);
-        let mut process = ChildGuard::spawn(cmd, &self.dir, &format!("redis-{}", self.starts));
-        let port = self.port;
-        match wait_ready(&mut process, READY, || ping(port).then_some(())) {
-            Readiness::Ready(()) => {}
-            other => panic!(
-                "redis-server did not answer PING ({other:?})\n{}",
-                process.logs()
-            ),
-        }
-        self.process = Some(process);
-    }
-
-    /// Runs one command (inline protocol) and returns Redis's raw reply.
-    pub fn command(&self, line: &str) -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to Redis");
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-        s.write_all(format!("{line}\r\n").as_bytes())
-            .expect("write to Redis");
-        let mut buf = [0u8; 65536];
-        let n = s.read(&mut buf).expect("read from Redis");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
-}
-
-fn ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(200),
-    ) else {
-        return false;
-    };
-    s.set_read_timeout(Some(Duration::from_millis(500))).ok();
-    let mut buf = [0u8; 16];
-    s.write_all(b"PING\r\n").is_ok()
-        && s.read(&mut buf)
-            .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-}
 
 /// A private haproxy in front of some replicas.
 #[derive(Debug)]
@@ -229,15 +138,31 @@ impl Fleet {
         configure: impl FnOnce(TokenServerBuilder) -> TokenServerBuilder,
     ) -> Self {
         let redis = shared.then(|| Redis::start(dir));
+        let url = redis.as_ref().map(Redis::url);
+        let mut fleet = Self::start_on(dir, replicas, url.as_deref(), extra, configure);
+        fleet.redis = redis;
+        fleet
+    }
+
+    /// Starts `replicas` servers configured by `configure` whose
+    /// `shared_state` is `url` (a Redis, a proxy or sentinels the test
+    /// runs), if any; `extra` YAML follows it.
+    pub fn start_on(
+        dir: &Path,
+        replicas: usize,
+        url: Option<&str>,
+        extra: &str,
+        configure: impl FnOnce(TokenServerBuilder) -> TokenServerBuilder,
+    ) -> Self {
         let mut yaml = String::new();
-        if let Some(r) = &redis {
-            yaml.push_str(&format!("shared_state: {}\n", r.url()));
+        if let Some(url) = url {
+            yaml.push_str(&format!("shared_state: {url}\n"));
         }
         yaml.push_str(extra);
         let first = configure(TokenServerBuilder::new().extra_config(&yaml)).start(dir);
         let config = std::fs::read_to_string(first.config_path()).expect("read replica 0 config");
         let others: Vec<Replica> = (1..replicas)
-            .map(|i| start_replica(&first, &config, i))
+            .map(|i| start_replica(&first, &config, i, &[]))
             .collect();
         let mut ports = vec![first.port()];
         ports.extend(others.iter().map(Replica::port));
@@ -246,7 +171,7 @@ impl Fleet {
             haproxy,
             others,
             first,
-            redis,
+            redis: None,
         }
     }
 
@@ -270,7 +195,15 @@ impl Fleet {
     }
 }
 
-fn start_replica(first: &TokenServer, config: &str, i: usize) -> Replica {
+/// Another replica of `first` (its config on another port), numbered `i`,
+/// started with the environment variables `env` on top: a replica outside
+/// any balancer, such as one whose clock runs ahead.
+pub fn replica_of(first: &TokenServer, i: usize, env: &[(&str, &str)]) -> Replica {
+    let config = std::fs::read_to_string(first.config_path()).expect("read replica 0 config");
+    start_replica(first, &config, i, env)
+}
+
+fn start_replica(first: &TokenServer, config: &str, i: usize, env: &[(&str, &str)]) -> Replica {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let config: String = config
@@ -294,7 +227,8 @@ fn start_replica(first: &TokenServer, config: &str, i: usize) -> Replica {
         .arg("--config")
         .arg(&path)
         .env_remove("REGAUTH_LOG")
-        .env_remove("RUST_LOG");
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied());
     let mut process = ChildGuard::spawn(cmd, dir, &format!("replica-{i}"));
     let client = TokenClient::new(&url);
     match wait_ready(&mut process, READY, || {

@@ -9,7 +9,7 @@
 //! Tools the tests need (a missing one fails the test, naming the Debian
 //! package): `docker-registry`, `skopeo`, `containerd` (also `ctr`),
 //! `apache2-utils` (`htpasswd`), `kubernetes-client` (`kubectl`), and for
-//! the fleet tests `redis-server` and `haproxy`. The
+//! the fleet tests `redis-server`, `redis-sentinel` and `haproxy`. The
 //! workspace binaries are built on first use with
 //! `$CARGO build --workspace --bins`.
 //!
@@ -41,6 +41,7 @@ pub mod packages;
 pub mod pki;
 pub mod process;
 pub mod pull_secrets;
+pub mod redis;
 pub mod registry;
 pub mod release;
 pub mod secrets;

@@ -62,7 +62,7 @@ fn bench(c: &mut Criterion) {
     let now = regauth_token_server::clock::now();
     let refresh = RefreshTokens::new("regauth", &[1; 32]);
     let (refresh_token, _) = refresh
-        .issue(&principal, None, Duration::from_secs(3600), now)
+        .issue(&principal, None, None, Duration::from_secs(3600), now)
         .unwrap();
 
     let mut g = c.benchmark_group("issue");

@@ -87,15 +87,22 @@ pub enum Command {
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Revoke refresh tokens, or every credential of a subject, on every
-    /// replica at once (needs `shared_state`), list what is in force, or
-    /// lift a revocation.
+    /// replica (needs `shared_state`), list what is in force, or lift a
+    /// revocation.
     ///
-    /// --subject refuses the subject's refresh tokens and its new sign-ins
-    /// and exchanges; --jti refuses one refresh token; --all-before TIME
-    /// (RFC 3339, or `now`) refuses refresh tokens issued before TIME.
-    /// --issuer and --kind narrow --subject and --all-before. Entries last
-    /// as long as the longest-lived refresh token, or --for. Access tokens
-    /// are not revocable: they expire within access_token_ttl.
+    /// --subject takes the `sub` exactly as the audit log prints it (either
+    /// log format, quoted or not): an account name, or kubernetes:…, oidc:…,
+    /// node:… or certificate:…; it refuses the subject's refresh tokens and
+    /// its new sign-ins and exchanges. --jti takes a refresh token's jti
+    /// (rt.…, the audit log's refresh_jti). --all-before TIME (RFC 3339, or
+    /// `now`) refuses refresh tokens issued before TIME. --issuer (a
+    /// configured issuer) and --kind narrow --subject and --all-before.
+    /// Input that no credential can match is refused with the form
+    /// expected. Entries last until every refresh token they can revoke has
+    /// expired (as long as the replicas have issued them for), or --for,
+    /// which may not be shorter. `now` is Redis's clock, in which replicas
+    /// stamp refresh tokens. Access tokens are not revocable: they expire
+    /// within access_token_ttl.
     #[command(override_usage = usage::REVOKE)]
     Revoke(RevokeArgs),
 }
@@ -111,10 +118,11 @@ pub struct RevokeArgs {
     /// The server's config file (for `shared_state` and token lifetimes).
     #[arg(long)]
     pub config: PathBuf,
-    /// Revoke a subject: the `sub` of the tokens issued to it.
+    /// Revoke a subject: the `sub` of the tokens issued to it, as the audit
+    /// log prints it.
     #[arg(long, value_name = "SUB")]
     pub subject: Option<String>,
-    /// Revoke one refresh token by its `jti`.
+    /// Revoke one refresh token by its `jti` (the audit log's refresh_jti).
     #[arg(long, value_name = "JTI")]
     pub jti: Option<String>,
     /// Revoke every refresh token issued before TIME (RFC 3339 or `now`).
@@ -129,10 +137,13 @@ pub struct RevokeArgs {
     /// Only principals of this kind.
     #[arg(long, value_name = "KIND", value_parser = parse_kind, conflicts_with_all = ["jti", "list"])]
     pub kind: Option<Kind>,
-    /// Keep the entry this long instead of the longest refresh-token lifetime.
+    /// Keep the entry this long instead of the longest lifetime of the
+    /// refresh tokens it can revoke (never shorter).
     #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "list")]
     pub duration: Option<std::time::Duration>,
-    /// Lift the revocation named instead of adding it.
+    /// Lift the revocations within the scope named (a kind or issuer left
+    /// out means any) instead of adding one; fails, naming them, when
+    /// entries of a wider scope still refuse what was named.
     #[arg(long, conflicts_with_all = ["list", "duration"])]
     pub lift: bool,
 }

@@ -58,3 +58,18 @@ pub fn server_config(text: &str) {
         Path::new("fuzz.yaml"),
     );
 }
+
+/// A `shared_state` URL: `redis://`, `rediss://`, `redis+sentinel://`,
+/// `rediss+sentinel://`, or anything else.
+pub fn shared_state_url(input: &str) {
+    let _ = crate::shared::endpoint::Endpoint::parse(input);
+}
+
+/// A revocation as read back from Redis (a field, a newline, its value),
+/// which any client of that Redis may have written; and the same text as
+/// `revoke --subject` would read it.
+pub fn revocation_entry(input: &str) {
+    let (field, value) = input.split_once('\n').unwrap_or((input, ""));
+    let _ = crate::shared::revocation::read_entry(field, value, std::time::Duration::from_secs(1));
+    let _ = crate::revoke::subject(input);
+}

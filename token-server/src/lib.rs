@@ -31,6 +31,7 @@ pub mod policy;
 mod proto;
 pub mod registry_config;
 pub mod report;
+pub mod revoke;
 pub mod scope;
 pub mod secret;
 pub mod serve;

@@ -14,7 +14,9 @@
 //! are grouped by /64, the block one subscriber usually holds.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -125,15 +127,20 @@ pub enum Outcome {
     /// The password was right.
     Success,
     /// The password was wrong: counts against the allowance.
-    Failure,
+    Failure {
+        /// The name is a configured account's: the fleet tells every
+        /// replica about its failures, since its password may be cached.
+        known_account: bool,
+    },
     /// The check did not run: the reservation is given back.
     Released,
 }
 
 /// Settles an attempt counted outside this process (the fleet's limiter).
 pub trait Settle: Send + Sync + std::fmt::Debug {
-    /// Records how the attempt ended.
-    fn settle(self: Box<Self>, outcome: Outcome);
+    /// Records how the attempt ended; the future ends once it is recorded
+    /// (or could not be).
+    fn settle(self: Box<Self>, outcome: Outcome) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
 /// One record an attempt counts against, as the shared limiter names it.
@@ -333,18 +340,38 @@ impl Attempt {
         self.finish(Outcome::Success, now);
     }
 
-    /// The password was wrong.
-    pub fn failure(mut self, now: Instant) {
-        self.finish(Outcome::Failure, now);
+    /// The password was wrong for `known_account` (a configured account)
+    /// or an unknown name.
+    pub fn failure(mut self, known_account: bool, now: Instant) {
+        self.finish(Outcome::Failure { known_account }, now);
+    }
+
+    /// Records how the attempt ended, and returns once the limiter that
+    /// counts it has it: in a fleet, once Redis has it, so that the answer
+    /// to the caller never runs ahead of the count (a success the cache
+    /// answers next, on any replica, then clears this failure).
+    pub async fn settle(mut self, outcome: Outcome, now: Instant) {
+        match self.kept.take() {
+            Some(Kept::Elsewhere(kept)) => kept.settle(outcome).await,
+            kept => {
+                self.kept = kept;
+                self.finish(outcome, now);
+            }
+        }
     }
 
     fn finish(&mut self, outcome: Outcome, now: Instant) {
         match self.kept.take() {
             None => {}
-            Some(Kept::Elsewhere(kept)) => kept.settle(outcome),
+            // Not awaited (a drop): it completes in the background.
+            Some(Kept::Elsewhere(kept)) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(kept.settle(outcome));
+                }
+            }
             Some(Kept::Here { limiter, keys }) => match outcome {
                 Outcome::Success => limiter.settle(&keys, false, now),
-                Outcome::Failure => limiter.settle(&keys, true, now),
+                Outcome::Failure { .. } => limiter.settle(&keys, true, now),
                 Outcome::Released => limiter.release(&keys),
             },
         }
@@ -352,6 +379,16 @@ impl Attempt {
 }
 
 impl FailureLimiter {
+    /// A success that needed no check (the password cache knew it) clears
+    /// the account's record as a checked one does.
+    pub fn clear_account(&self, account: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = entries.get_mut(&Key::account(account)) {
+            e.failures = 0;
+            e.blocked_until = None;
+        }
+    }
+
     fn release(&self, keys: &[Key]) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         for key in keys {
@@ -381,7 +418,7 @@ mod tests {
     }
 
     fn fail(l: &Arc<FailureLimiter>, addr: Option<IpAddr>, account: &str, now: Instant) {
-        l.reserve(addr, account, now).unwrap().failure(now);
+        l.reserve(addr, account, now).unwrap().failure(false, now);
     }
 
     #[test]
@@ -419,7 +456,7 @@ mod tests {
             .collect();
         assert_eq!(held.len(), 5, "only the allowance may be checked at once");
         for a in held {
-            a.failure(t0);
+            a.failure(false, t0);
         }
         assert!(
             l.reserve(ip("10.0.0.1"), "alice", t0).is_err(),
@@ -471,6 +508,27 @@ mod tests {
         );
         l.reserve(None, "alice", t).unwrap().success(t);
         assert_eq!(l.account("alice"), Some((0, 0)));
+    }
+
+    /// A success the password cache answered clears the account's failures
+    /// and block, as a checked success does; the network keeps its count.
+    #[test]
+    fn a_cached_success_clears_the_account_but_not_the_network() {
+        let l = limiter(5, 60);
+        let t0 = Instant::now();
+        for _ in 0..4 {
+            fail(&l, ip("10.0.0.1"), "alice", t0);
+        }
+        l.clear_account("alice");
+        assert_eq!(l.account("alice"), Some((0, 0)));
+        fail(&l, ip("10.0.0.1"), "alice", t0);
+        assert!(l.check(None, "alice", t0).is_ok(), "one failure since");
+        let entries = l.entries.lock().unwrap();
+        let network = entries.get(&Key::network("10.0.0.1".parse().unwrap()));
+        assert_eq!(network.map(|e| e.failures), Some(5));
+        drop(entries);
+        l.clear_account("nobody");
+        assert_eq!(l.account("nobody"), None, "no record is made");
     }
 
     #[test]

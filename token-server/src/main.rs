@@ -19,11 +19,12 @@ use regauth_token_server::keys::{self, Algorithm};
 use regauth_token_server::listen;
 use regauth_token_server::registry_config::{self, RegistryVersion};
 use regauth_token_server::report::Chain;
+use regauth_token_server::revoke;
 use regauth_token_server::secret::{RandomError, random};
 use regauth_token_server::serve;
 use regauth_token_server::settings::Settings;
 use regauth_token_server::shared::SharedState;
-use regauth_token_server::shared::revocation::{self, RevokeError, Target};
+use regauth_token_server::shared::revocation::{self, RevokeError};
 use regauth_token_server::tls::TlsReloader;
 
 /// Errors of the command line; printed once, with their cause chain.
@@ -51,8 +52,12 @@ enum CliError {
     Revoke(#[from] RevokeError),
     #[error("{} has no shared_state: revocation needs the Redis the fleet shares", .0.display())]
     NoSharedState(PathBuf),
-    #[error("--all-before takes an RFC 3339 time such as 2026-12-01T10:00:00Z, or now")]
-    BadTime(#[source] humantime::TimestampError),
+    #[error(transparent)]
+    RevokeInput(#[from] revoke::InputError),
+    #[error(
+        "{named} is still refused by an entry of a wider scope, which a lift of this scope leaves in force: {still}. To lift it, name its scope as --list shows it (leave out the --issuer or --kind it does not have)"
+    )]
+    StillRevoked { named: String, still: String },
     #[error("cannot use the socket systemd passed")]
     Inherited(#[from] listen::ListenError),
     #[error("cannot start the async runtime")]
@@ -498,8 +503,12 @@ fn write_secret(out: &Path, force: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-/// How long Redis needs to keep a command line's revocation.
+/// How long the command line waits for one Redis round trip.
 const CLI_SHARED_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Round trips the command line tries, asking the sentinels again between
+/// them, when a failover moves the primary under it.
+const CLI_ATTEMPTS: u32 = 3;
 
 /// `revoke`: writes, lifts or lists revocations in the fleet's Redis.
 fn revoke(args: RevokeArgs) -> Result<(), CliError> {
@@ -507,37 +516,19 @@ fn revoke(args: RevokeArgs) -> Result<(), CliError> {
     let Some(shared_settings) = settings.shared_state.clone() else {
         return Err(CliError::NoSharedState(args.config));
     };
-    let target = match (&args.subject, &args.jti, &args.all_before) {
-        (Some(subject), _, _) => Some(Target::Subject {
-            subject: subject.clone(),
-            kind: args.kind,
-            issuer: args.issuer.clone(),
-        }),
-        (_, Some(jti), _) => Some(Target::Jti { jti: jti.clone() }),
-        (_, _, Some(time)) => {
-            let before = if time == "now" {
-                clock::now()
-            } else {
-                humantime::parse_rfc3339_weak(time).map_err(CliError::BadTime)?
-            };
-            Some(Target::IssuedBefore {
-                before: clock::unix(before),
-                kind: args.kind,
-                issuer: args.issuer.clone(),
-            })
-        }
+    let input = revoke::Input {
+        subject: args.subject.as_deref(),
+        jti: args.jti.as_deref(),
+        all_before: args.all_before.as_deref(),
+        kind: args.kind,
+        issuer: args.issuer.as_deref(),
+        lift: args.lift,
+    };
+    let plan = revoke::plan(&settings, input, clock::now())?;
+    let ttl = match (&plan, args.lift) {
+        (Some(plan), false) => Some(revoke::duration(plan, args.duration)?),
         _ => None,
     };
-    // Nothing outlives the longest-lived refresh token, so neither need
-    // its revocation.
-    let lifetime = settings
-        .issuers
-        .all()
-        .iter()
-        .map(|i| i.credential_ttl)
-        .chain([settings.refresh_token_ttl])
-        .max()
-        .unwrap_or(settings.refresh_token_ttl);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -546,43 +537,68 @@ fn revoke(args: RevokeArgs) -> Result<(), CliError> {
         let shared = SharedState::new(
             &shared_settings,
             CLI_SHARED_TIMEOUT,
-            prometheus_client::metrics::gauge::Gauge::default(),
+            regauth_token_server::shared::SharedMetrics::default(),
         )
         .map_err(CliError::Shared)?;
-        shared.ping().await.map_err(CliError::Shared)?;
-        let Some(target) = target else {
+        shared
+            .run_retrying(CLI_ATTEMPTS, |mut conn| async move {
+                redis::cmd("PING").query_async::<()>(&mut conn).await
+            })
+            .await
+            .map_err(CliError::Shared)?;
+        let Some(mut plan) = plan else {
             for r in revocation::list(&shared).await? {
                 let at = std::time::UNIX_EPOCH + Duration::from_secs(r.revoked_at);
                 println!(
-                    "{}\trevoked {}\texpires in {}",
+                    "{}: {}\trevoked {}\texpires in {}",
                     r.target,
+                    r.target.refuses(),
                     humantime::format_rfc3339_seconds(at),
-                    r.expires_in
-                        .map_or("?".to_owned(), |s| humantime::format_duration(
-                            Duration::from_secs(s)
-                        )
-                        .to_string())
+                    humantime::format_duration(Duration::from_secs(r.expires_in.as_secs()))
                 );
             }
             return Ok(());
         };
         if args.lift {
-            let found = revocation::lift(&shared, &target).await?;
-            println!(
-                "{} {target}",
-                if found { "lifted" } else { "was not revoked:" }
-            );
+            let report = revocation::lift(&shared, &plan.target).await?;
+            for target in &report.lifted {
+                println!("lifted {target}");
+            }
+            if !report.still.is_empty() {
+                let still: Vec<String> = report.still.iter().map(ToString::to_string).collect();
+                return Err(CliError::StillRevoked {
+                    named: plan.target.to_string(),
+                    still: still.join("; "),
+                });
+            }
+            if report.lifted.is_empty() {
+                println!("was not revoked: {}", plan.target);
+            }
             return Ok(());
         }
-        let ttl = args.duration.unwrap_or(lifetime);
-        let entry = revocation::revoke(&shared, target, clock::now(), ttl).await?;
+        let ttl = ttl.unwrap_or(plan.lifetime);
+        let epoch = hex(&random::<8>()?);
+        // The fleet's clock, in which replicas stamp refresh tokens: `now`
+        // is Redis's time, whatever this machine's clock says.
+        let now = revocation::redis_time(&shared).await?;
+        if args.all_before.as_deref() == Some("now")
+            && let revocation::Target::IssuedBefore { before, .. } = &mut plan.target
+        {
+            *before = clock::unix(now);
+        }
+        let entry = revocation::revoke(&shared, plan.target, now, ttl, &epoch).await?;
         println!(
-            "revoked {} on every replica, for {}",
+            "revoked {} for {}: it {} on every replica that follows the shared state",
             entry.target,
-            humantime::format_duration(ttl)
+            humantime::format_duration(entry.expires_in),
+            entry.target.refuses()
         );
         Ok(())
     })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn rotate_refresh(out: &Path, force: bool) -> Result<(), CliError> {

@@ -14,7 +14,6 @@ use prometheus_client::encoding::{
 };
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -74,9 +73,11 @@ struct PurposeLabels {
 /// What the shared state is used for; each has a fallback counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedUse {
-    /// The failed-password limiter (falls back to this process's limits).
+    /// The failed-password limiter's reservations (fall back to this
+    /// process's counts).
     Limiter,
-    /// Revocation checks (follow `revocation_unavailable`).
+    /// Credentials checked against revocations older than the staleness
+    /// bound (they follow `revocation_unavailable`).
     Revocation,
 }
 
@@ -117,7 +118,7 @@ pub struct Metrics {
     password_cache: [Counter; 2],
     password_hashes: Counter,
     reloads: [Counter; 2],
-    shared_up: Gauge,
+    shared: crate::shared::SharedMetrics,
     shared_fallbacks: [Counter; 2],
 }
 
@@ -185,11 +186,11 @@ impl Metrics {
             "Config reloads by outcome",
             reload_family,
         );
-        let shared_up = Gauge::default();
+        let shared = crate::shared::SharedMetrics::default();
         registry.register(
             "regauth_shared_state_up",
-            "1 while the shared state (Redis) answers, 0 while it does not",
-            shared_up.clone(),
+            "1 while this replica follows the shared state (Redis), 0 while it cannot",
+            shared.up.clone(),
         );
         let fallback_family = Family::<PurposeLabels, Counter>::default();
         let shared_fallbacks = ["limiter", "revocation"].map(|purpose| {
@@ -202,6 +203,31 @@ impl Metrics {
             "Operations that went without the shared state, by purpose",
             fallback_family,
         );
+        registry.register(
+            "regauth_shared_state_resets",
+            "Times the shared state came back without its revocations (epoch marker gone or changed)",
+            shared.resets.clone(),
+        );
+        registry.register(
+            "regauth_revocations_written_back",
+            "Revocations this replica wrote back to a Redis that lacked them",
+            shared.written_back.clone(),
+        );
+        registry.register(
+            "regauth_revocations_held",
+            "Revocations this replica holds in memory",
+            shared.held.clone(),
+        );
+        registry.register(
+            "regauth_shared_state_clock_offset_seconds",
+            "How far Redis's clock runs ahead of this replica's (negative: behind), as last measured; refresh tokens are stamped and checked in Redis's time",
+            shared.clock_offset.clone(),
+        );
+        registry.register(
+            "regauth_revocations_stale_seconds",
+            "Seconds since this replica last knew its revocations current (0 while it follows Redis)",
+            shared.stale_seconds.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -210,7 +236,7 @@ impl Metrics {
             password_cache,
             password_hashes,
             reloads,
-            shared_up,
+            shared,
             shared_fallbacks,
         }
     }
@@ -258,9 +284,14 @@ impl Metrics {
         self.password_cache[1].get()
     }
 
-    /// A handle on the gauge that says whether the shared state answers.
-    pub fn shared_state_up(&self) -> Gauge {
-        self.shared_up.clone()
+    /// Handles on the shared state's series.
+    pub fn shared_state(&self) -> crate::shared::SharedMetrics {
+        self.shared.clone()
+    }
+
+    /// A handle on the count of one purpose's fallbacks.
+    pub fn shared_state_fallbacks(&self, what: SharedUse) -> Counter {
+        self.shared_fallbacks[what as usize].clone()
     }
 
     /// Counts an operation that went without the shared state.
@@ -390,7 +421,7 @@ mod tests {
         m.issued(Duration::from_micros(700));
         m.password_cache(true);
         m.reload(true);
-        m.shared_state_up().set(1);
+        m.shared_state().up.set(1);
         m.shared_state_fallback(SharedUse::Revocation);
         let text = m.render(&[("cluster \"a\"\n".into(), 3)]).unwrap();
         for want in [

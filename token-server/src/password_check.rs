@@ -5,11 +5,18 @@
 //!   a check that cannot start within `queue_timeout` is refused with 503
 //!   and `Retry-After`, so a burst cannot pile up threads and memory;
 //! - identical checks (same user, same password) that arrive together share
-//!   one hash, so fifty parallel pulls with one password cost one check;
+//!   one check, so fifty parallel pulls with one password cost one attempt
+//!   against the limiter and one hash: the first arrival registers the
+//!   check before it reserves its attempt (a round trip in a fleet), and
+//!   everyone arriving meanwhile waits for its result, throttled or not;
 //! - each check runs in its own task, which settles the limiter attempt and
-//!   fills the cache even if every client waiting on it has gone away.
+//!   fills the cache even if every client waiting on it has gone away; its
+//!   result is given out once the limiter has the outcome (in a fleet, once
+//!   Redis has it), so no later request can run ahead of it.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,13 +24,16 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{Semaphore, watch};
 
 use crate::identity::account::Verified;
-use crate::limiter::Attempt;
+use crate::limiter::{self, Attempt, Throttled};
 use crate::secret::Secret;
 use crate::settings::Settings;
 
 /// Why a check did not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CheckError {
+    /// The limiter refused the attempt: the account or network must wait.
+    #[error(transparent)]
+    Throttled(#[from] Throttled),
     /// Every hashing slot stayed busy for the queue timeout.
     #[error("the server is busy checking passwords; retry in {} s", .0.as_secs().max(1))]
     Busy(Duration),
@@ -33,6 +43,10 @@ pub enum CheckError {
 }
 
 type Outcome = Option<Result<Verified, CheckError>>;
+
+/// How a check takes its attempt from the limiter (a round trip in a
+/// fleet), run only by the check that starts, never by one that joins.
+pub type Reserve = Pin<Box<dyn Future<Output = Result<Attempt, Throttled>> + Send>>;
 
 /// Runs password checks.
 #[derive(Debug)]
@@ -56,22 +70,16 @@ impl PasswordChecks {
         })
     }
 
-    /// The identical check already running, if any: its result is this one's.
-    pub fn joinable(&self, key: &[u8; 32]) -> Option<watch::Receiver<Outcome>> {
-        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        running.get(key).cloned()
-    }
-
-    /// Checks `password` for `user` under `settings`, settling `attempt`
-    /// with the result, unless an identical check is already running, in
-    /// which case `attempt` is released and that check's result returned.
+    /// Checks `password` for `user` under `settings`: joins the identical
+    /// check already running, or starts one that first takes its attempt
+    /// from `reserve` and settles it with the result.
     pub async fn check(
         self: &Arc<Self>,
         settings: &Arc<Settings>,
         key: [u8; 32],
         user: &str,
         password: Secret,
-        attempt: Attempt,
+        reserve: Reserve,
     ) -> Result<Verified, CheckError> {
         let receiver = {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -86,9 +94,8 @@ impl PasswordChecks {
                         key,
                         user: user.to_owned(),
                         password,
-                        attempt,
                     };
-                    tokio::spawn(task.run(tx));
+                    tokio::spawn(task.run(reserve, tx));
                     rx
                 }
             }
@@ -98,7 +105,7 @@ impl PasswordChecks {
 }
 
 /// Waits for a running check's result.
-pub async fn wait(mut receiver: watch::Receiver<Outcome>) -> Result<Verified, CheckError> {
+async fn wait(mut receiver: watch::Receiver<Outcome>) -> Result<Verified, CheckError> {
     match receiver.wait_for(Option::is_some).await {
         Ok(outcome) => outcome.clone().unwrap_or(Err(CheckError::Failed)),
         Err(_) => Err(CheckError::Failed),
@@ -112,45 +119,62 @@ struct Run {
     key: [u8; 32],
     user: String,
     password: Secret,
-    attempt: Attempt,
 }
 
 impl Run {
-    async fn run(self, tx: watch::Sender<Outcome>) {
+    async fn run(self, reserve: Reserve, tx: watch::Sender<Outcome>) {
         let Run {
             checks,
             settings,
             key,
             user,
             password,
-            attempt,
         } = self;
         let hashes = checks.hashes.clone();
-        let outcome = match tokio::time::timeout(
-            checks.queue_timeout,
-            Arc::clone(&checks.slots).acquire_owned(),
-        )
-        .await
-        {
-            // Not checked: the attempt is released, not counted.
-            Err(_) => Err(CheckError::Busy(checks.queue_timeout)),
-            Ok(Err(_)) => Err(CheckError::Failed),
-            Ok(Ok(permit)) => tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                hashes.inc();
-                let verified = settings.accounts.verify_slow(
-                    &user,
-                    password.expose().as_bytes(),
-                    Instant::now(),
-                );
-                match &verified {
-                    Verified::Yes { .. } => attempt.success(Instant::now()),
-                    Verified::No => attempt.failure(Instant::now()),
+        let outcome = match reserve.await {
+            Err(throttled) => Err(CheckError::Throttled(throttled)),
+            Ok(attempt) => {
+                match tokio::time::timeout(
+                    checks.queue_timeout,
+                    Arc::clone(&checks.slots).acquire_owned(),
+                )
+                .await
+                {
+                    // Not checked: the attempt is released (dropped), not
+                    // counted.
+                    Err(_) => Err(CheckError::Busy(checks.queue_timeout)),
+                    Ok(Err(_)) => Err(CheckError::Failed),
+                    Ok(Ok(permit)) => {
+                        let checked = tokio::task::spawn_blocking(move || {
+                            let _permit = permit;
+                            hashes.inc();
+                            let verified = settings.accounts.verify_slow(
+                                &user,
+                                password.expose().as_bytes(),
+                                Instant::now(),
+                            );
+                            let outcome = match &verified {
+                                Verified::Yes { .. } => limiter::Outcome::Success,
+                                Verified::No => limiter::Outcome::Failure {
+                                    known_account: settings.accounts.contains(&user),
+                                },
+                            };
+                            (verified, outcome)
+                        })
+                        .await;
+                        match checked {
+                            // The answer waits until the limiter has it.
+                            Ok((verified, outcome)) => {
+                                attempt.settle(outcome, Instant::now()).await;
+                                Ok(verified)
+                            }
+                            // A failed task decided nothing: the attempt is
+                            // released (dropped).
+                            Err(_) => Err(CheckError::Failed),
+                        }
+                    }
                 }
-                verified
-            })
-            .await
-            .map_err(|_| CheckError::Failed),
+            }
         };
         // Later arrivals start their own check (and see the cache).
         checks

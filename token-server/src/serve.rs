@@ -75,7 +75,7 @@ pub async fn serve(
                 None => {
                     let peer = Peer {
                         addr: Some(addr),
-                        certificate: None,
+                        certificates: None,
                     };
                     serve_connection(io, app, peer, &http, &limits, watcher).await;
                 }
@@ -96,15 +96,21 @@ pub async fn serve(
                         };
                     // rustls only exposes peer certificates its verifier
                     // accepted; what they mean is `authenticate`'s business.
-                    let certificate = stream
+                    let certificates = stream
                         .get_ref()
                         .1
                         .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .map(|leaf| Arc::new(leaf.clone().into_owned()));
+                        .filter(|chain| !chain.is_empty())
+                        .map(|chain| {
+                            chain
+                                .iter()
+                                .map(|c| c.clone().into_owned())
+                                .collect::<Vec<_>>()
+                                .into()
+                        });
                     let peer = Peer {
                         addr: Some(addr),
-                        certificate,
+                        certificates,
                     };
                     serve_connection(stream, app, peer, &http, &limits, watcher).await;
                 }

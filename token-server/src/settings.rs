@@ -14,6 +14,7 @@ use crate::identity::issuers::Issuers;
 use crate::keys::KeySet;
 use crate::policy::Policy;
 use crate::secret::Secret;
+use crate::shared::endpoint::Endpoint;
 use crate::tls::TlsSettings;
 use crate::token::refresh::RefreshTokens;
 
@@ -51,26 +52,35 @@ pub struct Settings {
     /// Where replicas share the limiter and revocations; `None` keeps both
     /// in this process. Read at start-up: a change needs a restart.
     pub shared_state: Option<SharedStateSettings>,
-    /// What to do when revocations cannot be read.
+    /// What to do with credentials while the revocations held are older
+    /// than `revocation_staleness`.
     pub revocation_unavailable: RevocationUnavailable,
+    /// How long a replica that lost Redis keeps serving from the
+    /// revocations it holds before `revocation_unavailable` applies.
+    pub revocation_staleness: Duration,
 }
 
 /// The Redis a fleet shares.
 #[derive(Debug, Clone)]
 pub struct SharedStateSettings {
-    /// `redis://` or `rediss://` URL; secret, since it may hold a password.
+    /// The URL as written; secret, since it may hold a password.
     pub url: Secret,
-    /// PEM CA bundle for `rediss://`; `None` uses the system's roots.
+    /// Where the Redis is: one address, or a primary found through sentinels.
+    pub endpoint: Endpoint,
+    /// PEM CA bundle for TLS; `None` uses the system's roots.
     pub ca: Option<Vec<u8>>,
 }
 
-/// What a credential gets while its revocation status cannot be read.
+/// What a credential gets once the revocations a replica holds are older
+/// than `revocation_max_staleness` (Redis out of reach for that long), or
+/// before they were ever loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RevocationUnavailable {
-    /// Refuse it (503): a revoked credential is never honoured.
+    /// Refuse it (503): a revocation made since is never honoured for
+    /// longer than the staleness bound.
     #[default]
     Deny,
-    /// Honour it, counted and logged: availability over revocation.
+    /// Honour it, counted: availability over revocation.
     Allow,
 }
 

@@ -13,6 +13,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
+use crate::identity::certificate::ClientCas;
+
 /// Where the TLS certificate, key and client CA are on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -31,13 +33,22 @@ pub struct TlsSettings {
     pub config: Arc<rustls::ServerConfig>,
     /// The files, watched for changes.
     pub files: TlsFiles,
+    /// The client CAs trusted now (none without `client_ca`): the same
+    /// bundle as `config`'s, kept current when the watched files change, so
+    /// that refresh tokens minted from a certificate are checked against
+    /// what TLS trusts.
+    pub client_cas: Arc<ArcSwap<ClientCas>>,
 }
 
 impl TlsSettings {
     /// Loads the files.
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
-        let config = server_config(&files)?;
-        Ok(TlsSettings { config, files })
+        let (config, cas) = server_config(&files)?;
+        Ok(TlsSettings {
+            config,
+            files,
+            client_cas: Arc::new(ArcSwap::from_pointee(cas)),
+        })
     }
 }
 
@@ -101,10 +112,11 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
     Ok(certs)
 }
 
-/// Builds the rustls server config. With a client CA, clients may present a
-/// certificate, which must then chain to that CA and be within its validity
-/// period; clients without one still connect and use passwords or tokens.
-fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// Builds the rustls server config, and the client CAs it trusts. With a
+/// client CA, clients may present a certificate, which must then chain to
+/// that CA and be within its validity period; clients without one still
+/// connect and use passwords or tokens.
+fn server_config(files: &TlsFiles) -> Result<(Arc<rustls::ServerConfig>, ClientCas), TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let chain = certs(&files.cert).map_err(|source| TlsError::Cert {
         path: files.cert.clone(),
@@ -117,29 +129,31 @@ fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?;
-    let builder = match &files.client_ca {
-        None => builder.with_no_client_auth(),
+    let (builder, cas) = match &files.client_ca {
+        None => (builder.with_no_client_auth(), ClientCas::default()),
         Some(ca) => {
             let fail = |source: PemError| TlsError::ClientCa {
                 path: ca.clone(),
                 source,
             };
+            let bundle = certs(ca).map_err(fail)?;
+            let cas = ClientCas::new(&bundle);
             let mut roots = rustls::RootCertStore::empty();
-            for c in certs(ca).map_err(fail)? {
+            for c in bundle {
                 roots.add(c).map_err(|e| fail(e.into()))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .allow_unauthenticated()
                 .build()
                 .map_err(|e| fail(e.into()))?;
-            builder.with_client_cert_verifier(verifier)
+            (builder.with_client_cert_verifier(verifier), cas)
         }
     };
     let mut config = builder
         .with_single_cert(chain, private)
         .map_err(TlsError::Config)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), cas))
 }
 
 /// The TLS settings in force, reloaded when the certificate, key or client
@@ -147,6 +161,8 @@ fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError
 pub struct TlsReloader {
     files: ArcSwap<TlsFiles>,
     current: ArcSwap<rustls::ServerConfig>,
+    /// The client CAs of the settings in force, updated with `current`.
+    client_cas: ArcSwap<ArcSwap<ClientCas>>,
 }
 
 impl TlsReloader {
@@ -155,6 +171,7 @@ impl TlsReloader {
         Arc::new(TlsReloader {
             files: ArcSwap::from_pointee(settings.files.clone()),
             current: ArcSwap::new(Arc::clone(&settings.config)),
+            client_cas: ArcSwap::new(Arc::clone(&settings.client_cas)),
         })
     }
 
@@ -165,8 +182,9 @@ impl TlsReloader {
 
     /// Reloads from the files now; on error the settings in force stay.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = server_config(&self.files.load())?;
+        let (config, cas) = server_config(&self.files.load())?;
         self.current.store(config);
+        self.client_cas.load().store(Arc::new(cas));
         Ok(())
     }
 
@@ -174,6 +192,7 @@ impl TlsReloader {
     pub fn replace(&self, settings: &TlsSettings) {
         self.files.store(Arc::new(settings.files.clone()));
         self.current.store(Arc::clone(&settings.config));
+        self.client_cas.store(Arc::clone(&settings.client_cas));
     }
 
     fn stamp(&self) -> Vec<Option<std::time::SystemTime>> {

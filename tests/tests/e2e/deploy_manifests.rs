@@ -62,6 +62,9 @@ pub(crate) const PULL_SECRETS_DIR: &str = "pull-secrets";
 /// The optional fleet additions (Redis, autoscaler), checked on their own.
 const FLEET_DIR: &str = "fleet";
 
+/// The Sentinel example under the fleet additions, checked on its own.
+const SENTINEL_DIR: &str = "sentinel";
+
 /// Every `.yaml`/`.yml` file under `dir`, recursively, sorted; the
 /// controller's own directory is left to its own test.
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
@@ -71,7 +74,7 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
         let path = entry.expect("directory entry").path();
         if path
             .file_name()
-            .is_some_and(|n| n == PULL_SECRETS_DIR || n == FLEET_DIR)
+            .is_some_and(|n| n == PULL_SECRETS_DIR || n == FLEET_DIR || n == SENTINEL_DIR)
         {
             continue;
         }
@@ -959,6 +962,22 @@ fn configmap_config_passes_check_config() {
     c.args(["check-config", "--config"]).arg(&config_file);
     run(c, COMMAND_TIMEOUT).assert_success("check-config with shared_state");
 
+    // And its Sentinel variant.
+    let sentinel = rewritten.replace(
+        &format!("# {}", sentinel_shared_state()),
+        &sentinel_shared_state(),
+    );
+    assert_ne!(
+        sentinel,
+        rewritten,
+        "the ConfigMap offers `# {}`",
+        sentinel_shared_state()
+    );
+    std::fs::write(&config_file, &sentinel).expect("write config");
+    let mut c = Command::new(&bin);
+    c.args(["check-config", "--config"]).arg(&config_file);
+    run(c, COMMAND_TIMEOUT).assert_success("check-config with a sentinel shared_state");
+
     // The placeholder Secret must not pass for real keys: the server refuses it.
     let placeholder = &m.secrets[0];
     let data = placeholder
@@ -1045,6 +1064,10 @@ fn fleet_manifests_fit_the_deployment() {
         "revocations survive a restart: {args}"
     );
     assert!(
+        args.contains("--maxmemory 64mb") && args.contains("--maxmemory-policy volatile-ttl"),
+        "bounded memory, and a policy that evicts only keys with a TTL (never a revocation): {args}"
+    );
+    assert!(
         redis_spec.volume_claim_templates.is_some(),
         "the append-only file lives on a volume"
     );
@@ -1067,6 +1090,192 @@ fn fleet_manifests_fit_the_deployment() {
         "minReplicas {min} must exceed the budget's minAvailable {budget:?}, or drains stall"
     );
     assert!(hpa_spec.max_replicas > min);
+}
+
+/// The master name and sentinels of the Sentinel example.
+const SENTINEL_MASTER: &str = "regauth";
+
+/// The Sentinel line the ConfigMap offers: the three sentinel pods by
+/// their stable names.
+fn sentinel_shared_state() -> String {
+    let hosts: Vec<String> = (0..3)
+        .map(|i| format!("regauth-sentinel-{i}.regauth-sentinel-nodes:26379"))
+        .collect();
+    format!(
+        "shared_state: redis+sentinel://{}/{SENTINEL_MASTER}",
+        hosts.join(",")
+    )
+}
+
+/// The Sentinel example: its Services give the pods the names the
+/// ConfigMap's `shared_state` and the sentinels' config use, the sentinels
+/// monitor the master name the URL names with a quorum their budget keeps,
+/// and the Redis config bounds memory with a policy that cannot evict a
+/// revocation. Its redis.conf and sentinel.conf run in Debian's Redis.
+#[test]
+fn the_sentinel_example_fits_together_and_its_configs_run() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    let mut services = Vec::new();
+    let mut sets = Vec::new();
+    let mut maps = Vec::new();
+    let mut budgets = Vec::new();
+    for doc in documents_in(&kubernetes_dir().join(FLEET_DIR).join(SENTINEL_DIR)) {
+        let api_version = doc.value["apiVersion"].as_str().unwrap_or_default();
+        match (api_version, doc.value["kind"].as_str().unwrap_or_default()) {
+            ("v1", "Service") => services.push(typed::<Service>(&doc)),
+            ("v1", "ConfigMap") => maps.push(typed::<ConfigMap>(&doc)),
+            ("apps/v1", "StatefulSet") => sets.push(typed::<StatefulSet>(&doc)),
+            ("policy/v1", "PodDisruptionBudget") => {
+                budgets.push(typed::<PodDisruptionBudget>(&doc));
+            }
+            (v, k) => panic!("{}: {v} {k} is not one this test knows", doc.origin),
+        }
+    }
+    assert_eq!(
+        (services.len(), sets.len(), maps.len(), budgets.len()),
+        (2, 2, 1, 1)
+    );
+    let data = maps[0].data.clone().unwrap_or_default();
+    let file = |name: &str| {
+        data.get(name)
+            .cloned()
+            .unwrap_or_else(|| panic!("the ConfigMap has no {name}"))
+    };
+    let set = |name: &str| {
+        sets.iter()
+            .find(|s| name_of(&s.metadata) == name)
+            .unwrap_or_else(|| panic!("no StatefulSet {name}"))
+    };
+    for (set_name, service_name, port, replicas) in [
+        ("regauth-redis", "regauth-redis-nodes", 6379, 2),
+        ("regauth-sentinel", "regauth-sentinel-nodes", 26379, 3),
+    ] {
+        let s = &set(set_name).spec;
+        assert_eq!(s.service_name.as_deref(), Some(service_name));
+        assert_eq!(s.replicas, Some(replicas), "{set_name}");
+        let service = services
+            .iter()
+            .find(|v| name_of(&v.metadata) == service_name)
+            .unwrap_or_else(|| panic!("no Service {service_name}"));
+        let spec = service.spec.as_ref().expect("Service spec");
+        assert_eq!(
+            spec.cluster_ip.as_deref(),
+            Some("None"),
+            "{service_name} is headless"
+        );
+        let labels = s
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        let selector = spec.selector.clone().unwrap_or_default();
+        assert!(
+            !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+            "{service_name} selects the {set_name} pods"
+        );
+        let container = &s.template.spec.as_ref().expect("pod spec").containers[0];
+        let service_port = spec.ports.as_ref().and_then(|p| p.first()).expect("a port");
+        assert_eq!(service_port.port, port);
+        let target = service_port.target_port.clone().expect("targetPort");
+        assert_eq!(port_number(container, &target), Some(port));
+        let mounts = container.volume_mounts.clone().unwrap_or_default();
+        assert!(
+            mounts.iter().any(|m| m.mount_path == "/data"),
+            "{set_name} keeps its state on a volume"
+        );
+    }
+    // The URL the ConfigMap offers names these pods and this master.
+    let url = sentinel_shared_state();
+    let sentinel_conf = file("sentinel.conf");
+    assert!(
+        sentinel_conf.contains(&format!(
+            "sentinel monitor {SENTINEL_MASTER} regauth-redis-0.regauth-redis-nodes 6379 2"
+        )),
+        "{sentinel_conf}"
+    );
+    assert!(url.ends_with(&format!("/{SENTINEL_MASTER}")));
+    let quorum_kept = budgets[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.min_available.clone());
+    assert_eq!(
+        quorum_kept,
+        Some(IntOrString::Int(2)),
+        "a drain keeps the quorum"
+    );
+    let redis_conf = file("redis.conf");
+    for line in [
+        "appendonly yes",
+        "maxmemory 64mb",
+        "maxmemory-policy volatile-ttl",
+    ] {
+        assert!(
+            redis_conf.lines().any(|l| l.trim() == line),
+            "redis.conf: {line}"
+        );
+    }
+
+    // The configs run in Debian's Redis, on loopback ports.
+    let d = tempfile::tempdir().expect("temp dir");
+    let redis_port = regauth_e2e::net::free_port();
+    let conf = d.path().join("redis.conf");
+    let local = redis_conf
+        .replace("port 6379", &format!("port {redis_port}"))
+        .replace("dir /data", &format!("dir {}", d.path().display()));
+    assert_ne!(local, redis_conf, "redis.conf sets port 6379 and dir /data");
+    std::fs::write(&conf, format!("{local}bind 127.0.0.1\n")).expect("write redis.conf");
+    let bin = regauth_e2e::tools::require_tool("redis-server", "redis-server");
+    let mut cmd = Command::new(bin);
+    cmd.arg(&conf);
+    let _redis = regauth_e2e::process::ChildGuard::spawn(cmd, d.path(), "redis");
+    let got = wait_for_reply(redis_port, &["CONFIG", "GET", "maxmemory-policy"]);
+    assert_eq!(
+        got.items()
+            .get(1)
+            .and_then(regauth_e2e::redis::Resp::text)
+            .as_deref(),
+        Some("volatile-ttl")
+    );
+    let sentinel_port = regauth_e2e::net::free_port();
+    let sconf = d.path().join("sentinel.conf");
+    let local = sentinel_conf
+        .replace(
+            "regauth-redis-0.regauth-redis-nodes 6379",
+            &format!("127.0.0.1 {redis_port}"),
+        )
+        .replace("port 26379", &format!("port {sentinel_port}"))
+        .replace("dir /data", &format!("dir {}", d.path().display()));
+    std::fs::write(&sconf, format!("{local}bind 127.0.0.1\n")).expect("write sentinel.conf");
+    let sbin = regauth_e2e::tools::require_tool("redis-sentinel", "redis-sentinel");
+    let mut cmd = Command::new(sbin);
+    cmd.arg(&sconf);
+    let _sentinel = regauth_e2e::process::ChildGuard::spawn(cmd, d.path(), "sentinel");
+    let got = wait_for_reply(
+        sentinel_port,
+        &["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER],
+    );
+    assert_eq!(
+        got.items().get(1).and_then(regauth_e2e::redis::Resp::text),
+        Some(redis_port.to_string()),
+        "the shipped sentinel.conf monitors the master: {got:?}"
+    );
+}
+
+/// The reply to `args` from the Redis or sentinel on `port`, once it
+/// answers (within 20 s).
+fn wait_for_reply(port: u16, args: &[&str]) -> regauth_e2e::redis::Resp {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(reply) = regauth_e2e::redis::try_call(port, args) {
+            return reply;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing answers {args:?} on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 // ---------------------------------------------------------------------------

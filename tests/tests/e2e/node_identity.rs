@@ -685,3 +685,108 @@ fn skopeo_cert_dir_client_certificate_reaches_the_realm() {
         anonymous.describe()
     );
 }
+
+/// Before, a refresh token minted from a client certificate stayed valid
+/// once the CA that verified the certificate was no longer trusted, whether
+/// replaced in the client CA bundle or `tls.client_ca` removed from the
+/// config. Now the token names the CA its certificate chained to (by
+/// fingerprint), and every refresh checks that the server still trusts it.
+#[test]
+fn refresh_tokens_of_a_client_ca_no_longer_trusted_are_refused() {
+    use regauth_e2e::pki::{Ca, Validity};
+    use regauth_e2e::token_server::TokenServerBuilder;
+    let pki = TestPki::new();
+    let d = tempfile::tempdir().expect("temp dir");
+    let mut server = TokenServerBuilder::new()
+        .account("alice", "alice-pw", &[])
+        .policy(NODE_POLICY)
+        .tls(pki.server_tls(true))
+        .start(d.path());
+    let node_token = |server: &TokenServer, cert| {
+        let reply = server
+            .client_with_cert(Some(cert))
+            .client_credentials_grant(SERVICE, "repository:shared/base:pull");
+        assert_eq!(reply.status, 200, "node sign-in: {}", reply.body);
+        reply.json_str("refresh_token")
+    };
+    let old = node_token(&server, &pki.node);
+    let plain = server.client_with_cert(None);
+    let get = |c: &TokenClient, token: &str| {
+        c.get_token(&[("service", SERVICE)], Some(("x", token)))
+            .status
+    };
+    assert_eq!(
+        plain.refresh_grant(&old, SERVICE, "").status,
+        200,
+        "control: POST"
+    );
+    assert_eq!(get(&plain, &old), 200, "control: GET");
+
+    // The bundle now holds another CA only (the file is watched).
+    let next_ca = Ca::new("regauth e2e node CA 2");
+    let next_node = next_ca.issue_node(NODE_NAME, Validity::Current);
+    std::fs::write(server.dir().join("tls/client-ca.pem"), next_ca.cert_pem())
+        .expect("replace the client CA bundle");
+    let start = std::time::Instant::now();
+    loop {
+        let reply = try_send(
+            server
+                .client_with_cert(Some(&pki.node))
+                .http()
+                .post(server.token_url())
+                .form(&[("grant_type", "client_credentials"), ("service", SERVICE)]),
+        );
+        if !matches!(&reply, Ok(r) if r.status == 200) {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "control: the old CA's certificate still signs in"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let plain = server.client_with_cert(None);
+    let post = plain.refresh_grant(&old, SERVICE, "");
+    assert!(
+        post.status == 400 && post.body.contains("invalid_grant"),
+        "POST with a token of the CA no longer trusted: {} {}",
+        post.status,
+        post.body
+    );
+    assert_eq!(
+        get(&plain, &old),
+        401,
+        "GET with a token of the CA no longer trusted"
+    );
+    let next = node_token(&server, &next_node);
+    assert_eq!(
+        plain.refresh_grant(&next, SERVICE, "").status,
+        200,
+        "the new CA's node refreshes"
+    );
+
+    // tls.client_ca removed from the config, and the server restarted.
+    regauth_e2e::ops::edit_config(&server, |text| {
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with("client_ca:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    });
+    regauth_e2e::ops::send_signal(server.pid(), regauth_e2e::ops::Signal::Term);
+    server
+        .wait_exit(std::time::Duration::from_secs(40))
+        .expect("the server exits");
+    server.restart();
+    let plain = server.client_with_cert(None);
+    let post = plain.refresh_grant(&next, SERVICE, "");
+    assert_eq!(post.status, 400, "without tls.client_ca: {}", post.body);
+    assert_eq!(get(&plain, &next), 401, "GET without tls.client_ca");
+    assert_eq!(
+        plain
+            .password_grant("alice", "alice-pw", SERVICE, "", false)
+            .status,
+        200,
+        "control: the server answers"
+    );
+}

@@ -64,15 +64,20 @@ pub(crate) struct ConfigFile {
     /// Serve HTTPS (and optionally verify client certificates).
     #[serde(default)]
     pub(crate) tls: Option<TlsEntry>,
-    /// Redis URL of the state a fleet shares (limiter, revocations).
+    /// Redis URL of the state a fleet shares (limiter, revocations):
+    /// `redis://`, `rediss://`, `redis+sentinel://` or `rediss+sentinel://`.
     #[serde(default)]
     pub(crate) shared_state: Option<S<String>>,
-    /// CA bundle that a `rediss://` shared state's certificate chains to.
+    /// CA bundle that a TLS shared state's certificates chain to.
     #[serde(default)]
     pub(crate) shared_state_ca_file: Option<S<String>>,
-    /// `deny` or `allow` credentials while revocations cannot be read.
+    /// `deny` or `allow` credentials once the revocations held are older
+    /// than `revocation_max_staleness`.
     #[serde(default)]
     pub(crate) revocation_unavailable: Option<S<String>>,
+    /// How long a replica without Redis serves from the revocations it holds.
+    #[serde(default)]
+    pub(crate) revocation_max_staleness: Option<S<String>>,
 }
 
 /// One `issuers` entry.

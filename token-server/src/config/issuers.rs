@@ -28,6 +28,20 @@ pub(super) fn issuers(entries: &[IssuerEntry], c: &mut Check) -> Issuers {
                 continue;
             }
         };
+        if !valid_name(&e.name.value) {
+            c.fail(
+                key("name"),
+                &e.name,
+                "must be 1 to 64 letters, digits, '.', '_' or '-', and not '-' alone \
+                 (revocations use '*' and '-' to mean any issuer and no issuer)",
+            );
+        } else if entries[..i].iter().any(|o| o.name.value == e.name.value) {
+            c.fail(
+                key("name"),
+                &e.name,
+                "another issuer entry has the same name",
+            );
+        }
         let issuer = e.issuer.value.trim_end_matches('/').to_owned();
         let secure = issuer.starts_with("https://");
         if !(secure || e.danger_allow_http && issuer.starts_with("http://")) {
@@ -155,4 +169,16 @@ pub(super) fn issuers(entries: &[IssuerEntry], c: &mut Check) -> Issuers {
         });
     }
     Issuers::new(list)
+}
+
+/// An issuer's name is the principal's `issuer` attribute, what `revoke
+/// --issuer` takes and part of revocation keys: plain, and never one of
+/// the markers `*` (any issuer) and `-` (no issuer).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name != "-"
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }

@@ -182,6 +182,7 @@ fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
     let issuers = issuers::issuers(&file.issuers, c);
     let shared_state = shared_state::shared_state(file, c);
     let revocation_unavailable = shared_state::revocation_unavailable(file, c);
+    let revocation_staleness = shared_state::revocation_staleness(file, c);
     let (secret, verify_only) = secrets.as_deref()?.split_first()?;
     let accounts = accounts::accounts(file, secret, basics.password_cache_ttl, c)?;
     let accounts = verify_only
@@ -209,6 +210,7 @@ fn translate(file: &ConfigFile, c: &mut Check) -> Option<Settings> {
         tls,
         shared_state,
         revocation_unavailable,
+        revocation_staleness,
     })
 }
 
@@ -357,6 +359,48 @@ mod tests {
         assert!(found[0].2.contains("rediss://"), "{found:?}");
         let found = issues("shared_state_ca_file: ca.pem\n");
         assert_eq!(found[0].2, "needs shared_state");
+    }
+
+    /// Before, issuers named `*` or `-` were accepted, though those names
+    /// stand for "any issuer" and "no issuer" in revocations, so a
+    /// revocation naming one matched the wrong principals. Names are now
+    /// letters, digits, '.', '_' and '-', not the markers, and distinct.
+    #[test]
+    fn issuer_names_that_collide_with_revocation_markers_are_refused() {
+        let entry = |name: &str| {
+            format!(
+                "  - name: {}\n    kind: oidc\n    issuer: https://{}.example\n    audiences: [r]\n",
+                serde_json::to_string(name).unwrap(),
+                name.len()
+            )
+        };
+        for bad in ["*", "-", "", "a:b", "a b", "x\ny", &"n".repeat(65)] {
+            let found = issues_under(&format!("issuers:\n{}", entry(bad)), &["issuers"]);
+            assert!(
+                found.iter().any(|i| i.key == "issuers[0].name"),
+                "{bad:?} accepted: {found:?}"
+            );
+        }
+        let found = issues_under(
+            &format!(
+                "issuers:\n{}{}",
+                entry("cluster-a"),
+                entry("cluster-a").replace("https://9", "https://other")
+            ),
+            &["issuers"],
+        );
+        assert_eq!(
+            found.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+            ["issuers[1].name"],
+            "{found:?}"
+        );
+        for good in ["cluster-a", "github", "ci.example_1"] {
+            let found = issues_under(&format!("issuers:\n{}", entry(good)), &["issuers"]);
+            assert!(
+                !found.iter().any(|i| i.key.ends_with(".name")),
+                "{good:?}: {found:?}"
+            );
+        }
     }
 
     #[test]

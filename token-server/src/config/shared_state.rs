@@ -1,10 +1,18 @@
-//! `shared_state`, `shared_state_ca_file` and `revocation_unavailable`: what
-//! a fleet of replicas shares, and what happens when it is out of reach.
+//! `shared_state`, `shared_state_ca_file`, `revocation_unavailable` and
+//! `revocation_max_staleness`: what a fleet of replicas shares, and what
+//! happens when it is out of reach.
+
+use std::time::Duration;
 
 use super::check::Check;
 use super::file::ConfigFile;
 use crate::secret::Secret;
 use crate::settings::{RevocationUnavailable, SharedStateSettings};
+use crate::shared::endpoint::Endpoint;
+
+/// How long a replica without Redis serves from the revocations it holds,
+/// by default.
+pub(super) const DEFAULT_REVOCATION_STALENESS: Duration = Duration::from_secs(60);
 
 /// The shared-state settings, or `None` when every replica keeps its own.
 pub(super) fn shared_state(file: &ConfigFile, c: &mut Check) -> Option<SharedStateSettings> {
@@ -15,33 +23,20 @@ pub(super) fn shared_state(file: &ConfigFile, c: &mut Check) -> Option<SharedSta
         return None;
     };
     // The URL may hold a password: messages name its parts, never echo it.
-    let tls = match url.value.split_once("://").map(|(scheme, _)| scheme) {
-        Some("redis") => false,
-        Some("rediss") => true,
-        _ => {
-            c.fail(
-                "shared_state",
-                url,
-                "must be a redis://HOST:PORT/DB or rediss://HOST:PORT/DB URL",
-            );
+    let endpoint = match Endpoint::parse(&url.value) {
+        Ok(e) => e,
+        Err(e) => {
+            c.fail("shared_state", url, e.to_string());
             return None;
         }
     };
-    if let Err(e) = redis::Client::open(url.value.as_str()) {
-        c.fail(
-            "shared_state",
-            url,
-            format!("is not a usable Redis URL ({:?})", e.kind()),
-        );
-        return None;
-    }
     let ca = match &file.shared_state_ca_file {
         None => None,
-        Some(at) if !tls => {
+        Some(at) if !endpoint.tls() => {
             c.fail(
                 "shared_state_ca_file",
                 at,
-                "applies only to a rediss:// shared_state",
+                "applies only to a rediss:// or rediss+sentinel:// shared_state",
             );
             None
         }
@@ -55,11 +50,12 @@ pub(super) fn shared_state(file: &ConfigFile, c: &mut Check) -> Option<SharedSta
     };
     Some(SharedStateSettings {
         url: Secret::new(url.value.clone()),
+        endpoint,
         ca,
     })
 }
 
-/// What to do with a credential whose revocation status cannot be read.
+/// What to do with credentials once the revocations held are too old.
 pub(super) fn revocation_unavailable(file: &ConfigFile, c: &mut Check) -> RevocationUnavailable {
     match &file.revocation_unavailable {
         None => RevocationUnavailable::Deny,
@@ -76,4 +72,14 @@ pub(super) fn revocation_unavailable(file: &ConfigFile, c: &mut Check) -> Revoca
             }
         },
     }
+}
+
+/// How long a replica without Redis serves from what it holds.
+pub(super) fn revocation_staleness(file: &ConfigFile, c: &mut Check) -> Duration {
+    c.duration(
+        "revocation_max_staleness",
+        &file.revocation_max_staleness,
+        DEFAULT_REVOCATION_STALENESS,
+        true,
+    )
 }

@@ -2,7 +2,8 @@
 //! credential exchanged, or request refused.
 //!
 //! Events name the principal, the service, the client, what was asked and
-//! what was granted, and the token's `jti`; never a token, password or key.
+//! what was granted, and the token's `jti`, with a refresh token's own as
+//! `refresh_jti`; never a token, password or key.
 //!
 //! Every field that a request can influence is recorded as a string value,
 //! never through `Display`: the text format then writes it quoted with
@@ -27,8 +28,10 @@ pub struct Issued<'a> {
     pub jti: &'a str,
     /// The signing key's ID.
     pub kid: &'a str,
-    /// True if a refresh token went with it.
-    pub refresh: bool,
+    /// The ID of the refresh token that went with it (minted, or handed
+    /// back to the caller who presented it), if one did: what `revoke
+    /// --jti` takes.
+    pub refresh_jti: Option<&'a str>,
 }
 
 /// A token was issued (possibly with nothing granted: denial is not an error).
@@ -55,7 +58,8 @@ pub fn issued(principal: &Principal, ask: &Ask, decisions: &[Decision], peer: &P
         rules = rules.join(",").as_str(),
         jti = t.jti,
         kid = t.kid,
-        refresh = t.refresh,
+        refresh = t.refresh_jti.is_some(),
+        refresh_jti = t.refresh_jti.unwrap_or("-"),
         "token issued"
     );
 }
@@ -86,6 +90,7 @@ pub fn exchanged(
         granted = granted(decisions.iter().map(|d| &d.grant)).as_str(),
         annotations = annotations.join(",").as_str(),
         jti,
+        refresh_jti = jti,
         "credential issued for a subject token"
     );
 }

@@ -123,7 +123,11 @@ fn wire(e: &TokenError) -> (StatusCode, &'static str, StatusCode, &'static str) 
             S::SERVICE_UNAVAILABLE,
             "temporarily_unavailable",
         ),
-        TokenError::Auth(AuthError::NoClientCertificate | AuthError::UnusableCertificate) => (
+        TokenError::Auth(
+            AuthError::NoClientCertificate
+            | AuthError::UnusableCertificate
+            | AuthError::UntrustedCertificate,
+        ) => (
             S::UNAUTHORIZED,
             "UNAUTHORIZED",
             S::UNAUTHORIZED,

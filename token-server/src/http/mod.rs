@@ -24,7 +24,7 @@ use arc_swap::ArcSwap;
 
 use crate::authenticate::Guards;
 use crate::limiter::FailureLimiter;
-use crate::metrics::{ENDPOINTS, Metrics};
+use crate::metrics::{ENDPOINTS, Metrics, SharedUse};
 use crate::password_check::PasswordChecks;
 use crate::settings::{RevocationUnavailable, Settings};
 use crate::shared::limiter::Limiter;
@@ -38,7 +38,7 @@ pub type Clock = fn() -> SystemTime;
 pub struct AppState {
     settings: ArcSwap<Settings>,
     clock: Clock,
-    limiter: Limiter,
+    limiter: Arc<Limiter>,
     shared: Option<Arc<SharedState>>,
     checks: Arc<PasswordChecks>,
     metrics: Metrics,
@@ -46,8 +46,9 @@ pub struct AppState {
 
 impl AppState {
     /// State over `settings`, reading time from `clock`. With
-    /// `shared_state` set it makes the Redis client (which connects on first
-    /// use), so it must run inside a Tokio runtime.
+    /// `shared_state` set it makes the Redis client and starts following
+    /// Redis (connecting in the background), so it must run inside a Tokio
+    /// runtime.
     pub fn new(settings: Settings, clock: Clock) -> Result<Arc<Self>, SharedError> {
         let limits = settings.limits;
         let local = Arc::new(FailureLimiter::new(
@@ -57,13 +58,19 @@ impl AppState {
         let metrics = Metrics::new();
         let shared = match &settings.shared_state {
             None => None,
-            Some(s) => Some(Arc::new(SharedState::new(
-                s,
-                limits.shared_state_timeout,
-                metrics.shared_state_up(),
-            )?)),
+            Some(s) => {
+                let shared =
+                    SharedState::new(s, limits.shared_state_timeout, metrics.shared_state())?;
+                shared.issuing(&settings);
+                shared.follow();
+                Some(shared)
+            }
         };
-        let limiter = Limiter::new(local, shared.clone());
+        let limiter = Arc::new(Limiter::new(
+            local,
+            shared.clone(),
+            metrics.shared_state_fallbacks(SharedUse::Limiter),
+        ));
         let checks = PasswordChecks::new(
             limits.max_concurrent_password_checks,
             limits.password_check_queue_timeout,
@@ -88,6 +95,9 @@ impl AppState {
     /// Limits that shape the listener (body size, timeouts) keep their
     /// start-up values until a restart.
     pub fn replace_settings(&self, settings: Settings) {
+        if let Some(shared) = &self.shared {
+            shared.issuing(&settings);
+        }
         self.settings.store(Arc::new(settings));
     }
 
@@ -190,16 +200,20 @@ async fn metadata(State(state): State<Arc<AppState>>) -> Response {
 
 /// Ready when signing keys are loaded (always, once running), every
 /// trusted issuer's keys are fetched or cached, and, in a fleet whose
-/// revocation checks deny when Redis is out of reach, Redis answers. An
-/// issuer without keys gets a (rate-limited) fetch attempt here.
+/// revocation checks deny, the revocations held are current within
+/// `revocation_max_staleness`. An issuer without keys gets a (rate-limited)
+/// fetch attempt here. Redis itself is not asked: the follower's state is.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let settings = state.settings();
-    let shared = match &state.shared {
-        None => None,
-        Some(shared) => Some(shared.ping().await.is_ok()),
-    };
-    let shared_blocks =
-        shared == Some(false) && settings.revocation_unavailable == RevocationUnavailable::Deny;
+    let now = std::time::Instant::now();
+    let shared = state.shared.as_ref().map(|shared| {
+        (
+            shared.is_up(),
+            shared.in_sync(now, settings.revocation_staleness),
+        )
+    });
+    let shared_blocks = matches!(shared, Some((_, false)))
+        && settings.revocation_unavailable == RevocationUnavailable::Deny;
     let mut waiting = Vec::new();
     for issuer in settings.issuers.all() {
         if !issuer.keys.is_loaded() {
@@ -214,8 +228,13 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         "issuers_without_keys": waiting,
         "shared_state": match shared {
             None => "none",
-            Some(true) => "up",
-            Some(false) => "unreachable",
+            Some((true, _)) => "up",
+            Some((false, _)) => "unreachable",
+        },
+        "revocations": match shared {
+            None => "local",
+            Some((_, true)) => "current",
+            Some((_, false)) => "stale",
         },
     });
     let status = if waiting.is_empty() && !shared_blocks {

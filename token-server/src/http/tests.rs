@@ -8,6 +8,8 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -608,14 +610,15 @@ async fn authorization_server_metadata() {
     }
 }
 
-/// A verified client certificate (as the TLS listener records it) makes a
-/// GET without Basic the node, not anonymous.
-#[tokio::test]
-async fn get_with_a_verified_node_certificate_is_the_node() {
-    let w = World::with(
-        "  - kind: node\n    resource: \"nodes/${node}/**\"\n    actions: [pull]\n",
-        4,
-    );
+/// A client CA named `name` (its certificate, PEM) and a node certificate
+/// it signed (DER).
+fn node_ca(name: &str) -> (String, CertificateDer<'static>) {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca = rcgen::CertificateParams::default();
+    ca.distinguished_name.push(rcgen::DnType::CommonName, name);
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = rcgen::CertificateParams::default();
     params
@@ -624,24 +627,63 @@ async fn get_with_a_verified_node_certificate_is_the_node() {
     params
         .distinguished_name
         .push(rcgen::DnType::OrganizationName, "system:nodes");
-    let cert = params.self_signed(&key).unwrap();
-    let mut req = get(
-        "/token?service=registry.test&scope=repository:nodes/worker-1/x:pull&offline_token=true",
-        None,
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca_pem, cert.der().clone())
+}
+
+/// A verified client certificate (as the TLS listener records it) makes a
+/// GET without Basic the node, not anonymous, when it chains to the client
+/// CA of the settings in force; its refresh token names that CA. One from
+/// another CA of the same name (the bundle changed since the connection
+/// was made) is refused.
+#[tokio::test]
+async fn get_with_a_verified_node_certificate_is_the_node() {
+    let w = World::with(
+        "  - kind: node\n    resource: \"nodes/${node}/**\"\n    actions: [pull]\n",
+        4,
     );
-    req.extensions_mut().insert(crate::authenticate::Peer {
-        addr: Some("127.0.0.1:9".parse().unwrap()),
-        certificate: Some(Arc::new(cert.der().clone())),
-    });
-    let Reply { status, body, .. } = send(&w.state, req).await;
+    let (ca_pem, cert) = node_ca("node CA");
+    let (_, stranger) = node_ca("node CA");
+    let server_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let server = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&server_key)
+        .unwrap();
+    let dir = w.dir.path();
+    std::fs::write(dir.join("server.crt"), server.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("client-ca.pem"), &ca_pem).unwrap();
+    let mut config = std::fs::read_to_string(dir.join("config.yaml")).unwrap();
+    config.push_str("tls:\n  cert: server.crt\n  key: server.key\n  client_ca: client-ca.pem\n");
+    std::fs::write(dir.join("config.yaml"), config).unwrap();
+    let state = w.restart(crate::clock::now);
+    let request = |cert: &CertificateDer<'static>| {
+        let mut req = get(
+            "/token?service=registry.test&scope=repository:nodes/worker-1/x:pull&offline_token=true",
+            None,
+        );
+        req.extensions_mut().insert(crate::authenticate::Peer {
+            addr: Some("127.0.0.1:9".parse().unwrap()),
+            certificates: Some(vec![cert.clone()].into()),
+        });
+        req
+    };
+    let Reply { status, body, .. } = send(&state, request(&cert)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let c = claims(body["token"].as_str().unwrap());
     assert_eq!(c["sub"], "node:worker-1");
     assert_eq!(c["access"][0]["actions"], serde_json::json!(["pull"]));
-    assert!(
-        body["refresh_token"].is_string(),
-        "an authenticated node may ask for a refresh token"
+    let refresh = body["refresh_token"]
+        .as_str()
+        .expect("an authenticated node may ask for a refresh token");
+    let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
+    assert_eq!(
+        claims(refresh)["via"],
+        crate::identity::certificate::fingerprint(&ca_der),
+        "the refresh token names the CA"
     );
+    let Reply { status, body, .. } = send(&state, request(&stranger)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
 }
 
 #[tokio::test]
@@ -798,7 +840,7 @@ async fn a_reload_mid_request_leaves_the_request_on_one_config() {
 fn from(addr: &str, mut req: Request<Body>) -> Request<Body> {
     req.extensions_mut().insert(crate::authenticate::Peer {
         addr: Some(addr.parse().unwrap()),
-        certificate: None,
+        certificates: None,
     });
     req
 }

@@ -86,7 +86,7 @@ async fn answer(
             e
         })?;
     match annotations {
-        Some(annotations) => exchange_reply(settings, who, &ask, &annotations, peer, now),
+        Some(annotations) => exchange_reply(settings, who, &ask, &annotations, peer),
         None => {
             let started = Instant::now();
             let reply = token_reply(settings, who, &ask, peer, now, grant_name, form)?;
@@ -119,11 +119,12 @@ fn token_reply(
         settings.access_token_ttl,
         now,
     )?;
-    let refresh_token = match (who.refresh, ask.offline) {
-        (_, false) | (Refresh::Never, true) => None,
-        (Refresh::Presented(token), true) => Some(token),
-        (Refresh::Mint { pwv, ttl }, true) => {
-            Some(settings.refresh.issue(&who.principal, pwv, ttl, now)?.0)
+    let (refresh_token, refresh_jti) = match (who.refresh, ask.offline) {
+        (_, false) | (Refresh::Never, true) => (None, None),
+        (Refresh::Presented { token, jti }, true) => (Some(token), Some(jti)),
+        (Refresh::Mint { pwv, via, ttl, at }, true) => {
+            let (token, claims) = settings.refresh.issue(&who.principal, pwv, via, ttl, at)?;
+            (Some(token), Some(claims.jti))
         }
     };
     audit::issued(
@@ -135,7 +136,7 @@ fn token_reply(
             grant,
             jti: &access.jti,
             kid: key.kid(),
-            refresh: refresh_token.is_some(),
+            refresh_jti: refresh_jti.as_deref(),
         },
     );
     let reply = TokenReply {
@@ -158,14 +159,13 @@ fn exchange_reply(
     ask: &Ask,
     annotations: &[(String, String)],
     peer: &Peer,
-    now: SystemTime,
 ) -> Result<Response, TokenError> {
-    let Refresh::Mint { pwv, ttl } = who.refresh else {
+    let Refresh::Mint { pwv, via, ttl, at } = who.refresh else {
         // `authenticate` mints for every verified subject token; anything
         // else here would be a bug, and issuing nothing is the safe answer.
         return Err(TokenError::Internal(crate::token::IssueError::NoCredential));
     };
-    let (refresh, claims) = settings.refresh.issue(&who.principal, pwv, ttl, now)?;
+    let (refresh, claims) = settings.refresh.issue(&who.principal, pwv, via, ttl, at)?;
     let decisions = settings.policy.decide(&who.principal, &ask.scopes);
     audit::exchanged(
         &who.principal,

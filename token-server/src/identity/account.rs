@@ -360,6 +360,11 @@ impl Accounts {
         self.by_name.len()
     }
 
+    /// True when `name` is a configured account.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
     /// True when there are no accounts.
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()

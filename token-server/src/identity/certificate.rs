@@ -5,9 +5,15 @@
 //! include `system:nodes` (both configurable). A cluster's client CA also
 //! signs user and admin certificates; any other trusted certificate is a
 //! **certificate** principal, named by its CN, which no `node` rule matches.
+//!
+//! A refresh token minted from a certificate names the client CA the
+//! certificate chained to ([`ClientCas::anchor`], a SHA-256 fingerprint),
+//! so every refresh can check that the server still trusts that CA.
 
 use std::collections::BTreeMap;
 
+use rustls_pki_types::CertificateDer;
+use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
@@ -98,6 +104,96 @@ pub fn principal(cert_der: &[u8], rules: &CertificateRules) -> Option<Principal>
     })
 }
 
+/// One CA of the client CA bundle.
+#[derive(Debug, Clone)]
+struct TrustedCa {
+    der: Vec<u8>,
+    /// `sha256:` and the hex SHA-256 of its DER.
+    fingerprint: String,
+    /// Its subject as a principal's `issuer` attribute prints it.
+    subject: String,
+}
+
+/// The CAs the server trusts for client certificates (`tls.client_ca`),
+/// as refresh tokens name them.
+#[derive(Debug, Clone, Default)]
+pub struct ClientCas {
+    cas: Vec<TrustedCa>,
+}
+
+/// Most certificates walked from a leaf towards a trusted CA.
+const MAX_CHAIN: usize = 8;
+
+impl ClientCas {
+    /// The CAs of a bundle; certificates that do not parse are left out
+    /// (TLS refuses such a bundle anyway).
+    pub fn new(bundle: &[CertificateDer<'_>]) -> Self {
+        let cas = bundle
+            .iter()
+            .filter_map(|der| {
+                let (_, cert) = X509Certificate::from_der(der).ok()?;
+                Some(TrustedCa {
+                    der: der.to_vec(),
+                    fingerprint: fingerprint(der),
+                    subject: cert.subject().to_string(),
+                })
+            })
+            .collect();
+        ClientCas { cas }
+    }
+
+    /// The fingerprint of the trusted CA that `chain` (the leaf first, then
+    /// what the client sent with it) chains to: each certificate's issuer
+    /// is found by name and checked by signature, first among the trusted
+    /// CAs, then among the rest of the chain. `None` when it reaches none.
+    pub fn anchor(&self, chain: &[CertificateDer<'_>]) -> Option<&str> {
+        let parsed: Vec<X509Certificate<'_>> = chain
+            .iter()
+            .take(MAX_CHAIN)
+            .filter_map(|der| X509Certificate::from_der(der).ok().map(|(_, c)| c))
+            .collect();
+        let mut current = parsed.first()?;
+        for _ in 0..MAX_CHAIN {
+            for ca in &self.cas {
+                let Ok((_, trusted)) = X509Certificate::from_der(&ca.der) else {
+                    continue;
+                };
+                if signs(&trusted, current) {
+                    return Some(&ca.fingerprint);
+                }
+            }
+            current = parsed.iter().skip(1).find(|c| signs(c, current))?;
+        }
+        None
+    }
+
+    /// True when the CA with `fingerprint` is trusted.
+    pub fn trusts(&self, fingerprint: &str) -> bool {
+        self.cas.iter().any(|ca| ca.fingerprint == fingerprint)
+    }
+
+    /// True when a trusted CA has the subject `name` (a certificate
+    /// principal's `issuer` attribute): the check left for refresh tokens
+    /// minted before they named their CA.
+    pub fn has_subject(&self, name: &str) -> bool {
+        self.cas.iter().any(|ca| ca.subject == name)
+    }
+}
+
+/// True when `issuer` issued `cert`: its subject is the certificate's
+/// issuer, and its key verifies the certificate's signature.
+fn signs(issuer: &X509Certificate<'_>, cert: &X509Certificate<'_>) -> bool {
+    issuer.subject().as_raw() == cert.issuer().as_raw()
+        && cert.verify_signature(Some(issuer.public_key())).is_ok()
+}
+
+/// `sha256:` and the hex SHA-256 of a certificate's DER.
+pub fn fingerprint(der: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 fn ip_text(bytes: &[u8]) -> String {
     match bytes.len() {
         4 => std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string(),
@@ -176,6 +272,48 @@ mod tests {
         };
         let p = super::principal(&cert_with("node/n7", Some("fleet"), vec![]), &custom).unwrap();
         assert_eq!((p.kind, p.name.as_str()), (Kind::Node, "n7"));
+    }
+
+    /// A CA (`name`) and a leaf it signed.
+    fn ca_and_leaf(name: &str) -> (Vec<u8>, Vec<u8>) {
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca = rcgen::CertificateParams::default();
+        ca.distinguished_name.push(rcgen::DnType::CommonName, name);
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut leaf = rcgen::CertificateParams::default();
+        leaf.distinguished_name
+            .push(rcgen::DnType::CommonName, "system:node:n1");
+        let leaf = leaf.signed_by(&key, &issuer).unwrap();
+        (ca_cert.der().to_vec(), leaf.der().to_vec())
+    }
+
+    /// A leaf chains to the CA that signed it, never to another CA of the
+    /// same name; the fingerprint names that CA only.
+    #[test]
+    fn a_leaf_chains_to_the_ca_that_signed_it_and_no_other() {
+        let (ca, leaf) = ca_and_leaf("node CA");
+        let (impostor, _) = ca_and_leaf("node CA");
+        let (other_ca, other_leaf) = ca_and_leaf("other CA");
+        let der = |b: &[u8]| CertificateDer::from(b.to_vec());
+        let both = ClientCas::new(&[der(&impostor), der(&ca)]);
+        assert_eq!(both.anchor(&[der(&leaf)]), Some(fingerprint(&ca).as_str()));
+        assert!(both.trusts(&fingerprint(&ca)));
+        let wrong = ClientCas::new(&[der(&impostor), der(&other_ca)]);
+        assert_eq!(wrong.anchor(&[der(&leaf)]), None, "same name, other key");
+        assert_eq!(
+            wrong.anchor(&[der(&other_leaf)]),
+            Some(fingerprint(&other_ca).as_str())
+        );
+        assert!(!wrong.trusts(&fingerprint(&ca)));
+        assert!(wrong.has_subject("CN=node CA"));
+        assert!(!ClientCas::default().has_subject("CN=node CA"));
+        assert_eq!(ClientCas::default().anchor(&[der(&leaf)]), None);
+        assert_eq!(both.anchor(&[der(b"garbage")]), None);
+        assert_eq!(both.anchor(&[]), None);
+        assert!(fingerprint(&ca).starts_with("sha256:") && fingerprint(&ca).len() == 71);
     }
 
     #[test]

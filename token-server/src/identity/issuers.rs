@@ -30,6 +30,16 @@ pub enum IssuerKind {
     Oidc,
 }
 
+impl IssuerKind {
+    /// The kind of the principals its tokens become.
+    pub fn principal_kind(self) -> super::Kind {
+        match self {
+            IssuerKind::Kubernetes => super::Kind::Kubernetes,
+            IssuerKind::Oidc => super::Kind::Oidc,
+        }
+    }
+}
+
 /// One trusted issuer.
 #[derive(Debug)]
 pub struct Issuer {

@@ -30,6 +30,11 @@ use crate::secret::Secret;
 /// The `token_use` claim value that marks a refresh token.
 const TOKEN_USE: &str = "refresh";
 
+/// How a refresh token's `jti` starts, so that `revoke --jti` can tell it
+/// from an access token's (which cannot be revoked) and refuse the latter.
+/// Access token IDs are base64url, which has no '.'.
+pub const REFRESH_JTI_PREFIX: &str = "rt.";
+
 /// Why a refresh token was refused. The message is safe to show to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RefreshError {
@@ -59,7 +64,8 @@ pub struct RefreshClaims {
     pub nbf: u64,
     /// Expiry (seconds).
     pub exp: u64,
-    /// Unique ID, for audit logs.
+    /// Unique ID (`rt.` and 128 random bits): the audit log's
+    /// `refresh_jti`, and what `revoke --jti` takes.
     pub jti: String,
     /// Marks the token as a refresh token.
     pub token_use: String,
@@ -69,6 +75,13 @@ pub struct RefreshClaims {
     /// password change revokes outstanding tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pwv: Option<String>,
+    /// What vouched for any other principal when the token was minted,
+    /// checked against the config on every refresh: the `iss` of its
+    /// issuer (kubernetes, oidc), or `sha256:` and the fingerprint of the
+    /// client CA its certificate chained to (node, certificate). Absent in
+    /// tokens minted before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// What a secret's kid is derived from, so the kid is no other MAC the
@@ -158,11 +171,13 @@ impl RefreshTokens {
         self.verifying.iter().map(|k| k.kid.as_str()).collect()
     }
 
-    /// Issues a token for `principal` valid for `ttl` from `now`.
+    /// Issues a token for `principal` valid for `ttl` from `now`, bound to
+    /// its password-hash fingerprint `pwv` or to what vouched for it, `via`.
     pub fn issue(
         &self,
         principal: &Principal,
         pwv: Option<String>,
+        via: Option<String>,
         ttl: Duration,
         now: SystemTime,
     ) -> Result<(Secret, RefreshClaims), IssueError> {
@@ -174,10 +189,11 @@ impl RefreshTokens {
             iat: window.iat,
             nbf: window.nbf,
             exp: window.exp,
-            jti: random_id()?,
+            jti: format!("{REFRESH_JTI_PREFIX}{}", random_id()?),
             token_use: TOKEN_USE.to_owned(),
             principal: principal.clone(),
             pwv,
+            via,
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.kid.clone());
@@ -242,12 +258,20 @@ mod tests {
         let t = tokens();
         let now = crate::clock::now();
         let (tok, claims) = t
-            .issue(&alice(), Some("v1".into()), Duration::from_secs(60), now)
+            .issue(
+                &alice(),
+                Some("v1".into()),
+                None,
+                Duration::from_secs(60),
+                now,
+            )
             .unwrap();
         assert!(RefreshTokens::looks_like_token(tok.expose()));
         assert_eq!(t.verify(tok.expose(), now).unwrap(), claims);
         assert_eq!(claims.aud, "regauth");
         assert_eq!(claims.sub, "alice");
+        assert!(claims.jti.starts_with(REFRESH_JTI_PREFIX), "{}", claims.jti);
+        assert_eq!(claims.jti.len(), REFRESH_JTI_PREFIX.len() + 22);
     }
 
     #[test]
@@ -255,7 +279,7 @@ mod tests {
         let t = tokens();
         let now = crate::clock::now();
         let (tok, _) = t
-            .issue(&alice(), None, Duration::from_secs(60), now)
+            .issue(&alice(), None, None, Duration::from_secs(60), now)
             .unwrap();
         assert_eq!(
             t.verify(tok.expose(), now + Duration::from_secs(61)),
@@ -268,13 +292,13 @@ mod tests {
 
         let other = RefreshTokens::new("someone-else", &[7; 32]);
         let (foreign, _) = other
-            .issue(&alice(), None, Duration::from_secs(60), now)
+            .issue(&alice(), None, None, Duration::from_secs(60), now)
             .unwrap();
         assert_eq!(t.verify(foreign.expose(), now), Err(RefreshError::Invalid));
 
         let wrong_key = RefreshTokens::new("regauth", &[8; 32]);
         let (forged, _) = wrong_key
-            .issue(&alice(), None, Duration::from_secs(60), now)
+            .issue(&alice(), None, None, Duration::from_secs(60), now)
             .unwrap();
         assert_eq!(t.verify(forged.expose(), now), Err(RefreshError::Invalid));
         assert_eq!(t.verify("not a token", now), Err(RefreshError::Invalid));
@@ -285,7 +309,7 @@ mod tests {
         let t = tokens();
         let now = crate::clock::now();
         let (tok, _) = t
-            .issue(&alice(), None, Duration::from_secs(60), now)
+            .issue(&alice(), None, None, Duration::from_secs(60), now)
             .unwrap();
         let header = jsonwebtoken::decode_header(tok.expose()).unwrap();
         let kid = header.kid.unwrap();
@@ -305,7 +329,7 @@ mod tests {
         let now = crate::clock::now();
         let ttl = Duration::from_secs(60);
         let only_a = RefreshTokens::new("regauth", &a);
-        let (from_a, claims_a) = only_a.issue(&alice(), None, ttl, now).unwrap();
+        let (from_a, claims_a) = only_a.issue(&alice(), None, None, ttl, now).unwrap();
 
         let published = RefreshTokens::new("regauth", &a).also_verifying(&b);
         assert_eq!(published.verify(from_a.expose(), now), Ok(claims_a.clone()));
@@ -313,7 +337,7 @@ mod tests {
         let signing = RefreshTokens::new("regauth", &b).also_verifying(&a);
         assert_eq!(signing.kids(), [secret_kid(&b), secret_kid(&a)]);
         assert_eq!(signing.verify(from_a.expose(), now), Ok(claims_a));
-        let (from_b, claims_b) = signing.issue(&alice(), None, ttl, now).unwrap();
+        let (from_b, claims_b) = signing.issue(&alice(), None, None, ttl, now).unwrap();
         let kid = jsonwebtoken::decode_header(from_b.expose()).unwrap().kid;
         assert_eq!(kid, Some(secret_kid(&b)), "the first secret signs");
         assert_eq!(published.verify(from_b.expose(), now), Ok(claims_b.clone()));
@@ -338,7 +362,7 @@ mod tests {
         let now = crate::clock::now();
         let t = RefreshTokens::new("regauth", &b).also_verifying(&a);
         let (tok, claims) = RefreshTokens::new("regauth", &a)
-            .issue(&alice(), None, Duration::from_secs(60), now)
+            .issue(&alice(), None, None, Duration::from_secs(60), now)
             .unwrap();
         let with_header = |kid: Option<String>| {
             let mut h = Header::new(Algorithm::HS256);
@@ -361,7 +385,7 @@ mod tests {
         assert_eq!(t.verify(tok.expose(), now), Ok(claims));
         let stranger = RefreshTokens::new("regauth", &[3u8; 32]);
         let (foreign, _) = stranger
-            .issue(&alice(), None, Duration::from_secs(60), now)
+            .issue(&alice(), None, None, Duration::from_secs(60), now)
             .unwrap();
         assert_eq!(t.verify(foreign.expose(), now), Err(RefreshError::Invalid));
     }
@@ -371,7 +395,7 @@ mod tests {
         let t = tokens();
         let now = crate::clock::now();
         let (tok, _) = t
-            .issue(&alice(), None, Duration::from_secs(60), now)
+            .issue(&alice(), None, None, Duration::from_secs(60), now)
             .unwrap();
         assert_eq!(
             t.verify(tok.expose(), now - Duration::from_secs(3600)),
